@@ -1,0 +1,206 @@
+"""Audio: ComfyUI's AUDIO dict, file decoding through imageio-ffmpeg's ffmpeg, mono downmix,
+resampling (python-soxr, the resampler librosa uses by default), length fitting, energy.
+
+Internally audio is an :class:`Audio`: ``waveform`` float32 ``[C, T]`` in -1..1 on the CPU
+plus ``sample_rate``. ComfyUI's AUDIO is ``{"waveform": [B, C, T], "sample_rate": int}``.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+#: refuse to decode more than this many seconds unless asked (about 40 MB a minute at 48 kHz stereo)
+DEFAULT_MAX_SECONDS = 3 * 3600
+
+
+@dataclass
+class Audio:
+    waveform: torch.Tensor  # [C, T] float32, CPU
+    sample_rate: int
+
+    def __post_init__(self) -> None:
+        w = self.waveform
+        if not isinstance(w, torch.Tensor):
+            w = torch.as_tensor(np.asarray(w))
+        if w.ndim == 1:
+            w = w[None]
+        if w.ndim != 2:
+            raise InputError(f"audio waveform must be [channels, samples], got shape {tuple(w.shape)}")
+        self.waveform = w.detach().to("cpu", torch.float32)
+        self.sample_rate = int(self.sample_rate)
+        if self.sample_rate <= 0:
+            raise InputError(f"audio sample rate must be positive, got {self.sample_rate}")
+
+    @property
+    def channels(self) -> int:
+        return self.waveform.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        return self.waveform.shape[1]
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+    def is_silent(self, threshold: float = 1e-4) -> bool:
+        return self.num_samples == 0 or float(self.waveform.abs().max()) < threshold
+
+
+def from_comfy(audio: Mapping, batch_index: int = 0) -> Audio:
+    """ComfyUI AUDIO dict -> :class:`Audio` (one item of the batch)."""
+    if isinstance(audio, Audio):
+        return audio
+    if not isinstance(audio, Mapping) or "waveform" not in audio or "sample_rate" not in audio:
+        raise InputError("expected an AUDIO input (a dict with 'waveform' and 'sample_rate')")
+    w = audio["waveform"]
+    if not isinstance(w, torch.Tensor):
+        w = torch.as_tensor(np.asarray(w))
+    if w.ndim == 3:
+        if not 0 <= batch_index < w.shape[0]:
+            raise InputError(f"audio batch has {w.shape[0]} items, index {batch_index} asked")
+        w = w[batch_index]
+    return Audio(w, audio["sample_rate"])
+
+
+def to_comfy(audio: Audio) -> dict:
+    return {"waveform": audio.waveform[None].contiguous(), "sample_rate": audio.sample_rate}
+
+
+# ------------------------------------------------------------------------ decoding
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _parse_wav(data: bytes, name: str):
+    """(channels, rate, float32 samples [T, C]) from a WAV ffmpeg wrote as pcm_f32le to a pipe."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise InputError(f"{name}: ffmpeg did not produce audio (no decodable audio stream?)")
+    pos, channels, rate = 12, None, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        body = pos + 8
+        if cid == b"fmt ":
+            _, channels, rate = struct.unpack("<HHI", data[body:body + 8])
+        elif cid == b"data":
+            if channels is None:
+                break
+            # a piped WAV has no final size: the samples run to the end of the stream
+            raw = data[body:]
+            frame = 4 * channels
+            raw = raw[: len(raw) // frame * frame]
+            return channels, rate, np.frombuffer(raw, dtype="<f4").reshape(-1, channels)
+        pos = body + size + (size & 1)
+    raise InputError(f"{name}: could not read the decoded audio")
+
+
+def load_audio(path: Union[str, os.PathLike], max_seconds: Optional[float] = DEFAULT_MAX_SECONDS) -> Audio:
+    """Decode any audio (or the audio track of a video) ffmpeg reads: wav, mp3, flac, m4a, ogg...
+
+    Keeps the file's own sample rate and channels (like ComfyUI's LoadAudio).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"audio file not found: {path}")
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-i", str(path.resolve())]
+    if max_seconds:
+        cmd += ["-t", str(max_seconds + 1)]
+    cmd += ["-vn", "-sn", "-dn", "-map", "0:a:0", "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0 or not proc.stdout:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        reason = err[-1] if err else f"ffmpeg exit code {proc.returncode}"
+        if "matches no streams" in reason or "does not contain any stream" in reason:
+            reason = "the file has no audio stream"
+        raise InputError(f"could not decode audio file '{path.name}': {reason}")
+    channels, rate, samples = _parse_wav(proc.stdout, path.name)
+    if max_seconds and samples.shape[0] > max_seconds * rate:
+        raise InputError(f"audio file '{path.name}' is longer than {max_seconds:.0f} s; "
+                         f"split it or raise the limit")
+    audio = Audio(torch.from_numpy(samples.T.copy()), rate)
+    if audio.num_samples == 0:
+        raise InputError(f"audio file '{path.name}' contains no samples (0 s long)")
+    return audio
+
+
+# ------------------------------------------------------------------------ processing
+def to_mono(audio: Audio) -> Audio:
+    """Average the channels (the downmix librosa and most speech models use)."""
+    if audio.channels == 1:
+        return audio
+    return Audio(audio.waveform.mean(dim=0, keepdim=True), audio.sample_rate)
+
+
+def resample(audio: Audio, sample_rate: int, quality: str = "HQ") -> Audio:
+    """Resample with soxr (``quality`` "HQ" = librosa's default ``soxr_hq``; "VHQ" is finer)."""
+    sample_rate = int(sample_rate)
+    if sample_rate == audio.sample_rate or audio.num_samples == 0:
+        return Audio(audio.waveform, sample_rate) if audio.num_samples == 0 else audio
+    import soxr
+
+    x = audio.waveform.numpy().T  # [T, C], what soxr expects
+    y = soxr.resample(np.ascontiguousarray(x, dtype=np.float32), audio.sample_rate, sample_rate, quality=quality)
+    return Audio(torch.from_numpy(np.ascontiguousarray(y.T)), sample_rate)
+
+
+def prepare(audio: Union[Audio, Mapping], sample_rate: int = 16000, mono: bool = True,
+            require_sound: bool = False) -> Audio:
+    """The usual front end of a speech model: AUDIO -> mono -> ``sample_rate``.
+
+    Raises :class:`InputError` on empty audio, and on silent audio when ``require_sound``.
+    """
+    audio = from_comfy(audio)
+    if audio.num_samples == 0:
+        raise InputError("the audio is empty (0 samples)")
+    if require_sound and audio.is_silent():
+        raise InputError("the audio is silent: there is no speech to animate")
+    if mono:
+        audio = to_mono(audio)
+    return resample(audio, sample_rate)
+
+
+def samples_for_frames(num_frames: int, fps: float, sample_rate: int) -> int:
+    return int(round(num_frames * sample_rate / float(fps)))
+
+
+def fit_length(audio: Audio, num_samples: int) -> Audio:
+    """Trim, or pad with silence, to exactly ``num_samples``."""
+    t = audio.num_samples
+    if t == num_samples:
+        return audio
+    if t > num_samples:
+        return Audio(audio.waveform[:, :num_samples], audio.sample_rate)
+    pad = torch.zeros(audio.channels, num_samples - t)
+    return Audio(torch.cat([audio.waveform, pad], dim=1), audio.sample_rate)
+
+
+def num_video_frames(audio: Audio, fps: float) -> int:
+    """Frames needed to cover the audio at ``fps`` (rounded up)."""
+    return int(np.ceil(audio.num_samples * float(fps) / audio.sample_rate - 1e-9))
+
+
+def energy_envelope(audio: Audio, fps: float = 25.0) -> torch.Tensor:
+    """RMS loudness per video frame ``[num_video_frames]`` of the mono signal, 0..1 scaled by
+    the clip's 99th percentile (so quiet and loud recordings drive the mouth alike)."""
+    mono = to_mono(audio).waveform[0]
+    n = num_video_frames(audio, fps)
+    if n == 0:
+        return torch.zeros(0)
+    edges = [samples_for_frames(i, fps, audio.sample_rate) for i in range(n + 1)]
+    sq = torch.cat([torch.zeros(1), torch.cumsum(mono.double() ** 2, 0)])
+    lo = torch.tensor(edges[:-1]).clamp(max=mono.numel())
+    hi = torch.tensor(edges[1:]).clamp(max=mono.numel())
+    rms = ((sq[hi] - sq[lo]) / (hi - lo).clamp(min=1)).clamp(min=0).sqrt().float()
+    ref = torch.quantile(rms, 0.99) if rms.numel() > 1 else rms.max()
+    return (rms / ref).clamp(0, 1) if float(ref) > 1e-6 else torch.zeros_like(rms)

@@ -1,0 +1,193 @@
+"""The command line: run a workflow JSON headlessly, manage weights, inspect media.
+
+Started through ``run.py`` at the pack root, which loads the pack (under any folder name) and
+passes its node registry here, so this module never imports the node layer itself::
+
+    python run.py workflows/portrait_still.api.json --set portrait.image=me.jpg --set audio.audio=hi.wav
+    python run.py weights list | weights where ID | weights fetch ID | weights convert SRC [DST]
+    python run.py probe output/TalkingHead/talk_00001_.mp4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from . import graph, weights
+from .errors import Cancelled, TalkingHeadError
+from .host import ENV_OFFLINE, HOST
+from .progress import TerminalBar
+
+COMMANDS = ("run", "weights", "probe", "nodes", "convert")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description="Talking Head Toolkit, headless.")
+    sub = p.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="execute a workflow (API or UI format JSON)")
+    r.add_argument("workflow", help="workflow JSON file")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="override an input; NODE is a node id, title or unique class type. Repeatable.")
+    r.add_argument("--input-dir", action="append", default=[], help="folder(s) file names are read from "
+                   "(default: ./input, then the current folder)")
+    r.add_argument("--output-dir", default=None, help="where results go (default: ./output)")
+    r.add_argument("--models-dir", default=None, help="models root, with one sub-folder per family (default: ./models)")
+    r.add_argument("--offline", action="store_true", help="never download weights")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--debug", action="store_true", help="print full tracebacks")
+    w = sub.add_parser("weights", help="list, locate, download or convert model files")
+    w.add_argument("action", choices=["list", "where", "fetch", "convert"])
+    w.add_argument("args", nargs="*")
+    w.add_argument("--models-dir", default=None)
+    pr = sub.add_parser("probe", help="show the streams of a media file")
+    pr.add_argument("file")
+    sub.add_parser("nodes", help="list the node types the runner knows")
+    cv = sub.add_parser("convert", help="convert a workflow between UI format and API format")
+    cv.add_argument("source", help="workflow JSON (UI or API format)")
+    cv.add_argument("target", help="where to write the other format")
+    return p
+
+
+def _file_overrides(overrides: List[str]) -> List[Path]:
+    """Folders of files named on the command line: they become extra input roots, so
+    ``--set portrait.image=/photos/me.jpg`` works while workflow files stay confined."""
+    roots = []
+    for item in overrides:
+        _, _, value = item.partition("=")
+        value = value.strip().strip('"')
+        if value and ("/" in value or os.sep in value) and Path(value).expanduser().is_file():
+            roots.append(Path(value).expanduser().resolve().parent)
+    return roots
+
+
+def _absolutize(overrides: List[str]) -> List[str]:
+    out = []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        v = value.strip().strip('"')
+        if eq and v and ("/" in v or os.sep in v) and Path(v).expanduser().is_file():
+            item = f"{key}={json.dumps(str(Path(v).expanduser().resolve()))}"
+        out.append(item)
+    return out
+
+
+def _configure(args) -> None:
+    if getattr(args, "models_dir", None):
+        HOST.models_dir = Path(args.models_dir).resolve()
+    if getattr(args, "offline", False):
+        os.environ[ENV_OFFLINE] = "1"
+    if getattr(args, "command", None) != "run":
+        return
+    inputs = [Path(d).resolve() for d in args.input_dir] or [Path.cwd() / "input", Path.cwd()]
+    extra = _file_overrides(args.overrides)
+    HOST.input_dirs = lambda: inputs + [r for r in extra if r not in inputs]
+    if args.output_dir:
+        out = Path(args.output_dir).resolve()
+        HOST.output_dir = lambda: out
+    if not args.quiet:
+        HOST.progress_factory = lambda label="": TerminalBar(f"  {label}" if label else "  progress")
+
+
+def _output_files(outputs: Dict[str, dict]) -> List[Path]:
+    files = []
+    for ui in outputs.values():
+        for item in (ui or {}).get("images", []) + (ui or {}).get("gifs", []):
+            if isinstance(item, dict) and "filename" in item:
+                base = HOST.temp_dir() if item.get("type") == "temp" else HOST.output_dir()
+                files.append(base / item.get("subfolder", "") / item["filename"])
+    return files
+
+
+def cmd_run(args, registry: Dict[str, type]) -> int:
+    prompt = graph.load_workflow(args.workflow, registry)
+    prompt = graph.apply_overrides(prompt, _absolutize(args.overrides), registry=registry)
+
+    def on_node(node_id, class_type, title, index, count):
+        if not args.quiet:
+            print(f"[{index}/{count}] node {node_id}: {title or class_type}", file=sys.stderr)
+
+    result = graph.execute(prompt, registry, on_node=on_node)
+    files = _output_files(result["outputs"])
+    for f in files:
+        print(f)
+    for ui in result["outputs"].values():
+        for text in (ui or {}).get("text", []):
+            print(text, file=sys.stderr)
+    return 0
+
+
+def cmd_weights(args) -> int:
+    table = weights.manifest()
+    if args.action == "list":
+        for mf in table.values():
+            found = weights.find(mf)
+            state = str(found) if found else "missing"
+            print(f"{mf.id:42s} {mf.filename:40s} {mf.license:40s} {state}")
+        return 0
+    if not args.args:
+        raise TalkingHeadError(f"'weights {args.action}' needs an argument")
+    if args.action == "where":
+        mf = weights.model_file(args.args[0])
+        print(weights.missing_message(mf) if weights.find(mf) is None else weights.find(mf))
+        return 0
+    if args.action == "fetch":
+        for fid in args.args:
+            print(weights.resolve(fid, progress=TerminalBar(f"  {fid}")))
+        return 0
+    dst = args.args[1] if len(args.args) > 1 else None
+    print(weights.convert_to_safetensors(args.args[0], dst))
+    return 0
+
+
+def cmd_convert(args, registry: Dict[str, type]) -> int:
+    """UI format -> API format, or API format -> UI format (laid out left to right)."""
+    try:
+        data = json.loads(Path(args.source).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TalkingHeadError(f"cannot read workflow {args.source}: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
+        out = graph.ui_to_api(data, registry)
+    else:
+        out = graph.api_to_ui(graph.as_api(data, registry), registry)
+    Path(args.target).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    print(args.target)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[], Dict[str, type]]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "run")  # `run.py workflow.json ...` is `run.py run workflow.json ...`
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    debug = getattr(args, "debug", False)
+    try:
+        _configure(args)
+        if args.command == "run":
+            return cmd_run(args, registry_factory())
+        if args.command == "weights":
+            return cmd_weights(args)
+        if args.command == "convert":
+            return cmd_convert(args, registry_factory())
+        if args.command == "probe":
+            from .video import probe_json
+
+            print(probe_json(args.file))
+            return 0
+        for node_id, cls in sorted(registry_factory().items()):
+            print(f"{node_id:40s} {getattr(cls, 'DISPLAY_NAME', node_id)}")
+        return 0
+    except (Cancelled, KeyboardInterrupt):
+        print("\ncancelled", file=sys.stderr)
+        return 130
+    except TalkingHeadError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,83 @@
+"""Device and dtype choice shared by every model family."""
+from __future__ import annotations
+
+import contextlib
+import gc
+from typing import Optional, Union
+
+import torch
+
+from .host import HOST
+
+DEVICE_CHOICES = ["auto", "cuda", "mps", "cpu"]
+PRECISION_CHOICES = ["auto", "fp32", "fp16", "bf16"]
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name: Union[str, torch.device, None] = "auto") -> torch.device:
+    """``"auto"`` -> the host's device, else cuda, else mps, else cpu. Explicit names are checked."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    if name == "auto":
+        if HOST.default_device is not None:
+            return torch.device(HOST.default_device())
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'")
+    if dev.type == "mps" and not _mps_available():
+        raise ValueError("device 'mps' was asked for but it is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(precision: Union[str, torch.dtype, None] = "auto",
+                  device: Optional[torch.device] = None) -> torch.dtype:
+    """``"auto"`` -> fp16 on CUDA/MPS (or what the host recommends), fp32 on CPU.
+
+    bf16 on a GPU without bf16 support falls back to fp16; half precision on CPU is
+    allowed when asked for explicitly (slow, but it is the user's call).
+    """
+    if isinstance(precision, torch.dtype):
+        return precision
+    precision = (precision or "auto").lower()
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    if precision == "auto":
+        if HOST.should_use_fp16 is not None:
+            return torch.float16 if HOST.should_use_fp16(device) else torch.float32
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if precision not in _DTYPES:
+        raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
+    dtype = _DTYPES[precision]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast context for half precision on a GPU; a no-op for fp32 or CPU."""
+    if dtype == torch.float32 or device.type not in ("cuda", "mps"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def empty_cache() -> None:
+    """Run the garbage collector and give cached device memory back to the driver."""
+    gc.collect()
+    if HOST.empty_cache is not None:
+        HOST.empty_cache()
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
+    if _mps_available() and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

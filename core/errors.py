@@ -1,0 +1,25 @@
+"""Exception types shared by the whole pack.
+
+Every error a user can cause derives from :class:`TalkingHeadError`, so the headless
+runner and the nodes can show its message as is (no traceback needed to understand it).
+"""
+
+
+class TalkingHeadError(Exception):
+    """Base class for errors with a message meant for the user."""
+
+
+class InputError(TalkingHeadError, ValueError):
+    """Bad user input: missing or unreadable file, unsafe name, empty audio, no face..."""
+
+
+class WeightsMissingError(TalkingHeadError, FileNotFoundError):
+    """A model file is not on disk and could not (or may not) be downloaded."""
+
+
+class CheckpointError(TalkingHeadError):
+    """A model file exists but is corrupt, unsafe, or does not match the model."""
+
+
+class Cancelled(TalkingHeadError):
+    """The user cancelled the run (Ctrl-C headless, the cancel button in ComfyUI)."""

@@ -1,0 +1,392 @@
+"""Streaming mp4 writer (h264 yuv420p + AAC) on imageio-ffmpeg's ffmpeg, output naming, probing.
+
+Frames are piped into one ffmpeg process as they come (no temporary AVI, no second copy of the
+video in memory); the audio goes in as a small temporary WAV, padded with silence or trimmed to
+the video's length. The mp4 is written under a hidden temporary name in the destination folder
+and renamed into place only when ffmpeg finished cleanly, so a failure or a cancel never leaves
+a broken file under the final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .audio import Audio, ffmpeg_exe, fit_length, from_comfy, samples_for_frames
+from .errors import InputError, TalkingHeadError
+from .progress import Progress, ProgressFn
+
+_NAME_RE = re.compile(r"^(?P<base>.+)_(?P<n>\d{5,})_\.(?P<ext>[A-Za-z0-9]+)$")
+
+
+class VideoWriteError(TalkingHeadError):
+    """ffmpeg failed or the destination cannot be written."""
+
+
+# ------------------------------------------------------------------------ naming
+def output_path(output_dir: Union[str, os.PathLike], prefix: str, ext: str = "mp4") -> Tuple[Path, str, str]:
+    """Next free ``<prefix>_<counter:05>_.<ext>`` inside ``output_dir`` (ComfyUI's naming).
+
+    ``prefix`` may contain sub-folders (``talks/anna``); absolute paths, ``..`` and other ways
+    out of ``output_dir`` are refused. Returns ``(path, subfolder, filename)``.
+    """
+    root = Path(output_dir).resolve()
+    prefix = (prefix or "").replace("\\", "/").strip()
+    if not prefix or "\x00" in prefix:
+        raise InputError("filename_prefix must not be empty")
+    parts = [p for p in prefix.split("/") if p not in ("", ".")]
+    if prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix) or ".." in parts or not parts:
+        raise InputError(f"filename_prefix {prefix!r} points outside the output folder; "
+                         f"use a plain name or a sub-folder like 'talks/anna'")
+    folder = root.joinpath(*parts[:-1]).resolve()
+    if folder != root and root not in folder.parents:
+        raise InputError(f"filename_prefix {prefix!r} points outside the output folder")
+    base = parts[-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VideoWriteError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
+    counter = 0
+    for entry in folder.iterdir():
+        m = _NAME_RE.match(entry.name)
+        if m and m["base"] == base and m["ext"].lower() == ext.lower():
+            counter = max(counter, int(m["n"]))
+    name = f"{base}_{counter + 1:05d}_.{ext}"
+    sub = "/".join(parts[:-1])
+    return folder / name, sub, name
+
+
+# ------------------------------------------------------------------------ frames
+def frames_to_uint8(frames: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+    """IMAGE ``[B,H,W,C]`` float 0..1 (or uint8) -> contiguous uint8 RGB ``[B,H,W,3]``."""
+    if isinstance(frames, torch.Tensor):
+        if frames.is_floating_point():
+            frames = (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        frames = frames.cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise InputError(f"expected frames [B,H,W,3], got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames.astype(np.float32), 0, 1) * 255.0).round().astype(np.uint8)
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    elif frames.shape[-1] == 4:
+        frames = frames[..., :3]
+    return np.ascontiguousarray(frames)
+
+
+def _even_pad(frames: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sides: repeat the last row/column where a side is odd."""
+    h, w = frames.shape[1:3]
+    if h % 2 == 0 and w % 2 == 0:
+        return frames
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _write_wav(path: Path, audio: Audio) -> None:
+    pcm = (audio.waveform.clamp(-1, 1).numpy().T * 32767.0).round().astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(audio.channels)
+        w.setsampwidth(2)
+        w.setframerate(audio.sample_rate)
+        w.writeframes(pcm.tobytes())
+
+
+def _ffmetadata(meta: Mapping[str, str]) -> str:
+    def esc(s: str) -> str:
+        return re.sub(r"([=;#\\\n])", r"\\\1", s)
+    return ";FFMETADATA1\n" + "".join(f"{esc(k)}={esc(v)}\n" for k, v in meta.items())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------------ writer
+class VideoWriter:
+    """Append frames as they come; ``close()`` finishes the mp4 and renames it into place.
+
+    Use as a context manager: an exception inside the block (including a cancel) aborts the
+    write and removes the temporary file. ``audio`` (an :class:`Audio` or ComfyUI AUDIO dict) is
+    trimmed or padded with silence to the video's duration. With ``expected_frames`` (and that many
+    frames written) the audio is encoded in the same single ffmpeg pass; otherwise ``close()`` adds
+    it with a second, quick ffmpeg run that copies the video stream (no re-encode).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], fps: float = 25.0, audio=None, crf: int = 19,
+                 preset: str = "medium", expected_frames: Optional[int] = None,
+                 metadata: Optional[Mapping[str, str]] = None) -> None:
+        if not fps or fps <= 0:
+            raise InputError(f"fps must be positive, got {fps}")
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.audio = from_comfy(audio) if audio is not None else None
+        if self.audio is not None and self.audio.num_samples == 0:
+            self.audio = None
+        self.crf = int(crf)
+        self.preset = preset
+        self.expected_frames = expected_frames
+        self.metadata = dict(metadata or {})
+        self.frames_written = 0
+        self.size: Optional[Tuple[int, int]] = None  # (H, W) as written (even)
+        self._proc: Optional[subprocess.Popen] = None
+        self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
+        self._partial: Optional[Path] = None
+        self._log = None
+        self._closed = False
+        self._audio_in_pass = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, partial = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4",
+                                           dir=self.path.parent)
+            os.close(fd)
+            os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get normal rights
+        except OSError as exc:
+            raise VideoWriteError(f"cannot write into {self.path.parent}: {exc.strerror or exc} "
+                                  f"(is the output folder writable?)") from exc
+        self._partial = Path(partial)
+
+    # -- process
+    def _start(self, h: int, w: int) -> None:
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="talkinghead-mux-")
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", repr(self.fps),
+               "-i", "pipe:0"]
+        # the audio joins in this pass only when its length can be fitted now; otherwise close()
+        # muxes it afterwards (a stream copy of the video, no re-encode)
+        single_pass = self.audio is not None and self.expected_frames is not None
+        if single_pass:
+            cmd += ["-i", str(self._audio_wav(self.expected_frames))]
+        cmd += self._metadata_args(2 if single_pass else 1)
+        cmd += ["-map", "0:v:0", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", self.preset,
+                "-crf", str(self.crf), "-r", repr(self.fps)]
+        if single_pass:
+            cmd += ["-map", "1:a:0"] + self._AAC
+        cmd += ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(self._partial)]
+        self._audio_in_pass = single_pass
+        self._log = open(Path(self._tmpdir.name) / "ffmpeg.log", "w+b")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.size = (h, w)
+
+    _AAC = ["-c:a", "aac", "-b:a", "192k"]
+
+    def _audio_wav(self, num_frames: int) -> Path:
+        """The audio fitted to ``num_frames`` (trimmed or padded with silence) as a temp WAV."""
+        path = Path(self._tmpdir.name) / f"audio_{num_frames}.wav"
+        _write_wav(path, fit_length(self.audio, samples_for_frames(num_frames, self.fps, self.audio.sample_rate)))
+        return path
+
+    def _metadata_args(self, index: int) -> list:
+        if not self.metadata:
+            return []
+        meta = Path(self._tmpdir.name) / "meta.txt"
+        meta.write_text(_ffmetadata(self.metadata), encoding="utf-8")
+        return ["-f", "ffmetadata", "-i", str(meta), "-map_metadata", str(index)]
+
+    def _mux_audio(self) -> None:
+        """Replace the partial file by one with the video stream copied and the audio fitted to
+        the frames actually written."""
+        muxed = self._partial.with_name(self._partial.name.replace(".partial.mp4", ".mux.partial.mp4"))
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error",
+               "-i", str(self._partial), "-i", str(self._audio_wav(self.frames_written))]
+        cmd += self._metadata_args(2)
+        cmd += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"] + self._AAC
+        cmd += ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(muxed)]
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if proc.returncode != 0:
+                err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+                raise VideoWriteError(f"ffmpeg failed adding the audio to {self.path.name}: "
+                                      f"{err[-1] if err else proc.returncode}")
+            os.replace(muxed, self._partial)
+        finally:
+            if muxed.exists():
+                muxed.unlink()
+
+    def _ffmpeg_error(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        text = self._log.read().decode("utf-8", "replace").strip()
+        return text.splitlines()[-1] if text else ""
+
+    def write(self, frames) -> None:
+        """Append ``[B,H,W,3]`` (or one ``[H,W,3]``) float 0..1 tensor/array or uint8 frames."""
+        if self._closed:
+            raise VideoWriteError("write() after close()")
+        arr = _even_pad(frames_to_uint8(frames))
+        if arr.shape[0] == 0:
+            return
+        h, w = arr.shape[1:3]
+        if self._proc is None:
+            self._start(h, w)
+        elif (h, w) != self.size:
+            self.abort()
+            raise InputError(f"frame size changed from {self.size[1]}x{self.size[0]} to {w}x{h} mid-video")
+        try:
+            self._proc.stdin.write(arr.tobytes())
+        except (BrokenPipeError, OSError) as exc:
+            err = self._ffmpeg_error()
+            self.abort()
+            raise VideoWriteError(f"ffmpeg stopped while writing {self.path.name}: {err or exc}") from exc
+        self.frames_written += arr.shape[0]
+
+    def close(self) -> Path:
+        """Finish encoding and move the file to its final name; returns the final path."""
+        if self._closed:
+            return self.path
+        if self._proc is None:
+            self.abort()
+            raise InputError("no frames to write: the video is empty")
+        try:
+            self._proc.stdin.close()
+            code = self._proc.wait()
+            if code != 0:
+                raise VideoWriteError(f"ffmpeg failed writing {self.path.name}: {self._ffmpeg_error() or code}")
+            if self.audio is not None and not (self._audio_in_pass and self.frames_written == self.expected_frames):
+                self._mux_audio()
+            os.replace(self._partial, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._cleanup()
+        return self.path
+
+    def abort(self) -> None:
+        """Stop ffmpeg and delete the temporary file; the final name is never touched."""
+        self._closed = True
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc is not None and self._proc.stdin and not self._proc.stdin.closed:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+        if self._partial is not None and self._partial.exists():
+            self._partial.unlink()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_video(path, frames, fps: float = 25.0, audio=None, crf: int = 19, preset: str = "medium",
+                chunk: int = 32, metadata: Optional[Mapping[str, str]] = None, min_frames: int = 0,
+                progress: Optional[ProgressFn] = None) -> Path:
+    """Write an IMAGE batch (or an iterable of batches) to ``path`` atomically.
+
+    ``min_frames``: hold the last frame until the video has at least this many frames (e.g. a
+    still portrait over a whole speech: ``audio.num_video_frames(audio, fps)``).
+    """
+    if isinstance(frames, (torch.Tensor, np.ndarray)):
+        n = int(frames.shape[0])
+        if n == 0:
+            raise InputError("no frames to write: the IMAGE batch is empty")
+        total = max(n, int(min_frames))
+        batches: Iterable = _held(frames, total, chunk)
+        steps = -(-n // chunk) + -(-(total - n) // chunk)  # batches _held yields
+        bar = Progress(steps, progress)
+        expected: Optional[int] = total
+    else:
+        if min_frames:
+            raise InputError("min_frames needs an IMAGE batch, not a stream of batches")
+        batches, bar, expected = frames, None, None
+    with VideoWriter(path, fps, audio, crf, preset, expected_frames=expected, metadata=metadata) as writer:
+        for batch in batches:
+            writer.write(batch)
+            if bar is not None:
+                bar.step()
+    return writer.path
+
+
+def _held(frames, total: int, chunk: int) -> Iterator:
+    """``frames`` in chunks, then the last frame repeated until ``total`` frames were given."""
+    n = int(frames.shape[0])
+    for i in range(0, n, chunk):
+        yield frames[i:i + chunk]
+    last = frames_to_uint8(frames[n - 1:n])
+    for i in range(n, total, chunk):
+        yield np.repeat(last, min(chunk, total - i), axis=0)
+
+
+# ------------------------------------------------------------------------ reading / probing
+def read_frames(path: Union[str, os.PathLike]) -> Iterator[np.ndarray]:
+    """Decode a video to uint8 RGB frames ``[H,W,3]`` one at a time."""
+    import imageio_ffmpeg
+
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    meta = next(gen)
+    w, h = meta["size"]
+    for raw in gen:
+        yield np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+
+
+def probe(path: Union[str, os.PathLike]) -> Dict[str, object]:
+    """What is in a media file: streams (codec, pixel format, size, fps, rate, channels), the
+    decoded frame count and durations. Used by tests and the CLI (``ffprobe``-like)."""
+    path = Path(path)
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path.resolve()),
+                           "-map", "0:v:0?", "-f", "null", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    text = proc.stderr.decode("utf-8", "replace")
+    info: Dict[str, object] = {"path": str(path), "video": None, "audio": None}
+    m = re.search(r"Duration: (\d+):(\d+):([\d.]+)", text)
+    if m:
+        info["duration"] = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    input_part = text.split("Output #0")[0]
+    vm = re.search(r"Stream #0:\d+.*?: Video: (\w+).*?, (\w+)(?:\(.*?\))?, (\d+)x(\d+).*?, ([\d.]+) fps", input_part)
+    if vm:
+        frames = re.findall(r"frame=\s*(\d+)", text)
+        info["video"] = {"codec": vm[1], "pix_fmt": vm[2], "width": int(vm[3]), "height": int(vm[4]),
+                         "fps": float(vm[5]), "frames": int(frames[-1]) if frames else None}
+    am = re.search(r"Stream #0:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([\w.() ]+?)(?:,|$)", input_part, re.M)
+    if am:
+        layout = am[3].strip()
+        channels = {"mono": 1, "stereo": 2}.get(layout)
+        if channels is None:
+            cm = re.match(r"(\d+) channels", layout)
+            channels = int(cm[1]) if cm else None
+        info["audio"] = {"codec": am[1], "sample_rate": int(am[2]), "channels": channels}
+    return info
+
+
+def audio_duration(path: Union[str, os.PathLike]) -> float:
+    """Seconds of decoded audio in a media file (0 if it has none)."""
+    from .audio import load_audio
+
+    try:
+        return load_audio(path).duration
+    except InputError:
+        return 0.0
+
+
+def probe_json(path) -> str:
+    return json.dumps(probe(path), indent=2)

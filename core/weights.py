@@ -1,0 +1,385 @@
+"""The weights manager: which model files exist, where they are found, how they load.
+
+* ``weights/manifest.json`` (in the pack) lists every model file the pack knows: id, family,
+  models-folder key, accepted file names (official name first, then safetensors twins), source,
+  sha256 and size where known, licence.
+* :func:`resolve` finds a file: explicit path -> the host's model folders (ComfyUI's
+  ``folder_paths``, so ``extra_model_paths.yaml`` works; standalone ``./models/<key>``) -> the
+  pack's own ``weights/<key>/`` -> ``$TALKINGHEAD_MODELS/<key>/``. Missing files are downloaded
+  when online (huggingface_hub, or a plain URL), else :class:`WeightsMissingError` says what to
+  put where and where to get it.
+* :func:`load_checkpoint` never runs pickled code: safetensors, or ``torch.load(weights_only=True)``
+  with a small allow-list of plain types (numpy arrays, argparse.Namespace, paths).
+* :func:`convert_to_safetensors` turns an official ``.pth`` into a flat ``.safetensors``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import os
+import pathlib
+import pickle
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import torch
+
+from .errors import CheckpointError, WeightsMissingError
+from .host import ENV_MODELS, ENV_OFFLINE, HOST
+
+PACK_DIR = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = PACK_DIR / "weights"
+MANIFEST_PATH = WEIGHTS_DIR / "manifest.json"
+
+
+# --------------------------------------------------------------------------- manifest
+@dataclass(frozen=True)
+class ModelFile:
+    """One entry of the manifest."""
+
+    id: str
+    family: str
+    folder: str
+    names: Sequence[str]
+    source: Mapping[str, str] = field(default_factory=dict)
+    sha256: Optional[str] = None
+    size: Optional[int] = None
+    license: str = "unknown"
+    description: str = ""
+    notes: str = ""
+
+    @property
+    def filename(self) -> str:
+        return self.names[0]
+
+    def source_text(self) -> str:
+        src = self.source
+        if "hf_repo" in src:
+            path = src.get("hf_path", self.filename)
+            return f"https://huggingface.co/{src['hf_repo']}/blob/main/{path}"
+        return src.get("url") or src.get("page") or "see weights/README.md"
+
+
+def load_manifest(path: Path = MANIFEST_PATH) -> Dict[str, ModelFile]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = {}
+    for entry in data["files"]:
+        mf = ModelFile(**entry)
+        if mf.id in out:
+            raise ValueError(f"duplicate id {mf.id!r} in {path}")
+        out[mf.id] = mf
+    return out
+
+
+_MANIFEST: Optional[Dict[str, ModelFile]] = None
+
+
+def manifest() -> Dict[str, ModelFile]:
+    global _MANIFEST
+    if _MANIFEST is None:
+        _MANIFEST = load_manifest()
+    return _MANIFEST
+
+
+def model_file(file_id: str) -> ModelFile:
+    try:
+        return manifest()[file_id]
+    except KeyError:
+        raise KeyError(f"unknown model file id {file_id!r}; known: {sorted(manifest())}") from None
+
+
+def model_folders() -> List[str]:
+    """Every models-folder key used by the manifest (registered with ComfyUI at import)."""
+    return sorted({mf.folder for mf in manifest().values()})
+
+
+# --------------------------------------------------------------------------- resolution
+def search_dirs(folder: str) -> List[Path]:
+    """Directories searched for files of one folder key, in resolution order."""
+    dirs: List[Path] = list(HOST.folders_for(folder))
+    dirs.append(WEIGHTS_DIR / folder)
+    env = os.environ.get(ENV_MODELS)
+    if env:
+        for root in env.split(os.pathsep):
+            if root:
+                dirs += [Path(root) / folder, Path(root)]
+    seen, out = set(), []
+    for d in dirs:
+        key = str(d)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def find(mf: ModelFile) -> Optional[Path]:
+    """First existing file for ``mf`` in :func:`search_dirs`, or None."""
+    for d in search_dirs(mf.folder):
+        for name in mf.names:
+            p = d / name
+            if p.is_file():
+                return p
+    return None
+
+
+def is_offline() -> bool:
+    for var in (ENV_OFFLINE, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def missing_message(mf: ModelFile, reason: str = "") -> str:
+    dirs = search_dirs(mf.folder)
+    lines = [
+        f"Model file '{mf.filename}' ({mf.description or mf.id}) was not found.",
+        f"Put it in: {dirs[0]}" + (f"  (also searched: {', '.join(str(d) for d in dirs[1:])})" if len(dirs) > 1 else ""),
+        f"Get it from: {mf.source_text()}",
+        f"Licence: {mf.license}",
+    ]
+    if len(mf.names) > 1:
+        lines.append("Accepted file names: " + ", ".join(mf.names))
+    if reason:
+        lines.append(reason)
+    return "\n".join(lines)
+
+
+def resolve(file_id: str, explicit: Optional[os.PathLike] = None, download: bool = True,
+            progress: Optional[Callable[[int, int], None]] = None) -> Path:
+    """Path of a model file on disk, downloading it first when allowed and online."""
+    mf = model_file(file_id)
+    if explicit:
+        p = Path(explicit).expanduser()
+        if p.is_file():
+            return p.resolve()
+        raise WeightsMissingError(missing_message(mf, f"The explicit path {p} does not exist."))
+    found = find(mf)
+    if found is not None:
+        return found
+    if not download:
+        raise WeightsMissingError(missing_message(mf, "Automatic download is switched off."))
+    if is_offline():
+        raise WeightsMissingError(missing_message(
+            mf, f"Offline mode ({ENV_OFFLINE}/HF_HUB_OFFLINE is set): nothing is downloaded."))
+    target_dir = search_dirs(mf.folder)[0]
+    try:
+        return download_file(mf, target_dir, progress=progress)
+    except WeightsMissingError:
+        raise
+    except Exception as exc:  # network errors, permissions...
+        raise WeightsMissingError(missing_message(
+            mf, f"Download failed ({type(exc).__name__}: {exc}); the machine may be offline.")) from exc
+
+
+def download_file(mf: ModelFile, target_dir: Path,
+                  progress: Optional[Callable[[int, int], None]] = None) -> Path:
+    """Download ``mf`` into ``target_dir`` atomically and check its size/sha256 when known."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    final = target_dir / mf.filename
+    src = mf.source
+    if "hf_repo" in src:
+        from huggingface_hub import hf_hub_download  # progress bars come from huggingface_hub
+
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".download-", dir=target_dir))
+        try:
+            got = Path(hf_hub_download(repo_id=src["hf_repo"], filename=src.get("hf_path", mf.filename),
+                                       revision=src.get("revision"), local_dir=tmp_dir))
+            _verify(mf, got)
+            os.replace(got, final)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        return final
+    if "url" in src:
+        fd, tmp = tempfile.mkstemp(prefix=f".{mf.filename}.", suffix=".partial", dir=target_dir)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(src["url"], timeout=60) as resp:
+                total = int(resp.headers.get("Content-Length") or 0)
+                done = 0
+                while True:
+                    chunk = resp.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total or done)
+            _verify(mf, Path(tmp))
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return final
+    raise WeightsMissingError(missing_message(mf, "It has no automatic download source."))
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(mf: ModelFile, path: Path) -> None:
+    size = path.stat().st_size
+    if mf.size and size != mf.size:
+        raise CheckpointError(f"downloaded '{mf.filename}' has {size} bytes, expected {mf.size}")
+    if mf.sha256 and sha256_of(path) != mf.sha256.lower():
+        raise CheckpointError(f"downloaded '{mf.filename}' has the wrong sha256 (corrupt download?)")
+
+
+# --------------------------------------------------------------------------- safe loading
+def _safe_globals() -> list:
+    """The plain, code-free types official checkpoints need besides tensors."""
+    import numpy as np
+
+    allowed = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+               pathlib.PureWindowsPath, collections.OrderedDict, np.ndarray, np.dtype]
+    try:  # numpy >= 2 moved the reconstruct helper; both names appear in old pickles
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    allowed += [_reconstruct, scalar]
+    # np.dtype subclasses as pickled by numpy >= 1.25 (np.dtypes.Float32DType, ...)
+    dtypes_mod = getattr(np, "dtypes", None)
+    if dtypes_mod is not None:
+        allowed += [getattr(dtypes_mod, n) for n in dir(dtypes_mod) if n.endswith("DType")]
+    # the legacy names numpy 1.x wrote into pickles, mapped to the same functions
+    extra = []
+    for modname in ("numpy.core.multiarray",):
+        extra.append((_reconstruct, f"{modname}._reconstruct"))
+        extra.append((scalar, f"{modname}.scalar"))
+    return allowed + extra
+
+
+def _is_safetensors(path: Path) -> bool:
+    return path.suffix.lower() == ".safetensors"
+
+
+def load_checkpoint(path: os.PathLike, map_location="cpu") -> object:
+    """Load a checkpoint without executing pickled code.
+
+    ``.safetensors`` -> flat ``{name: tensor}``; anything else goes through
+    ``torch.load(weights_only=True)`` (zip and legacy formats) with the allow-list above.
+    Corrupt, truncated or code-carrying files raise :class:`CheckpointError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location))
+        except Exception as exc:
+            raise CheckpointError(f"{path.name}: not a readable safetensors file "
+                                  f"(corrupt or truncated download?): {exc}") from exc
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Unsupported global" in msg or "weights_only" in msg.lower() or "not an allowed global" in msg:
+            raise CheckpointError(
+                f"{path.name}: refused to load: the file asks to run or build Python objects that are not "
+                f"plain weights (only tensors, numpy arrays, argparse.Namespace and paths are allowed). "
+                f"It is not an official checkpoint, or it was modified. Details: {msg.splitlines()[0]}") from exc
+        raise CheckpointError(f"{path.name}: not a readable checkpoint (corrupt or truncated?): {msg}") from exc
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
+        raise CheckpointError(f"{path.name}: not a readable checkpoint (corrupt or truncated download?): "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+def flatten_state(obj: object, prefix: str = "", skip: Callable[[str], bool] = lambda k: False) -> Dict[str, torch.Tensor]:
+    """Nested dicts of tensors -> ``{"a.b.c": tensor}``; non-tensor leaves are dropped."""
+    out: Dict[str, torch.Tensor] = {}
+    if isinstance(obj, torch.Tensor):
+        if not skip(prefix):
+            out[prefix] = obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if skip(key):
+                continue
+            out.update(flatten_state(v, key, skip))
+    return out
+
+
+def load_state_dict(path: os.PathLike, prefix: str = "", map_location="cpu") -> Dict[str, torch.Tensor]:
+    """Flat state dict of a checkpoint; with ``prefix`` only those keys, prefix removed.
+
+    Works the same for the official nested ``.pth`` (``{"generator": state_dict, ...}``) and the
+    flat safetensors twin (``"generator.xxx"`` keys).
+    """
+    flat = flatten_state(load_checkpoint(path, map_location))
+    if not prefix:
+        return flat
+    p = prefix if prefix.endswith(".") else prefix + "."
+    sub = {k[len(p):]: v for k, v in flat.items() if k.startswith(p)}
+    if not sub:
+        tops = sorted({k.split(".", 1)[0] for k in flat})
+        raise CheckpointError(f"{Path(path).name}: has no '{prefix}' weights (top-level keys: {tops[:12]}); "
+                              f"is it the right file for this model?")
+    return sub
+
+
+def check_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str,
+                     ignore: Iterable[str] = ()) -> None:
+    """Strict key and shape check with an error that lists what is missing/unexpected/misshaped."""
+    expected = module.state_dict()
+    ignore = tuple(ignore)
+    keep = lambda k: not any(k.startswith(i) for i in ignore)  # noqa: E731
+    missing = [k for k in expected if k not in state and keep(k)]
+    unexpected = [k for k in state if k not in expected and keep(k)]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        def show(items):
+            return ", ".join(items[:10]) + (f" ... (+{len(items) - 10} more)" if len(items) > 10 else "")
+        parts = [f"{what} does not match the model (wrong file, wrong size variant or corrupt?)."]
+        if missing:
+            parts.append(f"Missing keys ({len(missing)}): {show(missing)}")
+        if unexpected:
+            parts.append(f"Unexpected keys ({len(unexpected)}): {show(unexpected)}")
+        if shapes:
+            parts.append(f"Wrong shapes ({len(shapes)}): {show(shapes)}")
+        raise CheckpointError("\n".join(parts))
+
+
+def convert_to_safetensors(src: os.PathLike, dst: Optional[os.PathLike] = None,
+                           exclude_prefixes: Sequence[str] = ("optimizer",)) -> Path:
+    """Write the tensors of a checkpoint as a flat safetensors file (atomic)."""
+    from safetensors.torch import save_file
+
+    src = Path(src)
+    dst = Path(dst) if dst else src.with_name(src.name.split(".")[0] + ".safetensors")
+    skip = lambda k: any(k == p or k.startswith(p) for p in exclude_prefixes)  # noqa: E731
+    flat = flatten_state(load_checkpoint(src), skip=skip)
+    if not flat:
+        raise CheckpointError(f"{src.name}: holds no tensors to convert")
+    flat = {k: v.contiguous() for k, v in flat.items()}
+    # safetensors refuses tensors sharing memory; clone the duplicates
+    seen = set()
+    for k, v in flat.items():
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        if ptr in seen:
+            flat[k] = v.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata={"converted_from": src.name})
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst

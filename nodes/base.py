@@ -1,0 +1,112 @@
+"""Shared helpers of the ComfyUI adapters: registration, file-name inputs, progress."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterable, List, Tuple
+
+from ..core.errors import InputError
+from ..core.host import HOST
+from ..core.image import safe_join
+
+PREFIX = "TalkingHead_"
+CATEGORY = "TalkingHead"
+
+NODE_CLASS_MAPPINGS: Dict[str, type] = {}
+NODE_DISPLAY_NAME_MAPPINGS: Dict[str, str] = {}
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".aac", ".mp4", ".webm", ".mkv", ".mov")
+
+
+def register(name: str, display: str):
+    """Class decorator: publish a node as ``<PREFIX><name>`` with a plain display name."""
+    def wrap(cls):
+        node_id = PREFIX + name
+        cls.NODE_ID = node_id
+        cls.DISPLAY_NAME = display
+        NODE_CLASS_MAPPINGS[node_id] = cls
+        NODE_DISPLAY_NAME_MAPPINGS[node_id] = display
+        return cls
+    return wrap
+
+
+def list_input_files(extensions: Iterable[str]) -> List[str]:
+    """Files (relative names, sub-folders included) in the input folders, for combo widgets."""
+    exts = tuple(e.lower() for e in extensions)
+    names = set()
+    for root in HOST.input_dirs():
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for p in root.rglob("*"):
+            if p.is_file() and p.suffix.lower() in exts and not any(part.startswith(".") for part in p.relative_to(root).parts):
+                names.add(p.relative_to(root).as_posix())
+    return sorted(names)
+
+
+def _strip_annotation(name: str) -> Tuple[str, str]:
+    """ComfyUI's ``"face.png [output]"`` annotations -> (name, folder type)."""
+    for kind in ("input", "output", "temp"):
+        tag = f" [{kind}]"
+        if name.endswith(tag):
+            return name[: -len(tag)], kind
+    return name, "input"
+
+
+def resolve_input_file(name: str, what: str = "file") -> Path:
+    """A user-given file name -> an existing file inside the input folders (never outside)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"no {what} was chosen")
+    name, kind = _strip_annotation(name.strip())
+    roots = {"input": list(HOST.input_dirs()), "output": [HOST.output_dir()], "temp": [HOST.temp_dir()]}[kind]
+    if Path(name).is_absolute():  # allowed only when it lies inside one of the folders
+        target = Path(name).resolve()
+        for root in roots:
+            root = Path(root).resolve()
+            if root in target.parents:
+                name = target.relative_to(root).as_posix()
+                roots = [root]
+                break
+    for root in roots:
+        path = safe_join(root, name)  # raises on absolute paths, '..' and escapes
+        if path.is_file():
+            return path
+    raise InputError(f"{what} '{name}' was not found in the {kind} folder ({', '.join(str(r) for r in roots)})")
+
+
+def validate_input_file(name: str, what: str = "file"):
+    """For VALIDATE_INPUTS: True, or the error message ComfyUI shows before running."""
+    try:
+        resolve_input_file(name, what)
+    except InputError as exc:
+        return str(exc)
+    return True
+
+
+def progress(label: str = ""):
+    """The host's progress callback for one loop of a node (a ComfyUI bar, a terminal bar or None)."""
+    return HOST.progress(label)
+
+
+def save_path(prefix: str, ext: str, temp: bool = False, width: int = 0, height: int = 0):
+    """Next output file ``(path, subfolder, filename, type)`` in ComfyUI's naming scheme."""
+    from ..core.video import output_path
+
+    folder = HOST.temp_dir() if temp else HOST.output_dir()
+    if HOST.save_path is not None:
+        path, sub, name = HOST.save_path(folder, prefix, ext, width, height)
+    else:
+        path, sub, name = output_path(folder, prefix, ext)
+    return path, sub, name, "temp" if temp else "output"
+
+
+def file_metadata(prompt, extra_pnginfo) -> Dict[str, str]:
+    """The graph and UI workflow embedded in saved files, like ComfyUI's own save nodes."""
+    import json
+
+    meta: Dict[str, str] = {}
+    if prompt is not None:
+        meta["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        meta[key] = json.dumps(value)
+    return meta

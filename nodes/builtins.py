@@ -1,0 +1,156 @@
+"""Headless stand-ins for the few ComfyUI core nodes our workflows use.
+
+They exist only in the headless runner's registry (inside ComfyUI the real ones are used), take
+the same inputs and return the same types, so one workflow JSON runs in both places:
+LoadImage, LoadAudio, SaveImage, PreviewImage, CreateVideo, SaveVideo.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from ..core import audio as core_audio
+from ..core import image as core_image
+from ..core import video as core_video
+from .base import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, file_metadata, list_input_files, progress,
+                   resolve_input_file, save_path, validate_input_file)
+
+
+class LoadImage:
+    CATEGORY = "image"
+    FUNCTION = "load_image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    DISPLAY_NAME = "Load Image"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": (list_input_files(IMAGE_EXTENSIONS), {"image_upload": True})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        return validate_input_file(image, "image")
+
+    def load_image(self, image):
+        img, alpha = core_image.load_image_with_alpha(resolve_input_file(image, "image"))
+        mask = 1.0 - alpha if alpha is not None else torch.zeros((1, 64, 64), dtype=torch.float32)
+        return (img, mask)
+
+
+class LoadAudio:
+    CATEGORY = "audio"
+    FUNCTION = "load"
+    RETURN_TYPES = ("AUDIO",)
+    DISPLAY_NAME = "Load Audio"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"audio": (list_input_files(AUDIO_EXTENSIONS), {"audio_upload": True})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, audio):
+        return validate_input_file(audio, "audio file")
+
+    def load(self, audio):
+        return (core_audio.to_comfy(core_audio.load_audio(resolve_input_file(audio, "audio file"))),)
+
+
+class SaveImage:
+    CATEGORY = "image"
+    FUNCTION = "save_images"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    DISPLAY_NAME = "Save Image"
+    TEMP = False
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})},
+                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        from PIL import Image, PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        for key, value in file_metadata(prompt, extra_pnginfo).items():
+            info.add_text(key, value)
+        results = []
+        for frame in core_image.image_to_uint8(images):
+            path, sub, name, kind = save_path(filename_prefix, "png", temp=self.TEMP)
+            tmp = path.with_name("." + name + ".partial")
+            Image.fromarray(frame).save(tmp, format="PNG", pnginfo=info)
+            tmp.replace(path)
+            results.append({"filename": name, "subfolder": sub, "type": kind})
+        return {"ui": {"images": results}}
+
+
+class PreviewImage(SaveImage):
+    DISPLAY_NAME = "Preview Image"
+    TEMP = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def save_images(self, images, prompt=None, extra_pnginfo=None):
+        return super().save_images(images, "preview", prompt, extra_pnginfo)
+
+
+class HeadlessVideo:
+    """The part of ComfyUI's VideoInput our runner needs: components, dimensions, duration."""
+
+    def __init__(self, images, audio=None, frame_rate=Fraction(25)) -> None:
+        self.images, self.audio, self.frame_rate = images, audio, Fraction(frame_rate)
+
+    def get_components(self):
+        return {"images": self.images, "audio": self.audio, "frame_rate": self.frame_rate}
+
+    def get_dimensions(self):
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
+    def get_duration(self) -> float:
+        return float(self.images.shape[0] / self.frame_rate)
+
+
+class CreateVideo:
+    CATEGORY = "image/video"
+    FUNCTION = "execute"
+    RETURN_TYPES = ("VIDEO",)
+    DISPLAY_NAME = "Create Video"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "fps": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0, "step": 1.0})},
+                "optional": {"audio": ("AUDIO",)}}
+
+    def execute(self, images, fps, audio=None):
+        return (HeadlessVideo(images, audio, Fraction(fps).limit_denominator(1001)),)
+
+
+class SaveVideo:
+    CATEGORY = "image/video"
+    FUNCTION = "execute"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    DISPLAY_NAME = "Save Video"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("VIDEO",), "filename_prefix": ("STRING", {"default": "video/ComfyUI"}),
+                             "format": (["auto", "mp4"], {"default": "auto"}),
+                             "codec": (["auto", "h264"], {"default": "auto"})},
+                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def execute(self, video, filename_prefix, format="auto", codec="auto", prompt=None, extra_pnginfo=None):
+        comp = video.get_components()
+        images, audio, rate = comp["images"], comp["audio"], comp["frame_rate"]
+        w, h = video.get_dimensions()
+        path, sub, name, kind = save_path(filename_prefix, "mp4", width=w, height=h)
+        core_video.write_video(path, images, fps=float(rate), audio=audio,
+                               metadata=file_metadata(prompt, extra_pnginfo),
+                               progress=progress("SaveVideo"))
+        return {"ui": {"images": [{"filename": name, "subfolder": sub, "type": kind}], "animated": (True,)}}
+
+
+BUILTIN_NODES = {cls.__name__: cls for cls in (LoadImage, LoadAudio, SaveImage, PreviewImage, CreateVideo, SaveVideo)}

@@ -1,0 +1,101 @@
+"""ResizePad256 and MuxVideo."""
+from __future__ import annotations
+
+from ..core import audio as core_audio
+from ..core import resize, video
+from ..core.device import DEVICE_CHOICES
+from .base import CATEGORY, file_metadata, progress, register, save_path
+
+PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+
+
+@register("ResizePad256", "ResizePad256")
+class ResizePad256:
+    DESCRIPTION = ("Scale frames so the long side is `size` (aspect ratio kept) and pad them centred to a "
+                   "square, on the GPU, whole batches at once. 'crop' fills the square instead; 'stretch' "
+                   "ignores the aspect ratio. Defaults reproduce the classic SDA -> FOM 128x96 -> 256x256 step.")
+    CATEGORY = f"{CATEGORY}/image"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The frames as size x size squares.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Frames to resize (any size; a video is a batch)."}),
+                "size": ("INT", {"default": 256, "min": 8, "max": 4096, "step": 1,
+                                 "tooltip": "Side of the square output in pixels."}),
+                "mode": (resize.RESIZE_MODES, {"default": "pad",
+                                               "tooltip": "pad: fit inside and pad; crop: fill and cut the centre; stretch: ignore the aspect ratio."}),
+                "pad_mode": (resize.PAD_MODES, {"default": "constant",
+                                                "tooltip": "How the border is filled in pad mode: a constant colour, the edge pixels, or a mirror image."}),
+                "pad_value": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "Grey level of constant padding (0 = black)."}),
+                "interpolation": (resize.INTERPOLATIONS, {"default": "bilinear",
+                                                          "tooltip": "Resampling filter (bilinear matches the classic pipeline)."}),
+            },
+            "optional": {
+                "antialias": ("BOOLEAN", {"default": False,
+                                          "tooltip": "Blur before shrinking to avoid aliasing (off = classic behaviour)."}),
+                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the resize runs; results return to the CPU."}),
+            },
+        }
+
+    def run(self, images, size, mode, pad_mode, pad_value, interpolation, antialias=False, device="auto"):
+        out = resize.resize_pad(images, size=size, mode=mode, pad_mode=pad_mode, pad_value=pad_value,
+                                interpolation=interpolation, antialias=antialias, device=device,
+                                out_device=images.device, progress=progress("ResizePad256"))
+        return (out,)
+
+
+@register("MuxVideo", "MuxVideo")
+class MuxVideo:
+    DESCRIPTION = ("Write frames and (optionally) audio to an mp4 (H.264 yuv420p + AAC) in the output folder. "
+                   "Frames stream into ffmpeg; the audio is trimmed or padded to the video's length; "
+                   "the file appears under its final name only once it is complete.")
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("filename",)
+    OUTPUT_TOOLTIPS = ("Full path of the written mp4.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The video frames (odd sizes get one edge row/column repeated)."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
+                                  "tooltip": "Frames per second of the video (talking-head models use 25)."}),
+                "filename_prefix": ("STRING", {"default": "TalkingHead/talk",
+                                               "tooltip": "Name of the file in the output folder; may contain a sub-folder. "
+                                                          "A counter is appended: prefix_00001_.mp4."}),
+            },
+            "optional": {
+                "audio": ("AUDIO", {"tooltip": "Sound track; trimmed or padded with silence to the video's length."}),
+                "crf": ("INT", {"default": 19, "min": 0, "max": 51, "step": 1,
+                                "tooltip": "H.264 quality: lower is better and bigger (17-23 is typical)."}),
+                "preset": (PRESETS, {"default": "medium", "tooltip": "H.264 speed/size trade-off."}),
+                "extend_to_audio": ("BOOLEAN", {"default": False,
+                                                "tooltip": "When the audio is longer than the frames, hold the last frame "
+                                                           "until the audio ends (a still portrait over a whole speech)."}),
+                "save_output": ("BOOLEAN", {"default": True,
+                                            "tooltip": "Off: write to the temp folder (a preview that is cleaned up)."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def run(self, images, fps, filename_prefix, audio=None, crf=19, preset="medium", extend_to_audio=False,
+            save_output=True, prompt=None, extra_pnginfo=None):
+        h, w = int(images.shape[1]), int(images.shape[2])
+        path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=w, height=h)
+        total = int(images.shape[0])
+        if extend_to_audio and audio is not None:
+            total = max(total, core_audio.num_video_frames(core_audio.from_comfy(audio), fps))
+        video.write_video(path, images, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
+                          metadata=file_metadata(prompt, extra_pnginfo),
+                          progress=progress("MuxVideo"))
+        ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": kind}], "animated": (True,)}
+        return {"ui": ui, "result": (str(path),)}

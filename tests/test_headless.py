@@ -1,0 +1,194 @@
+"""End to end through the headless runner: the README's first command and its failure modes."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+
+WORKFLOW = ROOT / "workflows" / "portrait_still_video.json"
+EXAMPLES = ROOT / "examples"
+
+
+def run_cli(tmp_path, *args, env=None):
+    cmd = [sys.executable, str(ROOT / "run.py"), *map(str, args)]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def cli():
+    """The pack's cli module and registry, loaded in-process like run.py does; the host
+    settings a run changes are put back afterwards."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT))
+    import run
+
+    name = run.load_pack().__name__
+    yield importlib.import_module(f"{name}.core.cli"), run.registry
+    importlib.import_module(f"{name}.core.host").HOST.reset()
+
+
+def outputs(tmp_path):
+    out = tmp_path / "output"
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) if out.exists() else []
+
+
+def test_readme_command_makes_the_video(tmp_path):
+    """`python run.py workflows/portrait_still_video.json --input-dir examples` (UI-format file)."""
+    res = run_cli(tmp_path, WORKFLOW, "--input-dir", EXAMPLES)
+    assert res.returncode == 0, res.stderr
+    mp4 = Path(res.stdout.strip().splitlines()[-1])
+    assert mp4 == tmp_path / "output" / "TalkingHead" / "still_00001_.mp4" and mp4.is_file()
+    sys.path.insert(0, str(ROOT))
+    from core import video
+    from core.audio import load_audio
+
+    info = video.probe(mp4)
+    speech = load_audio(EXAMPLES / "speech.wav")
+    frames = math.ceil(speech.duration * 25)
+    assert info["video"]["codec"] == "h264" and info["video"]["pix_fmt"] == "yuv420p"
+    assert (info["video"]["width"], info["video"]["height"]) == (256, 256)
+    assert info["video"]["frames"] == frames and info["video"]["fps"] == 25
+    assert info["audio"]["codec"] == "aac" and info["audio"]["sample_rate"] == 16000
+    assert video.audio_duration(mp4) == pytest.approx(frames / 25, abs=2e-3)
+    assert "[4/4] node 4: video" in res.stderr
+    # the frames show the face crop: the first decoded frame matches LoadPortrait + ResizePad256
+    first = next(video.read_frames(mp4)).astype("float32") / 255
+    from core import face, image, resize
+
+    crop, _ = face.detect_and_crop(image.load_image(EXAMPLES / "portrait.png"), face.CenterDetector(), crop_size=512)
+    expected = resize.resize_pad(crop, 256)[0].numpy()
+    assert abs(first - expected).mean() < 0.02  # h264 at crf 19
+
+
+def test_api_format_and_overrides_with_outside_files(tmp_path):
+    api = ROOT / "workflows" / "portrait_still_video.api.json"
+    photo = tmp_path / "photos" / "me.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (90, 60), (200, 120, 90)).save(photo)
+    res = run_cli(tmp_path, api, "--input-dir", EXAMPLES, "--set", f"portrait.image={photo}",
+                  "--set", "video.filename_prefix=mine/clip", "--set", "resize.size=128", "--set", "4.fps=10",
+                  "--set", "video.extend_to_audio=false", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert outputs(tmp_path) == ["mine/clip_00001_.mp4"]
+    sys.path.insert(0, str(ROOT))
+    from core import video
+
+    info = video.probe(tmp_path / "output" / "mine" / "clip_00001_.mp4")
+    assert (info["video"]["width"], info["video"]["frames"], info["video"]["fps"]) == (128, 1, 10)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("portrait.image=nope.png", "not found"),
+    ("portrait.image=../../../etc/passwd", "outside"),
+    ("audio.audio=../speech.wav", "outside"),
+    ("video.filename_prefix=../../escape", "outside the output folder"),
+    ("resize.size=0", "size"),
+    ("portrait.detector=magic", "magic"),
+])
+def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, override, message):
+    res = run_cli(tmp_path, WORKFLOW, "--input-dir", EXAMPLES, "--set", override, "--quiet")
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    import re
+
+    assert re.search(message, res.stderr), res.stderr
+    assert outputs(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "/etc/hostname", "C:\\Windows\\win.ini", "sub/../../x.png"])
+def test_hostile_file_names_inside_a_shared_workflow(tmp_path, name):
+    """A workflow from someone else may name any path: only the input folder is readable."""
+    api = json.loads((ROOT / "workflows" / "portrait_still_video.api.json").read_text())
+    api["1"]["inputs"]["image"] = name
+    (tmp_path / "shared.json").write_text(json.dumps(api))
+    res = run_cli(tmp_path, tmp_path / "shared.json", "--input-dir", EXAMPLES, "--quiet")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "outside" in res.stderr or "not found" in res.stderr, res.stderr
+    assert outputs(tmp_path) == []
+
+
+def test_corrupt_image_and_empty_audio(tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(EXAMPLES, inputs)
+    (inputs / "portrait.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    res = run_cli(tmp_path, WORKFLOW, "--input-dir", inputs, "--quiet")
+    assert res.returncode == 1 and "portrait.png" in res.stderr and "node 1" in res.stderr
+    shutil.copy(EXAMPLES / "portrait.png", inputs / "portrait.png")
+    sys.path.insert(0, str(ROOT))
+    from core.audio import Audio
+    from core.video import _write_wav
+
+    _write_wav(inputs / "speech.wav", Audio(torch.zeros(1, 0), 16000))
+    res = run_cli(tmp_path, WORKFLOW, "--input-dir", inputs, "--quiet")
+    assert res.returncode == 1 and "speech.wav" in res.stderr and "node 2" in res.stderr
+    assert outputs(tmp_path) == []
+
+
+def test_missing_weights_offline(tmp_path):
+    res = run_cli(tmp_path, WORKFLOW, "--input-dir", EXAMPLES, "--offline", "--quiet",
+                  "--set", "portrait.detector=face-alignment sfd", "--models-dir", tmp_path / "models")
+    assert res.returncode == 1
+    assert "s3fd-619a316812.pth" in res.stderr and str(tmp_path / "models" / "face_detection") in res.stderr
+    assert "Offline" in res.stderr and outputs(tmp_path) == []
+
+
+def test_cancel_leaves_no_partial_video(tmp_path, monkeypatch, cli):
+    cli_mod, registry = cli
+    monkeypatch.chdir(tmp_path)
+
+    class Interrupting:
+        def __init__(self, label=""):
+            self.label = label
+
+        def __call__(self, done, total, preview=None):
+            if "MuxVideo" in self.label and done == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_mod, "TerminalBar", Interrupting)
+    code = cli_mod.main([str(WORKFLOW), "--input-dir", str(EXAMPLES)], registry)
+    assert code == 130
+    assert outputs(tmp_path) == [] and not list((tmp_path / "output").rglob("*.partial*"))
+
+
+def test_other_commands(tmp_path):
+    res = run_cli(tmp_path, "nodes")
+    assert res.returncode == 0 and "TalkingHead_MuxVideo" in res.stdout and "LoadAudio" in res.stdout
+    res = run_cli(tmp_path, "weights", "list")
+    assert res.returncode == 0 and "fom/vox-256" in res.stdout and "missing" in res.stdout
+    res = run_cli(tmp_path, "convert", WORKFLOW, tmp_path / "api.json")
+    assert res.returncode == 0
+    assert json.loads((tmp_path / "api.json").read_text()) == json.loads(
+        (ROOT / "workflows" / "portrait_still_video.api.json").read_text())
+    res = run_cli(tmp_path, "weights", "convert", ROOT / "tests" / "fixtures" / "fom" / "tiny-cpk.pth.tar",
+                  tmp_path / "fom.safetensors")
+    assert res.returncode == 0 and (tmp_path / "fom.safetensors").stat().st_size > 100_000
+    res = run_cli(tmp_path, "missing.json")
+    assert res.returncode == 1 and "missing.json" in res.stderr
+
+
+def test_shipped_workflows_are_consistent(cli, monkeypatch):
+    _, registry = cli
+    import importlib
+
+    base = cli[0].__name__.rsplit(".", 1)[0]
+    graph = importlib.import_module(base + ".graph")
+    monkeypatch.setattr(importlib.import_module(base + ".host").HOST, "input_dirs", lambda: [EXAMPLES])
+    reg = registry()
+    api_files = sorted((ROOT / "workflows").glob("*.api.json"))
+    assert api_files
+    for api_path in api_files:
+        ui_path = api_path.with_name(api_path.name.replace(".api.json", ".json"))
+        assert ui_path.is_file(), f"{ui_path.name} (UI format) is missing"
+        api = json.loads(api_path.read_text())
+        assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == api, ui_path.name
+        graph.validate(api, reg)

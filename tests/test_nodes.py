@@ -1,0 +1,168 @@
+"""Node contract: the pack as ComfyUI loads it, headless and inside a (fake) ComfyUI."""
+import ast
+import gc
+import json
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, sub
+
+COMFY_MODULES = {"comfy", "folder_paths", "nodes", "server", "execution", "comfy_extras", "comfy_api", "app"}
+OWN_PACKAGES = {"core", "nodes", "weights", "workflows", "tests"}
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield 0, a.name
+        elif isinstance(node, ast.ImportFrom):
+            yield node.level, node.module or ""
+
+
+def test_core_never_imports_comfyui_and_pack_uses_relative_imports():
+    for path in (ROOT / "core").rglob("*.py"):
+        for level, name in _imports(path):
+            if level == 0:
+                assert name.split(".")[0] not in COMFY_MODULES, f"{path} imports {name}"
+    for path in list((ROOT / "core").rglob("*.py")) + list((ROOT / "nodes").rglob("*.py")) + [ROOT / "__init__.py"]:
+        for level, name in _imports(path):
+            if level == 0:
+                assert name.split(".")[0] not in OWN_PACKAGES, f"{path}: absolute import of the pack's own {name}"
+
+
+def test_pack_loads_from_odd_folder_name_with_complete_specs(pack):
+    mappings, names = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
+    assert set(mappings) == {"TalkingHead_LoadPortrait", "TalkingHead_ResizePad256", "TalkingHead_MuxVideo",
+                             "TalkingHead_UnloadModels"}
+    assert names["TalkingHead_ResizePad256"] == "ResizePad256" and names["TalkingHead_MuxVideo"] == "MuxVideo"
+    assert names["TalkingHead_LoadPortrait"] == "LoadPortrait"
+    for node_id, cls in mappings.items():
+        assert node_id.startswith("TalkingHead_") and set(names) == set(mappings)
+        assert cls.CATEGORY.startswith("TalkingHead") and cls.DESCRIPTION
+        assert callable(getattr(cls(), cls.FUNCTION))
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, decl in spec.get(section, {}).items():
+                assert len(decl) == 2 and decl[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+    assert sub(pack, "core.host").HOST.name == "standalone"
+
+
+def test_resize_node_matches_core(pack):
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_ResizePad256"]()
+    img = torch.rand(3, 40, 30, 3)
+    (out,) = node.run(img, 64, "pad", "constant", 0.0, "bilinear")
+    core_resize = sub(pack, "core.resize")
+    assert out.device.type == "cpu" and torch.equal(out, core_resize.resize_pad(img, 64))
+
+
+# ----------------------------------------------------------------------------- inside ComfyUI
+def test_bridge_registers_folders_and_host(comfy_pack):
+    fp = comfy_pack.folder_paths
+    host = sub(comfy_pack, "core.host").HOST
+    assert host.name == "comfyui"
+    for key in ("face_detection", "fom", "liveportrait", "sda", "ditto", "joyvasa"):
+        assert fp.get_folder_paths(key) == [str(Path(fp.models_dir) / key)]
+    # a file dropped into ComfyUI's models folder is what the weights manager finds
+    target = Path(fp.models_dir) / "fom" / "vox-cpk.pth.tar"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"x")
+    assert sub(comfy_pack, "core.weights").resolve("fom/vox-256", download=False) == target
+    # an extra_model_paths.yaml entry (another folder for the same key) is searched too
+    other = Path(fp.base_path) / "elsewhere" / "sda"
+    other.mkdir(parents=True)
+    (other / "grid.dat").write_bytes(b"x")
+    fp.add_model_folder_path("sda", str(other))
+    assert sub(comfy_pack, "core.weights").resolve("sda/grid", download=False) == other / "grid.dat"
+
+
+def test_missing_weights_offline_names_comfy_models_folder(comfy_pack, monkeypatch):
+    monkeypatch.setenv("TALKINGHEAD_OFFLINE", "1")
+    errors = sub(comfy_pack, "core.errors")
+    node = comfy_pack.NODE_CLASS_MAPPINGS["TalkingHead_LoadPortrait"]()
+    with pytest.raises(errors.WeightsMissingError) as err:
+        node.run("", "face-alignment sfd", 256, 1.8, -0.1, image_in=torch.rand(1, 64, 64, 3))
+    msg = str(err.value)
+    assert "s3fd-619a316812.pth" in msg
+    assert str(Path(comfy_pack.folder_paths.models_dir) / "face_detection") in msg
+    assert "adrianbulat.com" in msg
+
+
+def test_mux_node_in_comfy_naming_ui_metadata_and_progress(comfy_pack):
+    fp = comfy_pack.folder_paths
+    utils = __import__("comfy.utils", fromlist=["x"])
+    utils.updates.clear()
+    node = comfy_pack.NODE_CLASS_MAPPINGS["TalkingHead_MuxVideo"]()
+    audio = {"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}
+    res = node.run(torch.rand(40, 32, 32, 3), 25.0, "talks/t", audio=audio, prompt={"1": {"class_type": "X"}},
+                   extra_pnginfo={"workflow": {"nodes": []}})
+    ui = res["ui"]["images"][0]
+    assert ui == {"filename": "t_00001_.mp4", "subfolder": "talks", "type": "output"}
+    path = Path(fp.get_output_directory()) / "talks" / "t_00001_.mp4"
+    assert res["result"] == (str(path),) and path.is_file()
+    assert utils.updates and utils.updates[-1][:2] == (2, 2)  # 40 frames in chunks of 32
+    res2 = node.run(torch.rand(2, 32, 32, 3), 25.0, "talks/t", save_output=False)
+    assert res2["ui"]["images"][0]["type"] == "temp"
+    assert (Path(fp.get_temp_directory()) / "talks" / "t_00001_.mp4").is_file()
+    video = sub(comfy_pack, "core.video")
+    import subprocess
+
+    meta = subprocess.run([video.ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+                          capture_output=True, text=True).stdout
+    assert 'prompt={"1": {"class_type": "X"}}' in meta and "workflow=" in meta
+
+
+def test_cancel_mid_mux_leaves_nothing(comfy_pack):
+    mm = comfy_pack.comfy
+    utils = __import__("comfy.utils", fromlist=["x"])
+    calls = []
+
+    def hook(value, total, preview, node_id=None):
+        calls.append(value)
+        if value == 2:
+            mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+
+    utils.set_progress_bar_global_hook(hook)
+    try:
+        node = comfy_pack.NODE_CLASS_MAPPINGS["TalkingHead_MuxVideo"]()
+        with pytest.raises(mm.InterruptProcessingException):
+            node.run(torch.rand(200, 32, 32, 3), 25.0, "cancelled")
+    finally:
+        utils.set_progress_bar_global_hook(None)
+    out = Path(comfy_pack.folder_paths.get_output_directory())
+    assert calls == [1, 2]
+    assert [p.name for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_models_take_part_in_comfy_memory_management(comfy_pack):
+    mm = comfy_pack.comfy
+    cache = sub(comfy_pack, "core.cache").CACHE
+    model = cache.get("fom", "k", lambda: torch.nn.Linear(8, 8), torch.device("cpu"))
+    assert [lm.model.model for lm in mm.current_loaded_models] == [model]
+    mm.unload_all_models()  # ComfyUI's "free memory" evicts ours like any other model
+    assert mm.current_loaded_models == []
+    assert cache.get("fom", "k", lambda: None, torch.device("cpu")) is model  # back on the next use
+    assert len(mm.current_loaded_models) == 1
+    ref = weakref.ref(model)
+    del model
+    calls = mm.soft_empty_cache_calls
+    node = comfy_pack.NODE_CLASS_MAPPINGS["TalkingHead_UnloadModels"]()
+    marker = object()
+    res = node.run("fom", passthrough=marker)
+    assert res["result"] == (marker,) and "unloaded 1 model" in res["ui"]["text"][0]
+    gc.collect()
+    assert ref() is None and mm.current_loaded_models == [] and mm.soft_empty_cache_calls > calls
+    assert cache.entries() == []
+
+
+def test_unload_node_spec(pack):
+    cls = pack.NODE_CLASS_MAPPINGS["TalkingHead_UnloadModels"]
+    fams = cls.INPUT_TYPES()["required"]["family"][0]
+    assert fams[0] == "all" and {"face", "fom", "sda", "liveportrait", "motion"} <= set(fams)
+    assert cls.RETURN_TYPES == ("*",) and cls.OUTPUT_NODE and cls.IS_CHANGED() != cls.IS_CHANGED()
