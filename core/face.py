@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -657,12 +657,13 @@ class FaceAlignmentSFD(FaceDetector):
 
     def detect(self, image) -> List[Face]:
         x, h, w = _as_hwc(image)
+        x = x.to(self.device)
         if self.max_side and max(h, w) > self.max_side:
             r = self.max_side / max(h, w)
             x = F.interpolate(x, size=(max(1, round(h * r)), max(1, round(w * r))), mode="bilinear",
                               align_corners=False, antialias=True)
         sh, sw = h / x.shape[-2], w / x.shape[-1]
-        x = x.to(self.device).flip(1)  # RGB -> BGR
+        x = x.flip(1)  # RGB -> BGR
         x = x - torch.tensor([104.0, 117.0, 123.0], device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():
             outs = self.net(x)
@@ -722,6 +723,19 @@ class FaceAlignmentBlazeFace(FaceDetector):
                                   f"({count}, 4), got {getattr(a, 'shape', None)}")
         return a.astype(np.float32)
 
+    def _predict(self, x: torch.Tensor) -> np.ndarray:
+        """BlazeFace.predict_on_batch for one image, minus degenerate boxes before the NMS
+        (face-alignment's weighted NMS never ends on a box of zero or negative size)."""
+        net = self.net
+        with torch.inference_mode():
+            raw_boxes, raw_scores = net(net._preprocess(x))
+            dets = net._tensors_to_detections(raw_boxes, raw_scores, net.anchors)[0]
+            ok = torch.isfinite(dets).all(dim=1) & (dets[:, 2] > dets[:, 0]) & (dets[:, 3] > dets[:, 1])
+            faces = net._weighted_non_max_suppression(dets[ok])
+        if not faces:
+            return np.zeros((0, 17), np.float32)
+        return torch.stack(faces).float().cpu().numpy()
+
     def detect(self, image) -> List[Face]:
         x, h, w = _as_hwc(image)
         side = max(h, w)
@@ -731,7 +745,7 @@ class FaceAlignmentBlazeFace(FaceDetector):
         n = self.input_size
         if side != n:
             x = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False, antialias=side > n)
-        preds = self.net.predict_on_batch(x.to(self.device))[0].detach().float().cpu().numpy()
+        preds = self._predict(x.to(self.device))
         faces = []
         for p in preds:
             ymin, xmin, ymax, xmax = p[:4] * side

@@ -383,3 +383,12 @@ def convert_to_safetensors(src: os.PathLike, dst: Optional[os.PathLike] = None,
         if os.path.exists(tmp):
             os.unlink(tmp)
     return dst
+
+
+def manifest_table() -> str:
+    """The manifest as a Markdown table (weights/README.md embeds it; a test keeps them equal)."""
+    rows = ["| id | folder | file names (first = official) | licence | source |", "| --- | --- | --- | --- | --- |"]
+    for mf in manifest().values():
+        rows.append(f"| `{mf.id}` | `{mf.folder}/` | {', '.join(f'`{n}`' for n in mf.names)} | {mf.license} | "
+                    f"{mf.source_text()} |")
+    return "\n".join(rows)

@@ -219,3 +219,9 @@ def test_convert_official_checkpoint(tmp_path):
     assert set(flat) == set(ref)  # optimizer states dropped, everything else kept
     assert all(torch.equal(flat[k], ref[k]) for k in ref)
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_weights_readme_lists_the_manifest():
+    from conftest import ROOT
+
+    assert W.manifest_table() in (ROOT / "weights" / "README.md").read_text(encoding="utf-8")

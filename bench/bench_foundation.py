@@ -1,0 +1,79 @@
+"""Throughput and peak memory of the foundation stages: ResizePad256 and the mp4 writer.
+
+    python bench/bench_foundation.py [--frames 500] [--device auto] [--json out.json]
+
+ResizePad256: SDA-sized 128x96 frames -> 256x256, frames per second for several chunk sizes
+(the whole batch goes to the device chunk by chunk). Mux: 256x256 frames + 16 kHz audio streamed
+into ffmpeg (libx264 medium, crf 19), frames per second. Peak RSS is the process maximum, so
+it is reported before and after the long mux to show that it does not grow with the video length.
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.audio import Audio  # noqa: E402
+from core.resize import resize_pad  # noqa: E402
+from core.video import VideoWriter  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if sys.platform != "darwin" else r / 2 ** 20
+
+
+def bench_resize(frames: int, device: str):
+    x = torch.rand(frames, 128, 96, 3)
+    out = {}
+    for chunk in (1, 16, 64, 256):
+        resize_pad(x[:chunk], 256, device=device, chunk=chunk)  # warm-up
+        if device != "cpu" and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        resize_pad(x, 256, device=device, chunk=chunk)
+        if device != "cpu" and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out[f"chunk_{chunk}"] = round(frames / (time.perf_counter() - t), 1)
+    return out
+
+
+def bench_mux(frames: int):
+    frame = torch.rand(16, 256, 256, 3)
+    audio = Audio(torch.randn(1, int(frames / 25 * 16000)) * 0.05, 16000)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        with VideoWriter(Path(d) / "bench.mp4", 25, audio, expected_frames=frames) as w:
+            for i in range(0, frames, 16):
+                w.write(frame[: min(16, frames - i)])
+        return round(frames / (time.perf_counter() - t), 1)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--frames", type=int, default=500)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "device": a.device, "frames": a.frames}
+    res["resize_128x96_to_256_fps"] = bench_resize(a.frames, a.device)
+    res["peak_rss_mb_before_mux"] = round(peak_rss_mb(), 1)
+    res["mux_256_fps_short"] = bench_mux(a.frames // 5)
+    res["mux_256_fps"] = bench_mux(a.frames)
+    res["mux_256_fps_4x_longer"] = bench_mux(a.frames * 4)
+    res["peak_rss_mb_after_mux"] = round(peak_rss_mb(), 1)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
