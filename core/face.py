@@ -564,6 +564,11 @@ class FaceDetector:
     def detect(self, image) -> List[Face]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def modules_for_cache(self) -> List[torch.nn.Module]:
+        """The networks the model cache (and ComfyUI's memory manager) should manage."""
+        net = getattr(self, "net", None)
+        return [net] if isinstance(net, torch.nn.Module) else []
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 

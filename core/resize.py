@@ -122,8 +122,8 @@ def resize_pad(images: torch.Tensor, size: int = 256, mode: str = "pad", pad_mod
     bar = Progress((n + chunk - 1) // chunk, progress)
     for start in range(0, n, chunk):
         x = images[start:start + chunk].to(dev, non_blocking=True)
-        if channels_last:
-            x = x.permute(0, 3, 1, 2)
+        if channels_last:  # NCHW in contiguous memory: the resize kernels run faster on it
+            x = x.permute(0, 3, 1, 2).contiguous()
         y = resize_square_nchw(x, size, mode, pad_mode, pad_value, interpolation, antialias)
         if channels_last:
             y = y.permute(0, 2, 3, 1)

@@ -166,3 +166,21 @@ def test_unload_node_spec(pack):
     fams = cls.INPUT_TYPES()["required"]["family"][0]
     assert fams[0] == "all" and {"face", "fom", "sda", "liveportrait", "motion"} <= set(fams)
     assert cls.RETURN_TYPES == ("*",) and cls.OUTPUT_NODE and cls.IS_CHANGED() != cls.IS_CHANGED()
+
+
+def test_face_detector_nets_are_managed_by_comfy(comfy_pack):
+    """A weights-backed detector's network is a ModelPatcher in ComfyUI's list, and unloads."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from safetensors.torch import save_file
+
+    folder = Path(comfy_pack.folder_paths.models_dir) / "face_detection"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_file(s3fd().state_dict(), folder / "s3fd.safetensors")
+    portrait = sub(comfy_pack, "core.portrait")
+    det = portrait.get_detector("face-alignment sfd", "cpu", download=False)
+    mm = comfy_pack.comfy
+    assert [lm.model.model for lm in mm.current_loaded_models] == [det.net]
+    assert portrait.get_detector("face-alignment sfd", "cpu", download=False) is det  # cached
+    sub(comfy_pack, "core.cache").CACHE.unload("face")
+    assert mm.current_loaded_models == []
