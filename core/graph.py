@@ -231,15 +231,16 @@ def _display_name(cls: Optional[type], class_type: str) -> str:
 
 
 def _types_match(output_type: Any, spec: InputSpec) -> bool:
-    """Whether an output of ``output_type`` may feed ``spec`` (``*`` and ``A,B`` unions as in ComfyUI)."""
-    if spec.choices is not None:
-        return isinstance(output_type, (list, tuple)) or output_type in ("STRING", "COMBO", "*")
-    wanted = str(spec.type)
-    if isinstance(output_type, (list, tuple)):
-        return wanted in ("*", "COMBO", "STRING")
-    if "*" in (output_type, wanted):
+    """Whether an output of ``output_type`` may feed ``spec``: ComfyUI's server rule, so a graph
+    that validates here validates there. Equal types (by ``!=``, which wildcard types override
+    to match anything: a plain ``"*"`` is *not* a wildcard on the server), or ``"A,B"`` unions
+    that overlap. A combo (a list of choices) only takes a link whose type equals that list."""
+    wanted = spec.type
+    if not output_type != wanted:
         return True
-    given = {t.strip() for t in str(output_type).split(",")}
+    if not isinstance(output_type, str) or not isinstance(wanted, str):
+        return False
+    given = {t.strip() for t in output_type.split(",")}
     return bool(given & {t.strip() for t in wanted.split(",")})
 
 

@@ -11,6 +11,21 @@ from ..core.image import safe_join
 PREFIX = "TalkingHead_"
 CATEGORY = "TalkingHead"
 
+class AnyType(str):
+    """A socket type that connects to every other one.
+
+    ComfyUI's server compares socket types with ``!=`` (a plain ``"*"`` is only a wildcard in the
+    editor and fails validation on the server); this type is never unequal to anything.
+    """
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = str.__hash__
+
+
+ANY = AnyType("*")
+
 NODE_CLASS_MAPPINGS: Dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: Dict[str, str] = {}
 

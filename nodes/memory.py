@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..core import weights
 from ..core.cache import CACHE
-from .base import CATEGORY, register
+from .base import ANY, CATEGORY, register
 
 
 def family_choices():
@@ -17,7 +17,7 @@ class UnloadModels:
     CATEGORY = f"{CATEGORY}/memory"
     FUNCTION = "run"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("*",)
+    RETURN_TYPES = (ANY,)
     RETURN_NAMES = ("passthrough",)
     OUTPUT_TOOLTIPS = ("Whatever came in, unchanged (connect it to the next stage to order the unload).",)
 
@@ -28,7 +28,7 @@ class UnloadModels:
                 "family": (family_choices(), {"default": "all", "tooltip": "Which models to unload."}),
             },
             "optional": {
-                "passthrough": ("*", {"tooltip": "Any value; it is returned unchanged after the unload."}),
+                "passthrough": (ANY, {"tooltip": "Any value; it is returned unchanged after the unload."}),
             },
         }
 

@@ -11,6 +11,18 @@ from core.errors import Cancelled, InputError, TalkingHeadError
 # --------------------------------------------------------------------------- fake node classes
 
 
+class AnyType(str):
+    """The wildcard socket type node packs use: equal to every type under ``!=``."""
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = str.__hash__
+
+
+ANY = AnyType("*")
+
+
 class Const:
     """Produces an INT; records every call."""
 
@@ -50,7 +62,7 @@ class Record:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"value": ("*",)}}
+        return {"required": {"value": (ANY,)}}
 
     RETURN_TYPES = ()
     FUNCTION = "run"
@@ -264,9 +276,9 @@ class Values:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"items": ("*",)}}
+        return {"required": {"items": (ANY,)}}
 
-    RETURN_TYPES = ("*",)
+    RETURN_TYPES = (ANY,)
     FUNCTION = "run"
 
     def run(self, items):
@@ -444,14 +456,36 @@ def test_link_type_mismatch():
     assert "node 2 (TakeAudio): input 'audio' expects AUDIO but is linked to output 0 (IMAGE) of node 1" in str(err)
 
 
+class PlainStar:
+    """A plain "*" socket: ComfyUI's server does not treat it as a wildcard."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("*",)}}
+
+    RETURN_TYPES = ("*",)
+    FUNCTION = "run"
+
+    def run(self, value):
+        return (value,)
+
+
 def test_link_type_matching_rules():
-    # "*" accepts anything, a combo accepts a STRING link
+    """The same rule as ComfyUI's server (comfy_execution.validation.validate_node_input)."""
+    reg = {**REGISTRY, "PlainStar": PlainStar}
+    # a wildcard type (``!=`` overridden) accepts anything and feeds anything
+    graph.validate({"1": node("Const", value=1), "2": node("Record", value=["1", 0])}, reg)
+    graph.validate({"1": node("Values", items={"__value__": [1]}), "2": node("Add", a=["1", 0], b=2),
+                    "3": node("Record", value=["2", 0])}, reg)
+    # a plain "*" is an ordinary type name on the server: neither side matches IMAGE/INT
+    err = problems_of({"1": node("Const", value=1), "2": node("PlainStar", value=["1", 0]),
+                       "3": node("Add", a=["2", 0], b=1), "4": node("Record", value=["3", 0])}, reg)
+    assert "input 'value' expects * but is linked to output 0 (INT)" in str(err)
+    assert "input 'a' expects INT but is linked to output 0 (*)" in str(err)
+    # a combo does not take a STRING (or INT) link
     prompt = {"1": node("NeedsText", text="crop"), "2": node("Widgets", mode=["1", 0]),
               "3": node("Record", value=["2", 0])}
-    graph.validate(prompt, REGISTRY)
-    prompt["2"] = node("Widgets", mode=["4", 0])
-    prompt["4"] = node("Const", value=1)
-    assert "input 'mode' expects COMBO" in str(problems_of(prompt))
+    assert "input 'mode' expects COMBO but is linked to output 0 (STRING)" in str(problems_of(prompt))
 
 
 def test_missing_required_input():

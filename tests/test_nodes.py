@@ -184,3 +184,21 @@ def test_face_detector_nets_are_managed_by_comfy(comfy_pack):
     assert portrait.get_detector("face-alignment sfd", "cpu", download=False) is det  # cached
     sub(comfy_pack, "core.cache").CACHE.unload("face")
     assert mm.current_loaded_models == []
+
+
+def test_unload_node_links_between_stages_under_comfy_rules(pack):
+    """LoadPortrait -> ResizePad256 -> UnloadModels -> MuxVideo: every link passes the same type
+    rule as ComfyUI's server (a plain "*" would be rejected there)."""
+    import importlib
+
+    graph = importlib.import_module(f"{pack.__name__}.core.graph")
+    prompt = {
+        "1": {"class_type": "TalkingHead_LoadPortrait",
+              "inputs": {"image": "", "detector": "center", "crop_size": 64, "scale": 1.8, "vy": -0.1}},
+        "2": {"class_type": "TalkingHead_ResizePad256",
+              "inputs": {"images": ["1", 1], "size": 16, "mode": "pad", "pad_mode": "constant", "pad_value": 0.0,
+                         "interpolation": "bilinear"}},
+        "3": {"class_type": "TalkingHead_UnloadModels", "inputs": {"family": "all", "passthrough": ["2", 0]}},
+        "4": {"class_type": "TalkingHead_MuxVideo", "inputs": {"images": ["3", 0], "fps": 25.0, "filename_prefix": "x"}},
+    }
+    graph.validate(prompt, pack.NODE_CLASS_MAPPINGS)
