@@ -41,7 +41,6 @@ class CachedModel:
     device: torch.device
     dtype: torch.dtype
     handle: Any = None
-    uses: int = 0
     info: Dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -93,7 +92,6 @@ class ModelCache:
                 if manager is not None:
                     entry.handle = [manager.register(m, device) for m in _modules(model)]
                 self._entries[full_key] = entry
-            entry.uses += 1
             manager = HOST.model_manager
             if manager is not None and entry.handle:
                 for h in entry.handle:

@@ -52,26 +52,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _override_file(item: str) -> Optional[Path]:
+    """The file an override ``KEY.INPUT=VALUE`` names by path (with a slash), if it exists."""
+    _, eq, value = item.partition("=")
+    value = value.strip().strip('"')
+    if eq and value and ("/" in value or os.sep in value) and Path(value).expanduser().is_file():
+        return Path(value).expanduser().resolve()
+    return None
+
+
 def _file_overrides(overrides: List[str]) -> List[Path]:
     """Folders of files named on the command line: they become extra input roots, so
     ``--set portrait.image=/photos/me.jpg`` works while workflow files stay confined."""
-    roots = []
-    for item in overrides:
-        _, _, value = item.partition("=")
-        value = value.strip().strip('"')
-        if value and ("/" in value or os.sep in value) and Path(value).expanduser().is_file():
-            roots.append(Path(value).expanduser().resolve().parent)
-    return roots
+    return [f.parent for f in map(_override_file, overrides) if f is not None]
 
 
 def _absolutize(overrides: List[str]) -> List[str]:
+    """File paths in overrides made absolute (the input roots are absolute too)."""
     out = []
     for item in overrides:
-        key, eq, value = item.partition("=")
-        v = value.strip().strip('"')
-        if eq and v and ("/" in v or os.sep in v) and Path(v).expanduser().is_file():
-            item = f"{key}={json.dumps(str(Path(v).expanduser().resolve()))}"
-        out.append(item)
+        f = _override_file(item)
+        out.append(f"{item.partition('=')[0]}={json.dumps(str(f))}" if f is not None else item)
     return out
 
 

@@ -46,16 +46,15 @@ def register(name: str, display: str):
 
 
 def list_input_files(extensions: Iterable[str]) -> List[str]:
-    """Files (relative names, sub-folders included) in the input folders, for combo widgets."""
+    """Files directly in the input folders, for combo widgets (like ComfyUI's LoadImage; a name
+    with a sub-folder, ``sub/face.png``, is still accepted when typed or sent through the API)."""
     exts = tuple(e.lower() for e in extensions)
     names = set()
     for root in HOST.input_dirs():
         root = Path(root)
-        if not root.is_dir():
-            continue
-        for p in root.rglob("*"):
-            if p.is_file() and p.suffix.lower() in exts and not any(part.startswith(".") for part in p.relative_to(root).parts):
-                names.add(p.relative_to(root).as_posix())
+        if root.is_dir():
+            names.update(p.name for p in root.iterdir()
+                         if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
     return sorted(names)
 
 
