@@ -350,6 +350,35 @@ def read_frames(path: Union[str, os.PathLike]) -> Iterator[np.ndarray]:
         yield np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
 
 
+def load_video(path: Union[str, os.PathLike], max_frames: int = 100_000) -> Tuple[torch.Tensor, float]:
+    """Decode a whole video to an IMAGE batch ``[T,H,W,3]`` float 0..1 and its frame rate
+    (what ComfyUI's LoadVideo gives). Frames are kept as uint8 while decoding (a quarter of the
+    float size) and converted once at the end."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video file not found: {path}")
+    try:
+        gen = imageio_ffmpeg.read_frames(str(path.resolve()), pix_fmt="rgb24")
+        meta = next(gen)
+    except (RuntimeError, OSError, StopIteration) as exc:
+        raise InputError(f"could not decode video file '{path.name}': {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from exc
+    w, h = meta["size"]
+    fps = float(meta.get("fps") or 25.0)
+    frames = []
+    try:
+        for raw in gen:
+            frames.append(torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(h, w, 3))
+            if len(frames) > max_frames:
+                raise InputError(f"video '{path.name}' has more than {max_frames} frames")
+    finally:
+        gen.close()
+    if not frames:
+        raise InputError(f"video file '{path.name}' has no frames")
+    return torch.stack(frames).float().div_(255.0), fps
+
+
 def probe(path: Union[str, os.PathLike]) -> Dict[str, object]:
     """What is in a media file: streams (codec, pixel format, size, fps, rate, channels), the
     decoded frame count and durations. Used by tests and the CLI (``ffprobe``-like)."""

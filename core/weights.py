@@ -392,3 +392,34 @@ def manifest_table() -> str:
         rows.append(f"| `{mf.id}` | `{mf.folder}/` | {', '.join(f'`{n}`' for n in mf.names)} | {mf.license} | "
                     f"{mf.source_text()} |")
     return "\n".join(rows)
+
+
+def list_files(folder: str, extensions: Sequence[str] = (".pth", ".pt", ".tar", ".safetensors", ".ckpt")) -> List[str]:
+    """Model files present in the search folders of ``folder`` (names relative to their folder)."""
+    exts = tuple(e.lower() for e in extensions)
+    names = set()
+    for d in search_dirs(folder):
+        if d.is_dir():
+            names.update(p.relative_to(d).as_posix() for p in d.rglob("*")
+                         if p.is_file() and p.name.lower().endswith(exts) and not p.name.startswith("."))
+    return sorted(names)
+
+
+def choices(file_id: str) -> List[str]:
+    """Combo values for a checkpoint input: the official name first, then every file found."""
+    mf = model_file(file_id)
+    return [mf.filename] + [n for n in list_files(mf.folder) if n != mf.filename]
+
+
+def resolve_choice(file_id: str, choice: str, download: bool = True) -> Path:
+    """A combo value from :func:`choices` -> a file on disk (downloading the official file if allowed)."""
+    mf = model_file(file_id)
+    if not choice or choice in mf.names:
+        return resolve(file_id, download=download)
+    if Path(choice).is_absolute() or ".." in Path(choice).parts:
+        raise WeightsMissingError(f"checkpoint name {choice!r} must be a file name inside the "
+                                  f"'{mf.folder}' models folder")
+    for d in search_dirs(mf.folder):
+        if (d / choice).is_file():
+            return d / choice
+    raise WeightsMissingError(missing_message(mf, f"The chosen file '{choice}' is not in any of those folders."))

@@ -3,6 +3,8 @@
 * ``portrait.png``: a drawn, non-square portrait (head off-centre, hair, shoulders) so cropping
   and paste-back have something to do.
 * ``speech.wav``: a short sentence from espeak-ng (``apt-get install espeak-ng``), 16 kHz mono.
+* ``driving.mp4``: 2 s (50 frames, 256x256, 25 fps) of a drawn face that nods and opens its
+  mouth, with the first 2 s of the speech: a driving video for FOMAnimate.
 """
 import subprocess
 from pathlib import Path
@@ -46,7 +48,36 @@ def speech(path: Path) -> None:
     path.with_suffix(".raw.wav").unlink()
 
 
+def driving(path: Path, speech_path: Path, frames: int = 50) -> None:
+    import math
+    import sys
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(HERE.parent))
+    from core.audio import load_audio
+    from core.video import write_video
+
+    out = []
+    for i in range(frames):
+        t = i / 25.0
+        img = Image.new("RGB", (256, 256), (90, 110, 140))
+        d = ImageDraw.Draw(img)
+        cx, cy = 128 + 6 * math.sin(2 * math.pi * 0.5 * t), 130 + 4 * math.sin(2 * math.pi * 0.8 * t)
+        d.ellipse([cx - 62, cy - 80, cx + 62, cy + 84], fill=(225, 185, 150))
+        for ex in (cx - 24, cx + 24):
+            d.ellipse([ex - 10, cy - 18, ex + 10, cy - 4], fill=(40, 30, 30))
+        d.polygon([(cx, cy - 2), (cx - 7, cy + 22), (cx + 7, cy + 22)], fill=(200, 150, 120))
+        opening = 4 + 14 * abs(math.sin(2 * math.pi * 2.0 * t))
+        d.ellipse([cx - 22, cy + 38 - opening / 2, cx + 22, cy + 38 + opening / 2], fill=(120, 40, 50))
+        out.append(np.asarray(img))
+    audio = load_audio(speech_path)
+    write_video(path, torch.from_numpy(np.stack(out)), fps=25, audio=audio, crf=23)
+
+
 if __name__ == "__main__":
     portrait(HERE / "portrait.png")
     speech(HERE / "speech.wav")
-    print("wrote", HERE / "portrait.png", HERE / "speech.wav")
+    driving(HERE / "driving.mp4", HERE / "speech.wav")
+    print("wrote", HERE / "portrait.png", HERE / "speech.wav", HERE / "driving.mp4")

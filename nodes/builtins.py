@@ -2,7 +2,8 @@
 
 They exist only in the headless runner's registry (inside ComfyUI the real ones are used), take
 the same inputs and return the same types, so one workflow JSON runs in both places:
-LoadImage, LoadAudio, SaveImage, PreviewImage, CreateVideo, SaveVideo.
+LoadImage, LoadAudio, LoadVideo, GetVideoComponents, SaveImage, PreviewImage, CreateVideo,
+SaveVideo.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from ..core import audio as core_audio
 from ..core import image as core_image
 from ..core import video as core_video
+from ..core.errors import InputError
 from .base import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, file_metadata, list_input_files, progress,
                    resolve_input_file, save_path, validate_input_file)
 
@@ -128,6 +130,49 @@ class CreateVideo:
         return (HeadlessVideo(images, audio, Fraction(fps).limit_denominator(1001)),)
 
 
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+
+
+class LoadVideo:
+    CATEGORY = "image/video"
+    FUNCTION = "execute"
+    RETURN_TYPES = ("VIDEO",)
+    DISPLAY_NAME = "Load Video"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"file": (list_input_files(VIDEO_EXTENSIONS), {"video_upload": True})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file):
+        return validate_input_file(file, "video file")
+
+    def execute(self, file):
+        path = resolve_input_file(file, "video file")
+        frames, fps = core_video.load_video(path)
+        try:
+            audio = core_audio.to_comfy(core_audio.load_audio(path))
+        except InputError:  # no audio track
+            audio = None
+        return (HeadlessVideo(frames, audio, Fraction(fps).limit_denominator(1001)),)
+
+
+class GetVideoComponents:
+    CATEGORY = "image/video"
+    FUNCTION = "execute"
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    RETURN_NAMES = ("images", "audio", "fps")
+    DISPLAY_NAME = "Get Video Components"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("VIDEO",)}}
+
+    def execute(self, video):
+        comp = video.get_components()
+        return (comp["images"], comp["audio"], float(comp["frame_rate"]))
+
+
 class SaveVideo:
     CATEGORY = "image/video"
     FUNCTION = "execute"
@@ -153,4 +198,5 @@ class SaveVideo:
         return {"ui": {"images": [{"filename": name, "subfolder": sub, "type": kind}], "animated": (True,)}}
 
 
-BUILTIN_NODES = {cls.__name__: cls for cls in (LoadImage, LoadAudio, SaveImage, PreviewImage, CreateVideo, SaveVideo)}
+BUILTIN_NODES = {cls.__name__: cls for cls in (LoadImage, LoadAudio, LoadVideo, GetVideoComponents, SaveImage,
+                                                PreviewImage, CreateVideo, SaveVideo)}

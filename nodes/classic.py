@@ -1,0 +1,79 @@
+"""The classic pipeline's nodes: FOMAnimate (and SDABase, in its own issue)."""
+from __future__ import annotations
+
+from ..core import fom as core_fom
+from ..core import weights
+from ..core.cache import CACHE
+from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
+from ..core.errors import InputError
+from .base import CATEGORY, progress, register
+
+
+def _best_frame(portrait, driving, device, download) -> int:
+    """Index of the driving frame whose face landmarks best match the portrait's."""
+    from ..core.landmarks import face_landmarks, get_landmarker
+    from ..core.portrait import get_detector
+
+    detector = get_detector("face-alignment sfd", device, download)
+    landmarker = get_landmarker(device, download)
+    (source,) = face_landmarks(portrait[:1], detector, landmarker)
+    if source is None:
+        raise InputError("find_best_frame: no face was found in the portrait; switch find_best_frame off")
+    found = face_landmarks(driving, detector, landmarker, progress=progress("FOMAnimate: landmarks"))
+    return core_fom.find_best_frame(source, found)
+
+
+@register("FOMAnimate", "FOMAnimate")
+class FOMAnimate:
+    DESCRIPTION = ("Animate a portrait with a driving video using the First Order Motion Model (vox-256). "
+                   "The portrait is encoded once; driving frames run in batches on the GPU. Relative mode "
+                   "transfers the driving face's motion, not its shape.")
+    CATEGORY = f"{CATEGORY}/classic"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("The animated portrait, 256x256, one frame per driving frame.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "portrait": ("IMAGE", {"tooltip": "The face to animate (first image of the batch); any size, "
+                                                  "resized to 256x256. A square face crop (LoadPortrait) works best."}),
+                "driving": ("IMAGE", {"tooltip": "The driving video, 256x256 frames (e.g. SDABase -> ResizePad256); "
+                                                 "other sizes are resized to 256x256."}),
+                "checkpoint": (weights.choices(core_fom.FILE_ID), {
+                    "tooltip": "FOM checkpoint in models/fom: the official vox-cpk.pth.tar or a .safetensors copy."}),
+                "relative": ("BOOLEAN", {"default": True, "tooltip": "Apply the driving motion relative to its first "
+                                                                     "(or best) frame: keeps the portrait's face shape."}),
+                "adapt_movement_scale": ("BOOLEAN", {"default": True, "tooltip": "Scale the motion by the ratio of the "
+                                                                                 "two faces' sizes (relative mode)."}),
+                "find_best_frame": ("BOOLEAN", {"default": False, "tooltip": "Use the driving frame whose face pose best "
+                                                                             "matches the portrait as the reference (needs "
+                                                                             "the face-alignment S3FD and 2D-FAN weights)."}),
+                "batch_size": ("INT", {"default": 8, "min": 1, "max": 128, "step": 1,
+                                       "tooltip": "Driving frames per forward pass (higher = faster on a GPU, more memory)."}),
+                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "auto = fp16 on GPU, fp32 on CPU."}),
+            },
+            "optional": {
+                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
+                "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the networks cached for the next "
+                                                                              "run (off: free them when done)."}),
+                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing face-detection weights "
+                                                                          "(find_best_frame) into the models folder."}),
+            },
+        }
+
+    def run(self, portrait, driving, checkpoint, relative, adapt_movement_scale, find_best_frame, batch_size,
+            precision, device="auto", keep_model_loaded=True, auto_download=True):
+        model = core_fom.get_fom(checkpoint, device)
+        try:
+            initial = _best_frame(portrait, driving, device, auto_download) if find_best_frame and relative else 0
+            frames = core_fom.animate(model, portrait[:1], driving, relative=relative,
+                                      adapt_movement_scale=adapt_movement_scale, initial_index=initial,
+                                      batch_size=batch_size, device=device, precision=precision,
+                                      progress=progress("FOMAnimate"))
+        finally:
+            if not keep_model_loaded:
+                CACHE.unload("fom")
+        return (frames,)
