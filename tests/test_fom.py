@@ -1,0 +1,293 @@
+"""First Order Motion Model: parity with the official implementation's outputs (fixtures from
+shared/reference/fom, copied to tests/fixtures/fom) from both checkpoint formats, loading
+errors, batching/streaming invariances, and the FOMAnimate node."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import FIXTURES, ROOT, sub
+from core import fom as F
+from core.errors import CheckpointError, InputError
+from core.resize import resize_pad
+from core.weights import load_state_dict
+
+IO = load_file(str(FIXTURES / "fom" / "io.safetensors"))
+FORMATS = ["tiny-cpk.pth.tar", "weights.safetensors"]
+
+
+@pytest.fixture(scope="module", params=FORMATS)
+def model(request):
+    return F.load_fom(FIXTURES / "fom" / request.param)
+
+
+def kp(prefix, n=None):
+    out = {"value": IO[f"{prefix}.value"], "jacobian": IO[f"{prefix}.jacobian"]}
+    return out if n is None else {k: v[n:n + 1] for k, v in out.items()}
+
+
+def close(a, b, tol):
+    assert a.shape == b.shape
+    err = (a.float() - b.float()).abs().max().item()
+    assert err <= tol, f"max abs error {err} > {tol}"
+
+
+def test_keypoints_and_jacobians(model):
+    src = F.keypoints(model, IO["source"])
+    drv = F.keypoints(model, IO["driving"])  # batched; the fixture ran frame by frame
+    close(src["value"], IO["kp_source.value"], 1e-5)
+    close(src["jacobian"], IO["kp_source.jacobian"], 1e-5)
+    close(drv["value"], IO["kp_driving.value"], 1e-5)
+    close(drv["jacobian"], IO["kp_driving.jacobian"], 1e-5)
+
+
+def test_intermediates_of_the_keypoint_detector(model):
+    det = model.kp_detector
+    with torch.inference_mode():
+        small = det.down(IO["source"])
+        feats = det.predictor(small)
+        logits = det.kp(feats)
+    close(small, IO["kp_detector.down.source"], 1e-6)
+    close(feats, IO["kp_detector.feature_map.source"], 1e-5)
+    close(logits, IO["kp_detector.heatmap_logits.source"], 1e-5)
+
+
+@pytest.mark.parametrize("adapt,key", [(True, "kp_norm.rel_adapt"), (False, "kp_norm.rel")])
+def test_normalize_kp_both_modes(adapt, key):
+    src, drv = kp("kp_source"), kp("kp_driving")
+    out = F.normalize_kp(src, drv, kp("kp_driving", 0), adapt_movement_scale=adapt,
+                         use_relative_movement=True, use_relative_jacobian=True)
+    close(out["value"], IO[f"{key}.value"], 1e-5)
+    close(out["jacobian"], IO[f"{key}.jacobian"], 1e-5)
+    assert F.movement_scale(src, kp("kp_driving", 0)) == pytest.approx(IO["adapt_movement_scale"].item(), rel=1e-6)
+    absolute = F.normalize_kp(src, drv, kp("kp_driving", 0))  # absolute mode: unchanged
+    assert absolute["value"] is drv["value"]
+
+
+def test_generator_outputs(model):
+    with torch.inference_mode():
+        out = model.generator(IO["source"], kp("kp_norm.rel_adapt"), kp("kp_source"))
+    for name in ("prediction", "mask", "occlusion_map", "deformation", "sparse_deformed", "deformed"):
+        close(out[name], IO[f"gen.{name}"], 1e-4)
+    with torch.inference_mode():
+        motion = model.generator.dense_motion_network(model.generator.dense_motion_network.downsample(IO["source"]),
+                                                      kp("kp_norm.rel_adapt"), kp("kp_source"))
+        encoded = model.generator.encode(IO["source"])
+        from core.fom.model import warp
+
+        bottleneck_in = warp(encoded.expand(4, -1, -1, -1), motion["deformation"]) * motion["occlusion_map"]
+    close(encoded, IO["gen.encoded_source"], 1e-5)
+    close(bottleneck_in, IO["gen.bottleneck_in"], 1e-4)
+
+
+def test_encode_once_render_equals_official_forward(model):
+    state = F.prepare_source(model, IO["source"])
+    close(F.render(model, state, kp("kp_norm.rel_adapt")), IO["gen.prediction"], 1e-4)
+
+
+def test_absolute_mode(model):
+    with torch.inference_mode():
+        pred = model.generator(IO["source"], kp("kp_driving", 1), kp("kp_source"))["prediction"]
+    close(pred, IO["gen_abs.prediction.frame1"], 1e-4)
+    out = F.animate(model, IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1),
+                    relative=False, resolution=64)
+    close(out[1:2].permute(0, 3, 1, 2), IO["gen_abs.prediction.frame1"], 1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 8])
+def test_animate_whole_path_any_batch_size(model, batch_size):
+    seen = []
+    out = F.animate(model, IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1),
+                    batch_size=batch_size, resolution=64, progress=lambda d, t, p=None: seen.append((d, t)))
+    close(out.permute(0, 3, 1, 2), IO["gen.prediction"], 1e-4)
+    steps = -(-4 // batch_size)
+    assert seen[-1] == (steps, steps) and len(seen) == steps
+
+
+def test_find_best_frame_from_landmarks():
+    best = F.find_best_frame(IO["find_best_frame.landmarks_source"].numpy(),
+                             IO["find_best_frame.landmarks_driving"].numpy())
+    assert best == int(IO["find_best_frame.best_index"].item())
+
+
+def test_initial_frame_choice_matches_official_forward_backward_split(model):
+    """demo.py with find_best_frame animates forward and backward from frame i, both relative to
+    frame i: the same as every frame relative to frame i."""
+    src, drv = IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1)
+    out = F.animate(model, src, drv, initial_index=2, resolution=64)
+    kps, kpd = kp("kp_source"), kp("kp_driving")
+    expected = F.render(model, F.prepare_source(model, IO["source"]),
+                        F.normalize_kp(kps, kpd, kp("kp_driving", 2), True, True, True))
+    close(out.permute(0, 3, 1, 2), expected, 1e-5)
+    with pytest.raises(InputError, match="outside"):
+        F.animate(model, src, drv, initial_index=4, resolution=64)
+
+
+def test_deepstory_path_resize_animate_uint8(model):
+    """SDA-sized frames -> ResizePad256 -> animation at 256 -> uint8 by truncation (+-1 level)."""
+    source = IO["deepstory.source_u8"][None].float() / 255
+    close(F.to_model_input(source), IO["deepstory.source_256"], 0)
+    driving = resize_pad((IO["deepstory.sda_frames"] / 255).permute(0, 2, 3, 1), 256)
+    pred = F.animate(model, source, driving, relative=True, adapt_movement_scale=True, batch_size=2)
+    u8 = (pred * 255).to(torch.uint8)
+    diff = (u8.int() - IO["deepstory.prediction_u8"].int()).abs()
+    assert diff.max().item() <= 1
+
+
+def test_both_formats_identical():
+    a = F.load_fom(FIXTURES / "fom" / FORMATS[0])
+    b = F.load_fom(FIXTURES / "fom" / FORMATS[1])
+    oa = F.animate(a, IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1), resolution=64)
+    ob = F.animate(b, IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1), resolution=64)
+    assert torch.equal(oa, ob)
+
+
+def test_streaming_equals_whole_and_keeps_memory_per_batch(model):
+    src = IO["source"]
+    drv = IO["driving"]
+    chunks = list(F.animate_stream(model, src, (drv[i:i + 2] for i in range(0, 4, 2))))
+    assert [c.shape[0] for c in chunks] == [2, 2]
+    close(torch.cat(chunks), IO["gen.prediction"], 1e-4)
+
+
+def test_config_inference_matches_published_configs():
+    reference = json.loads((FIXTURES / "fom" / "config.json").read_text())["model_params"]
+    tiny = F.infer_config(load_state_dict(FIXTURES / "fom" / "weights.safetensors"))["model_params"]
+    for section in ("kp_detector_params", "common_params"):
+        assert tiny[section] == reference[section], section
+    gen = dict(tiny["generator_params"])
+    assert gen.pop("dense_motion_params") == {**reference["generator_params"]["dense_motion_params"], "kp_variance": 0.01}
+    assert gen == {k: v for k, v in reference["generator_params"].items() if k != "dense_motion_params"}
+    vox = F.preset("vox-256")["model_params"]
+    # full-size shapes (no weights): build vox-256, infer its config back, same networks
+    kp_det, gen = __import__("core.fom.model", fromlist=["build"]).build(F.preset("vox-256"))
+    flat = {f"kp_detector.{k}": v for k, v in kp_det.state_dict().items()}
+    flat.update({f"generator.{k}": v for k, v in gen.state_dict().items()})
+    inferred = F.infer_config(flat)["model_params"]
+    assert inferred["common_params"] == vox["common_params"]
+    assert inferred["kp_detector_params"] == vox["kp_detector_params"]
+    dm = dict(inferred["generator_params"]["dense_motion_params"])
+    dm.pop("kp_variance")
+    assert dm == vox["generator_params"]["dense_motion_params"]
+    assert sum(p.numel() for p in kp_det.parameters()) == 14215368  # the manifest's counts
+    assert sum(p.numel() for p in gen.parameters()) == 45575391
+
+
+def test_every_manifest_key_maps():
+    manifest = json.loads((FIXTURES / "fom" / "checkpoint_manifest.json").read_text())
+    kp_det, gen = __import__("core.fom.model", fromlist=["build"]).build(F.preset("vox-256"))
+    for name, module in (("kp_detector", kp_det), ("generator", gen)):
+        ours = {k: list(v.shape) for k, v in module.state_dict().items()}
+        theirs = {k: v["shape"] for k, v in manifest["modules"][name]["state_dict"].items()}
+        assert ours == theirs, name
+
+
+def test_loading_errors(tmp_path):
+    flat = load_state_dict(FIXTURES / "fom" / "weights.safetensors")
+    broken = dict(flat)
+    broken.pop("generator.final.bias")
+    broken["generator.extra.weight"] = torch.zeros(1)
+    save_file(broken, tmp_path / "broken.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        F.load_fom(tmp_path / "broken.safetensors")
+    assert "Missing keys (1): final.bias" in str(err.value) and "Unexpected keys (1): extra.weight" in str(err.value)
+    save_file({k: v for k, v in flat.items() if k.startswith("generator.")}, tmp_path / "gen_only.safetensors")
+    with pytest.raises(CheckpointError, match="no kp_detector weights"):
+        F.load_fom(tmp_path / "gen_only.safetensors")
+    save_file({"model.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="not a First Order Motion Model checkpoint"):
+        F.load_fom(tmp_path / "other.safetensors")
+    wrong = dict(flat)
+    wrong["generator.first.conv.weight"] = torch.zeros(8, 3, 5, 5)
+    save_file(wrong, tmp_path / "wrong.safetensors")
+    with pytest.raises(CheckpointError, match="Wrong shapes"):
+        F.load_fom(tmp_path / "wrong.safetensors")
+
+
+def test_extra_keys_of_the_official_file_are_ignored(tmp_path):
+    ckpt = torch.load(FIXTURES / "fom" / "tiny-cpk.pth.tar", weights_only=True)
+    ckpt["optimizer_generator"] = {"state": {0: {"exp_avg": torch.ones(3), "step": torch.tensor(1.0)}},
+                                   "param_groups": [{"lr": 2e-4, "betas": (0.5, 0.999), "params": [0]}]}
+    torch.save(ckpt, tmp_path / "vox-cpk.pth.tar", _use_new_zipfile_serialization=False)
+    F.load_fom(tmp_path / "vox-cpk.pth.tar")
+
+
+# ----------------------------------------------------------------------------- node
+def test_node_through_comfy_contract(comfy_pack):
+    models = Path(comfy_pack.folder_paths.models_dir) / "fom"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "tiny.safetensors").write_bytes((FIXTURES / "fom" / "weights.safetensors").read_bytes())
+    node_cls = comfy_pack.NODE_CLASS_MAPPINGS["TalkingHead_FOMAnimate"]
+    choices = node_cls.INPUT_TYPES()["required"]["checkpoint"][0]
+    assert choices[0] == "vox-cpk.pth.tar" and "tiny.safetensors" in choices
+    source = IO["deepstory.source_u8"][None].float() / 255
+    driving = resize_pad((IO["deepstory.sda_frames"] / 255).permute(0, 2, 3, 1), 256)
+    utils = __import__("comfy.utils", fromlist=["x"])
+    utils.updates.clear()
+    (frames,) = node_cls().run(source, driving, "tiny.safetensors", True, True, False, 1, "auto")
+    assert frames.shape == (2, 256, 256, 3) and frames.dtype == torch.float32
+    assert ((frames * 255).to(torch.uint8).int() - IO["deepstory.prediction_u8"].int()).abs().max() <= 1
+    assert [u[:2] for u in utils.updates] == [(1, 2), (2, 2)] and utils.updates[-1][2] is not None  # preview
+    mm = comfy_pack.comfy
+    assert len(mm.current_loaded_models) == 2  # kp detector + generator under ComfyUI's manager
+    node_cls().run(source, driving, "tiny.safetensors", True, True, False, 2, "fp32", keep_model_loaded=False)
+    assert mm.current_loaded_models == [] and sub(comfy_pack, "core.cache").CACHE.entries("fom") == []
+
+
+def test_node_cancel_between_batches(comfy_pack):
+    models = Path(comfy_pack.folder_paths.models_dir) / "fom"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "tiny.safetensors").write_bytes((FIXTURES / "fom" / "weights.safetensors").read_bytes())
+    mm = comfy_pack.comfy
+    utils = __import__("comfy.utils", fromlist=["x"])
+    calls = []
+
+    def hook(value, total, preview, node_id=None):
+        calls.append(value)
+        mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+
+    utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            comfy_pack.NODE_CLASS_MAPPINGS["TalkingHead_FOMAnimate"]().run(
+                torch.rand(1, 64, 64, 3), torch.rand(6, 256, 256, 3), "tiny.safetensors", True, True, False, 1, "auto")
+    finally:
+        utils.set_progress_bar_global_hook(None)
+    assert calls == [1]
+
+
+def test_missing_checkpoint_message(pack, monkeypatch, tmp_path):
+    monkeypatch.setenv("TALKINGHEAD_OFFLINE", "1")
+    errors = sub(pack, "core.errors")
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_FOMAnimate"]()
+    with pytest.raises(errors.WeightsMissingError) as err:
+        node.run(torch.rand(1, 64, 64, 3), torch.rand(2, 256, 256, 3), "vox-cpk.pth.tar", True, True, False, 1, "auto")
+    msg = str(err.value)
+    assert "vox-cpk.pth.tar" in msg and "first-order-model" in msg and "CC BY-NC" in msg
+    assert str(tmp_path / "models" / "fom") in msg
+
+
+def test_fom_workflow_headless_with_tiny_weights(tmp_path):
+    """workflows/fom_animate_video.json end to end: portrait + driving video -> FOMAnimate -> MuxVideo."""
+    import subprocess
+    import sys
+
+    (tmp_path / "models" / "fom").mkdir(parents=True)
+    (tmp_path / "models" / "fom" / "tiny-cpk.pth.tar").write_bytes((FIXTURES / "fom" / "tiny-cpk.pth.tar").read_bytes())
+    res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "fom_animate_video.json"),
+                          "--input-dir", str(ROOT / "examples"), "--models-dir", str(tmp_path / "models"),
+                          "--set", "animate.checkpoint=tiny-cpk.pth.tar", "--set", "portrait.detector=center",
+                          "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    mp4 = Path(res.stdout.strip().splitlines()[-1])
+    from core import video
+
+    info = video.probe(mp4)
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (256, 256, 50)
+    assert info["audio"]["codec"] == "aac" and video.audio_duration(mp4) == pytest.approx(2.0, abs=2e-3)
+    frames = np.stack(list(video.read_frames(mp4)))
+    assert frames.std(axis=0).mean() > 0.5  # the frames differ: the portrait moves with the driving video
