@@ -108,9 +108,13 @@ def test_animate_whole_path_any_batch_size(model, batch_size):
 
 
 def test_find_best_frame_from_landmarks():
-    best = F.find_best_frame(IO["find_best_frame.landmarks_source"].numpy(),
-                             IO["find_best_frame.landmarks_driving"].numpy())
-    assert best == int(IO["find_best_frame.best_index"].item())
+    src, drv = IO["find_best_frame.landmarks_source"].numpy(), IO["find_best_frame.landmarks_driving"].numpy()
+    best = int(IO["find_best_frame.best_index"].item())
+    assert F.find_best_frame(src, drv) == best
+    # frames where no face was found are skipped
+    with_gaps = [None if i == best else lm for i, lm in enumerate(drv)]
+    assert F.find_best_frame(src, with_gaps) not in (best, None)
+    assert F.find_best_frame(src, [None, None]) == 0
 
 
 def test_initial_frame_choice_matches_official_forward_backward_split(model):
@@ -291,3 +295,31 @@ def test_fom_workflow_headless_with_tiny_weights(tmp_path):
     assert info["audio"]["codec"] == "aac" and video.audio_duration(mp4) == pytest.approx(2.0, abs=2e-3)
     frames = np.stack(list(video.read_frames(mp4)))
     assert frames.std(axis=0).mean() > 0.5  # the frames differ: the portrait moves with the driving video
+
+
+def test_node_find_best_frame_uses_the_landmark_match(pack, monkeypatch, tmp_path):
+    """With find_best_frame on, the node takes the reference frame from face landmarks (stubbed
+    here: the detector/FAN themselves are tested in test_face.py / test_landmarks.py)."""
+    (tmp_path / "models" / "fom").mkdir(parents=True)
+    (tmp_path / "models" / "fom" / "tiny.safetensors").write_bytes((FIXTURES / "fom" / "weights.safetensors").read_bytes())
+    landmarks = sub(pack, "core.landmarks")
+    portrait_mod = sub(pack, "core.portrait")
+    src_lm = IO["find_best_frame.landmarks_source"].numpy()
+    drv_lm = IO["find_best_frame.landmarks_driving"].numpy()[:4]
+    monkeypatch.setattr(portrait_mod, "get_detector", lambda *a, **k: "detector")
+    monkeypatch.setattr(landmarks, "get_landmarker", lambda *a, **k: "fan")
+    monkeypatch.setattr(landmarks, "face_landmarks",
+                        lambda images, det, fan, progress=None: [src_lm] if images.shape[0] == 1 else list(drv_lm))
+    best = F.find_best_frame(src_lm, drv_lm)
+    assert best != 0
+    source = IO["source"].permute(0, 2, 3, 1)
+    driving = IO["driving"].permute(0, 2, 3, 1)
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_FOMAnimate"]()
+    (frames,) = node.run(source, driving, "tiny.safetensors", True, True, True, 2, "fp32")
+    model = F.load_fom(FIXTURES / "fom" / "weights.safetensors")
+    expected = F.animate(model, source, driving, initial_index=best)
+    close(frames, expected, 1e-5)
+    monkeypatch.setattr(landmarks, "face_landmarks", lambda images, det, fan, progress=None: [None] * images.shape[0])
+    errors = sub(pack, "core.errors")
+    with pytest.raises(errors.InputError, match="no face was found in the portrait"):
+        node.run(source, driving, "tiny.safetensors", True, True, True, 2, "fp32")

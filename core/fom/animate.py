@@ -65,11 +65,12 @@ def normalize_kp(kp_source: KP, kp_driving: KP, kp_driving_initial: KP, adapt_mo
     return out
 
 
-def find_best_frame(landmarks_source: np.ndarray, landmarks_driving: Iterable[np.ndarray]) -> int:
+def find_best_frame(landmarks_source: np.ndarray, landmarks_driving: Iterable[Optional[np.ndarray]]) -> int:
     """Index of the driving frame whose face landmarks best match the source's.
 
     Landmarks are centred and divided by sqrt(hull area); the frame with the smallest sum of
-    squared differences wins (the first one on ties)."""
+    squared differences wins (the first one on ties). Frames without landmarks (``None``: no face
+    found) are skipped; if no frame has any, frame 0 is used."""
     def normalise(kp):
         kp = np.asarray(kp, dtype=np.float64)
         kp = kp - kp.mean(axis=0, keepdims=True)
@@ -79,6 +80,8 @@ def find_best_frame(landmarks_source: np.ndarray, landmarks_driving: Iterable[np
     src = normalise(landmarks_source)
     best, best_norm = 0, float("inf")
     for i, lm in enumerate(landmarks_driving):
+        if lm is None:
+            continue
         norm = float(((src - normalise(lm)) ** 2).sum())
         if norm < best_norm:
             best, best_norm = i, norm

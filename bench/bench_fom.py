@@ -1,0 +1,88 @@
+"""First Order Motion Model speed and memory at 256x256 with full-size (vox-256) random weights.
+
+    python bench/bench_fom.py [--frames 24] [--device cpu] [--precision fp32] [--json out.json]
+
+Reports seconds per frame of ``animate`` (source encoded once, batched driving frames) for batch
+sizes 1/4/8, the split of one batch-1 frame into keypoints / dense motion / decoder, and peak RSS
+while streaming N and 4N frames through ``animate_stream`` (frames are discarded as they come, so
+the peak must not grow with the video's length). Weights are random: speed does not depend on
+their values.
+"""
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.fom import FOM, animate, animate_stream, keypoints, normalize_kp, prepare_source, preset  # noqa: E402
+from core.fom.model import build  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    kp_det, gen = build(preset("vox-256"))
+    fom = FOM(kp_det.eval().to(device), gen.eval().to(device), preset("vox-256"))
+    source = torch.rand(1, 256, 256, 3)
+    driving = torch.rand(a.frames, 256, 256, 3)
+    res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": a.device,
+           "precision": a.precision, "frames": a.frames, "sec_per_frame": {}}
+    animate(fom, source, driving[:2], batch_size=2, device=device, precision=a.precision)  # warm-up
+    for bs in (1, 4, 8):
+        sync(device)
+        t = time.perf_counter()
+        animate(fom, source, driving, batch_size=bs, device=device, precision=a.precision)
+        sync(device)
+        res["sec_per_frame"][f"batch_{bs}"] = round((time.perf_counter() - t) / a.frames, 4)
+    res["fps_best"] = round(1 / min(res["sec_per_frame"].values()), 2)
+
+    # one frame split into stages (batch 1, fp32)
+    x = source.permute(0, 3, 1, 2).to(device)
+    d = driving[:1].permute(0, 3, 1, 2).to(device)
+    stages = {}
+    with torch.inference_mode():
+        for name, fn in [("encode_source_once", lambda: prepare_source(fom, x))]:
+            t = time.perf_counter(); fn(); sync(device); stages[name] = time.perf_counter() - t
+        state = prepare_source(fom, x)
+        t = time.perf_counter(); kpd = keypoints(fom, d); sync(device); stages["keypoints"] = time.perf_counter() - t
+        kpn = normalize_kp(state.kp, kpd, kpd, use_relative_movement=True, use_relative_jacobian=True, scale=1.0)
+        t = time.perf_counter()
+        motion = fom.generator.dense_motion_network(state.small, kpn, state.kp)
+        sync(device); stages["dense_motion"] = time.perf_counter() - t
+        t = time.perf_counter(); fom.generator.decode(state.encoded, motion); sync(device)
+        stages["decode"] = time.perf_counter() - t
+    res["stage_ms_batch1"] = {k: round(v * 1000, 1) for k, v in stages.items()}
+
+    res["stream_peak_rss_mb"] = {}
+    for n in (a.frames, 4 * a.frames):
+        batches = (driving[i % a.frames:i % a.frames + 8].permute(0, 3, 1, 2) for i in range(0, n, 8))
+        for _ in animate_stream(fom, x, batches, device=device, precision=a.precision):
+            pass
+        res["stream_peak_rss_mb"][f"{n}_frames"] = round(peak_rss_mb(), 1)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
