@@ -323,3 +323,17 @@ def test_node_find_best_frame_uses_the_landmark_match(pack, monkeypatch, tmp_pat
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.InputError, match="no face was found in the portrait"):
         node.run(source, driving, "tiny.safetensors", True, True, True, 2, "fp32")
+
+
+def test_inference_optimisation_keeps_outputs():
+    """get_fom's fused, sub-pixel, channels-last networks give the official outputs."""
+    model = F.load_fom(FIXTURES / "fom" / "weights.safetensors")
+    fast = F.load_fom(FIXTURES / "fom" / "weights.safetensors").optimize_for_inference()
+    ups = [m for m in fast.generator.modules() if hasattr(m, "phase3")]
+    assert ups and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.generator.up_blocks.modules())
+    src, drv = IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1)
+    close(F.animate(fast, src, drv, resolution=64).permute(0, 3, 1, 2), IO["gen.prediction"], 1e-4)
+    close(F.animate(fast, src, drv, resolution=64), F.animate(model, src, drv, resolution=64), 1e-5)
+    kp_fast = F.keypoints(fast, IO["driving"])
+    close(kp_fast["value"], IO["kp_driving.value"], 1e-5)
+    close(kp_fast["jacobian"], IO["kp_driving.jacobian"], 1e-5)

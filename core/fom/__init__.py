@@ -21,11 +21,12 @@ FILE_ID = "fom/vox-256"
 
 
 def get_fom(checkpoint: str = "vox-cpk.pth.tar", device="auto", download: bool = True) -> FOM:
-    """The checkpoint (a name in the ``fom`` models folder, or the official file) loaded once and
-    cached; the networks stay in float32 (half precision comes from autocast at run time)."""
+    """The checkpoint (a name in the ``fom`` models folder, or the official file) loaded once,
+    optimised for inference (:meth:`FOM.optimize_for_inference`) and cached; the networks stay in
+    float32 (half precision comes from autocast at run time)."""
     path = weights.resolve_choice(FILE_ID, checkpoint, download=download)
     dev = resolve_device(device)
-    return CACHE.get("fom", file_key(path), lambda: load_fom(path), dev, torch.float32,
+    return CACHE.get("fom", file_key(path), lambda: load_fom(path).optimize_for_inference(), dev, torch.float32,
                      info={"file": path.name})
 
 

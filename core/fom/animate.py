@@ -97,7 +97,7 @@ def to_model_input(images: torch.Tensor, size: int = RESOLUTION, device=None) ->
     x = images.to(device, torch.float32).permute(0, 3, 1, 2).contiguous()
     if tuple(x.shape[2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="area")
-    return x
+    return x.contiguous(memory_format=torch.channels_last)  # the layout the convolutions prefer
 
 
 # --------------------------------------------------------------------------- inference

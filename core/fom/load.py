@@ -46,6 +46,14 @@ class FOM:
     def modules_for_cache(self):
         return [self.kp_detector, self.generator]
 
+    def optimize_for_inference(self) -> "FOM":
+        """Fold BatchNorms, use sub-pixel upsampling convs and channels-last memory (faster on
+        CPU and GPU; outputs equal to float rounding, ~1e-6). The state dict keeps its official
+        keys minus the folded BatchNorms, so do this only on a model used for inference."""
+        for module in self.modules_for_cache():
+            M.fuse_for_inference(module).to(memory_format=torch.channels_last)
+        return self
+
 
 def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
     rx = re.compile(pattern)
