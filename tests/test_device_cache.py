@@ -26,7 +26,14 @@ def test_resolve_device_and_dtype(monkeypatch):
     monkeypatch.setattr(HOST, "should_use_fp16", lambda dev: True)
     assert D.resolve_device("auto") == cpu
     assert D.resolve_dtype("auto", cpu) == torch.float16
-    assert isinstance(D.autocast(cpu, torch.float32), type(D.autocast(cpu, torch.float16)))
+    with D.autocast(cpu, torch.float32):
+        assert not torch.is_autocast_enabled("cpu")
+    with D.autocast(cpu, torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        x = torch.randn(4, 4)
+        assert (x @ x).dtype == torch.bfloat16
+        with D.full_precision(cpu):
+            assert (x @ x).dtype == torch.float32
 
 
 def test_cache_loads_once_and_unload_frees(monkeypatch):

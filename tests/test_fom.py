@@ -337,3 +337,13 @@ def test_inference_optimisation_keeps_outputs():
     kp_fast = F.keypoints(fast, IO["driving"])
     close(kp_fast["value"], IO["kp_driving.value"], 1e-5)
     close(kp_fast["jacobian"], IO["kp_driving.jacobian"], 1e-5)
+
+
+def test_bf16_autocast_on_cpu_stays_close(model):
+    """precision=bf16 runs the convolutions in bfloat16 (fast on CPUs with AVX-512 BF16 / AMX)
+    while the keypoint maths stays float32: frames within a few uint8 levels of fp32."""
+    src, drv = IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1)
+    fp32 = F.animate(model, src, drv, resolution=64, device="cpu", precision="fp32")
+    bf16 = F.animate(model, src, drv, resolution=64, device="cpu", precision="bf16")
+    err = (bf16 - fp32).abs().max().item()
+    assert 0 < err < 0.03

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..device import autocast, resolve_device, resolve_dtype
+from ..device import autocast, full_precision, resolve_device, resolve_dtype
 from ..errors import InputError
 from ..progress import Progress, ProgressFn
 from .load import FOM
@@ -156,8 +156,9 @@ def animate_stream(fom: FOM, source: torch.Tensor, driving: Iterable[torch.Tenso
                 kp_initial = {k: v[:1] for k, v in kp_driving.items()}
             if scale is None:  # once per video
                 scale = movement_scale(state.kp, kp_initial) if relative and adapt_movement_scale else 1.0
-            kp_norm = normalize_kp(state.kp, kp_driving, kp_initial, use_relative_movement=relative,
-                                   use_relative_jacobian=relative, scale=scale)
+            with full_precision(dev):
+                kp_norm = normalize_kp(state.kp, kp_driving, kp_initial, use_relative_movement=relative,
+                                       use_relative_jacobian=relative, scale=scale)
             yield render(fom, state, kp_norm).float().cpu()
 
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import full_precision
+
 #: the official code relies on torch's default; fixed here so behaviour never drifts
 ALIGN_CORNERS = False
 
@@ -243,13 +245,15 @@ class DenseMotionNetwork(nn.Module):
         jacobian) taking driving-frame coordinates to source-frame coordinates. ``kp_source``
         may have batch 1 (one source for every frame)."""
         b = kp_driving["value"].shape[0]
-        identity = coordinate_grid(h, w, kp_driving["value"].device, kp_driving["value"].dtype).view(1, 1, h, w, 2)
-        rel = identity - kp_driving["value"].view(b, self.num_kp, 1, 1, 2)
-        if "jacobian" in kp_driving:
-            jac = torch.matmul(kp_source["jacobian"], torch.inverse(kp_driving["jacobian"]))
-            rel = torch.einsum("bkij,bkhwj->bkhwi", jac, rel)
-        to_source = rel + kp_source["value"].view(-1, self.num_kp, 1, 1, 2)  # source batch 1 or b
-        return torch.cat([identity.expand(b, 1, h, w, 2), to_source], dim=1)
+        with full_precision(kp_driving["value"].device):
+            value = kp_driving["value"].float()
+            identity = coordinate_grid(h, w, value.device).view(1, 1, h, w, 2)
+            rel = identity - value.view(b, self.num_kp, 1, 1, 2)
+            if "jacobian" in kp_driving:
+                jac = torch.matmul(kp_source["jacobian"].float(), torch.inverse(kp_driving["jacobian"].float()))
+                rel = torch.einsum("bkij,bkhwj->bkhwi", jac, rel)
+            to_source = rel + kp_source["value"].float().view(-1, self.num_kp, 1, 1, 2)  # source batch 1 or b
+            return torch.cat([identity.expand(b, 1, h, w, 2), to_source], dim=1)
 
     def forward(self, source_small: torch.Tensor, kp_driving: KP, kp_source: KP) -> Dict[str, torch.Tensor]:
         """``source_small``: the source already at working resolution (see :meth:`downsample`),
