@@ -50,6 +50,7 @@ NODES = {  # node id -> display name
     "TalkingHead_ResizePad256": "ResizePad256",
     "TalkingHead_MuxVideo": "MuxVideo",
     "TalkingHead_UnloadModels": "UnloadModels",
+    "TalkingHead_FOMAnimate": "FOMAnimate",
 }
 
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
@@ -154,8 +155,10 @@ def comfy(tmp_path_factory):
     except OSError as exc:  # e.g. Windows without the symlink privilege
         pytest.skip(f"cannot create a symlink here: {exc}")
     (base / "input").mkdir()
-    for name in ("portrait.png", "speech.wav"):
+    for name in ("portrait.png", "speech.wav", "driving.mp4"):
         shutil.copy2(EXAMPLES / name, base / "input" / name)
+    (base / "models" / "fom").mkdir(parents=True)  # tiny random FOM weights (official layout)
+    shutil.copy2(ROOT / "tests" / "fixtures" / "fom" / "tiny-cpk.pth.tar", base / "models" / "fom" / "tiny-cpk.pth.tar")
 
     env = dict(os.environ)
     extra_path = os.environ.get("COMFYUI_PYTHONPATH", "").strip()
@@ -291,3 +294,20 @@ def test_unload_models_passthrough_between_stages(comfy):
     assert entry["status"]["status_str"] == "success", _errors(entry)
     assert entry["outputs"]["4"]["images"][0]["filename"].startswith("unload_")
     assert "text" in entry["outputs"]["9"]
+
+
+def test_fom_workflow_with_native_video_nodes(comfy):
+    """workflows/fom_animate_video.api.json as shipped (ComfyUI's own LoadVideo and
+    GetVideoComponents), with the tiny official-layout checkpoint and the center detector."""
+    prompt = json.loads((ROOT / "workflows" / "fom_animate_video.api.json").read_text())
+    prompt["1"]["inputs"]["detector"] = "center"
+    prompt["5"]["inputs"]["checkpoint"] = "tiny-cpk.pth.tar"
+    entry = comfy.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", _errors(entry)
+    item = entry["outputs"]["6"]["images"][0]
+    mp4 = comfy.base / "output" / item["subfolder"] / item["filename"]
+    from core import video
+
+    info = video.probe(mp4)
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (256, 256, 50)
+    assert info["audio"]["codec"] == "aac"
