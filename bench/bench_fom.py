@@ -13,21 +13,13 @@ not depend on their values. Each figure is the best of ``--repeats`` runs (this 
 """
 import argparse
 import copy
-import json
-import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import peak_rss_mb, report  # noqa: E402  (also puts the repo root on sys.path)
 from core.fom import FOM, animate, animate_stream, keypoints, normalize_kp, prepare_source, preset  # noqa: E402
 from core.fom.model import build  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def sync(device):
@@ -109,10 +101,7 @@ def main():
         for _ in animate_stream(fom, x, batches, device=device, precision=a.precision):
             pass
         res["stream_peak_rss_mb"][f"{n}_frames"] = round(peak_rss_mb(), 1)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
+    report(res, a.json)
 
 
 if __name__ == "__main__":

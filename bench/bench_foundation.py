@@ -8,25 +8,17 @@ into ffmpeg (libx264 medium, crf 19), frames per second, for three lengths. Peak
 process maximum after each: it must not grow with the video's length.
 """
 import argparse
-import json
 import os
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import peak_rss_mb, report  # noqa: E402  (also puts the repo root on sys.path)
 from core.audio import Audio  # noqa: E402
 from core.resize import resize_pad  # noqa: E402
 from core.video import VideoWriter  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024 if sys.platform != "darwin" else r / 2 ** 20
 
 
 def bench_resize(frames: int, device: str):
@@ -72,10 +64,7 @@ def main():
             fps = bench_mux(n, with_audio)
             res[key][f"{n}_frames"] = {"fps": fps, "peak_rss_mb": round(peak_rss_mb(), 1)}
     res["resize_128x96_to_256_fps"] = bench_resize(a.frames, a.device)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
+    report(res, a.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ come back on the next use). Standalone, models simply live on their compute devi
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import numpy as np
 import torch
 
 from ..core import audio as core_audio

@@ -7,7 +7,6 @@
 """
 import importlib
 import importlib.util
-import os
 import sys
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """Node contract: the pack as ComfyUI loads it, headless and inside a (fake) ComfyUI."""
 import ast
 import gc
-import json
 import weakref
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 import argparse
 import http.server
-import json
 import os
 import pathlib
 import pickle

@@ -13,7 +13,7 @@ keypoint convex-hull sizes; jacobians are composed the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
