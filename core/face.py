@@ -305,18 +305,19 @@ class _Warper:
     """Warps batches of ``[B, C, h, w]`` with one 2x3 src->dst map (grid built once)."""
 
     def __init__(self, m: np.ndarray, src_hw: Tuple[int, int], dsize: Tuple[int, int],
-                 padding_mode: str, mode: str = "bilinear") -> None:
+                 padding_mode: str, mode: str = "bilinear", antialias: bool = True) -> None:
         if padding_mode not in PADDING_MODES:
             raise InputError(f"padding_mode must be one of {list(PADDING_MODES)}, got {padding_mode!r}")
         self.m = np.asarray(m, dtype=np.float64)[:2]
         self.src_hw, self.dsize, self.padding_mode, self.mode = src_hw, dsize, padding_mode, mode
+        self.antialias = antialias and mode == "bilinear"
         self.shift = _integer_translation(self.m)
         self._grid: Dict[Any, torch.Tensor] = {}
 
     def __call__(self, src: torch.Tensor) -> torch.Tensor:
         if self.shift is not None:
             return _shift(src, self.shift, self.dsize, self.padding_mode)
-        src, m = _prepare(src, self.m) if self.mode == "bilinear" else (src, self.m)
+        src, m = _prepare(src, self.m) if self.antialias else (src, self.m)
         key = (tuple(src.shape[-2:]), src.device, src.dtype)
         grid = self._grid.get(key)
         if grid is None:
@@ -431,7 +432,8 @@ def _prepare_mask(mask, batch: int, size: int) -> torch.Tensor:
 
 def paste_back(full: torch.Tensor, crops: torch.Tensor, record: CropRecord, feather: float = 0.1,
                mask=None, chunk: int = 16, device: DeviceLike = None,
-               progress: Optional[ProgressFn] = None) -> torch.Tensor:
+               progress: Optional[ProgressFn] = None, antialias: bool = True,
+               premultiplied: bool = True) -> torch.Tensor:
     """Blend (processed) crops back into the full frame(s): ``[B, H, W, 3]`` on the CPU, float32.
 
     ``full`` is one frame (``[H,W,3]`` or ``[1,H,W,3]``, used for every crop) or ``B`` frames;
@@ -440,6 +442,10 @@ def paste_back(full: torch.Tensor, crops: torch.Tensor, record: CropRecord, feat
     else :func:`square_mask` with ``feather``. Compositing is premultiplied, so the pasted area
     fades out at the crop's edge even without feathering, and pixels outside the crop's footprint
     are the original ones exactly. Frames are processed ``chunk`` at a time on ``device``.
+
+    ``antialias=False, premultiplied=False`` reproduces LivePortrait's own paste-back (cv2: the
+    crop and the mask are warped separately, bilinear without pre-filtering, then
+    ``mask * crop + (1 - mask) * frame``).
     """
     if isinstance(full, torch.Tensor) and full.dim() == 3:
         full = full[None]
@@ -470,7 +476,7 @@ def paste_back(full: torch.Tensor, crops: torch.Tensor, record: CropRecord, feat
         return out
     x0, y0, x1, y1 = roi
     m_paste = (_translation(-x0, -y0) @ record.inverse3)[:2]
-    warp = _Warper(m_paste, (S, S), (y1 - y0, x1 - x0), "zeros")
+    warp = _Warper(m_paste, (S, S), (y1 - y0, x1 - x0), "zeros", antialias=antialias)
     dev = _device(device)
     with torch.inference_mode():
         for i in range(0, B, step):
@@ -481,10 +487,12 @@ def paste_back(full: torch.Tensor, crops: torch.Tensor, record: CropRecord, feat
             c = c.to(dev, torch.float32).permute(0, 3, 1, 2)
             mk = m_mask[i:i + n] if m_mask.shape[0] > 1 else m_mask.expand(n, -1, -1, -1)
             mk = mk.to(dev, torch.float32)
-            warped = warp(torch.cat([c * mk, mk], dim=1))  # premultiplied colour + alpha
+            colour = c * mk if premultiplied else c
+            warped = warp(torch.cat([colour, mk.expand(n, -1, -1, -1)], dim=1))  # colour + alpha
             alpha = warped[:, 3:4].clamp(0.0, 1.0)
             region = bg[:, y0:y1, x0:x1].to(dev, torch.float32).permute(0, 3, 1, 2)
-            blended = region * (1.0 - alpha) + warped[:, :3]
+            pasted = warped[:, :3] if premultiplied else warped[:, :3] * alpha
+            blended = region * (1.0 - alpha) + pasted
             out[i:i + n, y0:y1, x0:x1] = blended.clamp(0.0, 1.0).permute(0, 2, 3, 1).to("cpu")
             bar.step()
     return out

@@ -1,0 +1,86 @@
+"""The face crop LivePortrait's networks were trained on, and pasting frames back.
+
+The official cropper (``src/utils/crop.py``) takes two anchor points, the eye centre (mean of
+both eyes' centres) and the lip centre, rotates the frame so the eye-to-lip axis points straight
+down, takes the bounding box of all landmarks in that rotated frame, makes it square (its longer
+side), scales it (source 2.3, driving 2.2) and shifts it by ``vy_ratio`` of its side along the
+eye-to-lip axis (negative = towards the forehead). The result is a similarity transform to a
+``dsize`` square; ``vx_ratio`` is accepted by the official function but never applied.
+
+Landmark layouts: InsightFace 106 points (the official detector; eyes 33/35/40/39 and
+87/89/94/93, lips 52/61) and the 68-point layout of face-alignment (eyes 36-41 / 42-47, the
+inner-lip corners 60/64), so LoadPortrait's own landmarks give the same kind of crop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from ..face import CropRecord
+
+SOURCE_SCALE, SOURCE_VY = 2.3, -0.125
+DRIVING_SCALE, DRIVING_VY = 2.2, -0.1
+
+_ANCHORS = {  # layout size -> (left-eye indices, right-eye indices, lip indices)
+    106: ((33, 35, 40, 39), (87, 89, 94, 93), (52, 61)),
+    68: ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47), (60, 64)),
+}
+
+
+def anchor_points(landmarks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(eye centre, lip centre) of a 106- or 68-point landmark set."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if len(pts) not in _ANCHORS:
+        raise ValueError(f"expected 106 or 68 landmarks, got {len(pts)}")
+    left, right, lip = _ANCHORS[len(pts)]
+    eye = (pts[list(left)].mean(0) + pts[list(right)].mean(0)) / 2
+    return eye, pts[list(lip)].mean(0)
+
+
+def crop_square(landmarks: np.ndarray, scale: float = SOURCE_SCALE, vy_ratio: float = SOURCE_VY,
+                rotate: bool = True) -> Tuple[np.ndarray, float, float]:
+    """(centre xy, side, angle in radians) of the official square face crop."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    eye, lip = anchor_points(pts)
+    uy = lip - eye
+    length = float(np.linalg.norm(uy))
+    uy = np.array([0.0, 1.0]) if length <= 1e-3 else uy / length
+    ux = np.array([uy[1], -uy[0]])
+    angle = math.acos(max(-1.0, min(1.0, ux[0])))
+    if ux[1] < 0:
+        angle = -angle
+    if not rotate:
+        ux, uy, angle = np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0.0
+    basis = np.stack([ux, uy])
+    centre0 = pts.mean(0)
+    rotated = (pts - centre0) @ basis.T
+    lo, hi = rotated.min(0), rotated.max(0)
+    mid = (lo + hi) / 2
+    side = float(max(hi - lo)) * scale
+    centre = centre0 + ux * mid[0] + uy * mid[1] + uy * (vy_ratio * side)
+    return centre, side, angle
+
+
+def crop_matrix(landmarks: np.ndarray, dsize: int = 512, scale: float = SOURCE_SCALE,
+                vy_ratio: float = SOURCE_VY, rotate: bool = True) -> np.ndarray:
+    """3x3 similarity transform, original pixel coordinates -> ``dsize`` crop coordinates
+    (pixel centres at integers, as cv2.warpAffine uses them)."""
+    (cx, cy), side, angle = crop_square(landmarks, scale, vy_ratio, rotate)
+    s = dsize / side
+    cos, sin = math.cos(angle), math.sin(angle)
+    t = dsize / 2
+    return np.array([[s * cos, s * sin, t - s * (cos * cx + sin * cy)],
+                     [-s * sin, s * cos, t - s * (-sin * cx + cos * cy)],
+                     [0.0, 0.0, 1.0]])
+
+
+def crop_record(landmarks: np.ndarray, full_hw: Sequence[int], dsize: int = 512, scale: float = SOURCE_SCALE,
+                vy_ratio: float = SOURCE_VY, rotate: bool = True, detector: str = "landmarks") -> CropRecord:
+    """The official crop as a :class:`CropRecord` (usable with ``face.crop_image`` / ``paste_back``)."""
+    m = crop_matrix(landmarks, dsize, scale, vy_ratio, rotate)
+    inv = np.linalg.inv(m)
+    return CropRecord(matrix=m[:2], inverse=inv[:2], crop_size=int(dsize), full_size=tuple(int(v) for v in full_hw),
+                      bbox=None, score=1.0, landmarks=np.asarray(landmarks, dtype=np.float64), detector=detector,
+                      num_faces=1)
