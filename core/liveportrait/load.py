@@ -1,0 +1,126 @@
+"""Loading LivePortrait's five official checkpoint files (or their safetensors twins).
+
+* Official HF layout (``KwaiVGI/LivePortrait``): ``base_models/{appearance_feature_extractor,
+  motion_extractor,warping_module,spade_generator}.pth`` are bare state dicts;
+  ``retargeting_models/stitching_retargeting_module.pth`` is a dict of three sub-dicts
+  (``retarget_shoulder`` = stitching, ``retarget_mouth`` = lip, ``retarget_eye`` = eye) whose keys
+  carry DataParallel's ``module.`` prefix; anything else in that file is ignored.
+* Safetensors: the same tensors, the stitching file flattened (``retarget_shoulder.module.mlp.0.weight``
+  or Kijai's ``retarget_shoulder_module.mlp.0.weight``); both spellings are accepted.
+* Every file goes through the safe loader and a strict key/shape check naming what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..weights import check_state_dict, load_state_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+KINDS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator",
+         "stitching_retargeting_module")
+RETARGET_PARTS = {"retarget_shoulder": "stitching", "retarget_mouth": "lip", "retarget_eye": "eye"}
+_RETARGET_KEY = re.compile(r"^(retarget_(?:shoulder|mouth|eye))(?:_module)?\.(?:module\.)?(.+)$")
+
+
+def preset(name: str = "liveportrait") -> dict:
+    """A shipped config: ``liveportrait`` (the official models.yaml) or ``tiny`` (the parity fixture)."""
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@dataclass
+class LivePortraitModels:
+    """The networks of one LivePortrait model set (human or animal)."""
+
+    appearance: nn.Module
+    motion: nn.Module
+    warping: nn.Module
+    spade: nn.Module
+    stitching: nn.Module
+    lip: Optional[nn.Module] = None
+    eye: Optional[nn.Module] = None
+    config: dict = field(default_factory=dict)
+
+    def modules_for_cache(self):
+        return [m for m in (self.appearance, self.motion, self.warping, self.spade, self.stitching,
+                            self.lip, self.eye) if m is not None]
+
+
+def _build(kind: str, params: Mapping) -> nn.Module:
+    if kind == "appearance_feature_extractor":
+        from .appearance import AppearanceFeatureExtractor
+        return AppearanceFeatureExtractor(**params)
+    if kind == "motion_extractor":
+        from .motion_extractor import MotionExtractor
+        return MotionExtractor(**params)
+    if kind == "warping_module":
+        from .warping import WarpingNetwork
+        return WarpingNetwork(**params)
+    if kind == "spade_generator":
+        from .spade import SPADEDecoder
+        return SPADEDecoder(**params)
+    raise ValueError(kind)
+
+
+def split_retargeting(flat: Mapping[str, torch.Tensor], name: str = "stitching_retargeting_module"
+                      ) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Flat keys of the stitching file -> {"stitching"|"lip"|"eye": state dict without prefixes}."""
+    parts: Dict[str, Dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        m = _RETARGET_KEY.match(key)
+        if m:
+            parts.setdefault(RETARGET_PARTS[m.group(1)], {})[m.group(2)] = value
+    if "stitching" not in parts:
+        tops = sorted({k.split(".", 1)[0] for k in flat})
+        raise CheckpointError(f"{name} has no 'retarget_shoulder' (stitching) weights; top-level keys: {tops[:10]}. "
+                              f"Is it LivePortrait's stitching_retargeting_module?")
+    return parts
+
+
+def load_module(kind: str, path: Union[str, Path], config: Optional[dict] = None) -> nn.Module:
+    """One network from its checkpoint file, strictly checked, in eval mode on the CPU."""
+    params = (config or preset())["model_params"][f"{kind}_params"]
+    path = Path(path)
+    module = _build(kind, params)
+    state = load_state_dict(path)
+    check_state_dict(module, state, f"{path.name} ({kind})")
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def load_retargeting(path: Union[str, Path], config: Optional[dict] = None) -> Dict[str, nn.Module]:
+    """The three retargeting MLPs of ``stitching_retargeting_module.pth`` / ``.safetensors``."""
+    from .stitching import StitchingRetargetingNetwork
+
+    params = (config or preset())["model_params"]["stitching_retargeting_module_params"]
+    path = Path(path)
+    parts = split_retargeting(load_state_dict(path), path.name)
+    out = {}
+    for part, state in parts.items():
+        net = StitchingRetargetingNetwork(**params[part])
+        check_state_dict(net, state, f"{path.name} ({part})")
+        net.load_state_dict(state, strict=True)
+        out[part] = net.eval()
+    return out
+
+
+def load_liveportrait(paths: Mapping[str, Union[str, Path]], config: Optional[dict] = None) -> LivePortraitModels:
+    """All networks from ``{kind: path}`` (kinds: :data:`KINDS`)."""
+    config = config or preset()
+    missing = [k for k in KINDS if k not in paths]
+    if missing:
+        raise CheckpointError(f"LivePortrait needs all five model files; missing: {', '.join(missing)}")
+    retarget = load_retargeting(paths["stitching_retargeting_module"], config)
+    return LivePortraitModels(
+        appearance=load_module("appearance_feature_extractor", paths["appearance_feature_extractor"], config),
+        motion=load_module("motion_extractor", paths["motion_extractor"], config),
+        warping=load_module("warping_module", paths["warping_module"], config),
+        spade=load_module("spade_generator", paths["spade_generator"], config),
+        stitching=retarget["stitching"], lip=retarget.get("lip"), eye=retarget.get("eye"), config=config)

@@ -1,0 +1,267 @@
+"""The motion type every producer emits and LivePortraitRender consumes, and the official rules
+that turn it into driving keypoints.
+
+A :class:`Motion` is a sequence of per-frame LivePortrait motion parameters:
+
+| field | shape | meaning |
+| --- | --- | --- |
+| ``exp`` | [T, 21, 3] | expression deltas in the canonical keypoint frame (before scale) |
+| ``pitch``, ``yaw``, ``roll`` | [T] | head rotation in degrees (x, y, z axes) |
+| ``t`` | [T, 3] | translation (x, y used; z ignored) |
+| ``scale`` | [T] | isotropic scale |
+| ``R`` | [T, 3, 3] or None | rotation matrix (row-vector convention, ``kp @ R``); when present it wins over the angles (official motion templates store it) |
+| ``eyes`` | [T, 2] or None | eye open ratios (left, right), for eye retargeting |
+| ``lip`` | [T, 1] or None | lip open ratio, for lip retargeting |
+| ``fps`` | float | frames per second |
+
+The video-driven extractor, MotionDiT (Ditto, JoyVASA) and the procedural motion all produce
+this type, in float32 on the CPU.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from . import kinematics as K
+
+LIP_KPS = (6, 12, 14, 17, 19, 20)
+EYE_KPS = (11, 13, 15, 16, 18)
+REGIONS = ("all", "exp", "pose", "lip", "eyes")
+NORMALIZE_LIP_THRESHOLD = 0.03
+_LIP_ARRAY: Optional[torch.Tensor] = None
+
+
+def lip_array() -> torch.Tensor:
+    """LivePortrait's neutral lip expression [1, 21, 3] (reference for a single-image driver)."""
+    global _LIP_ARRAY
+    if _LIP_ARRAY is None:
+        data = json.loads((Path(__file__).resolve().parent / "configs" / "lip_array.json").read_text())
+        _LIP_ARRAY = torch.tensor(data["lip_array"], dtype=torch.float64)[None]
+    return _LIP_ARRAY
+
+
+@dataclass
+class Motion:
+    exp: torch.Tensor
+    pitch: torch.Tensor
+    yaw: torch.Tensor
+    roll: torch.Tensor
+    t: torch.Tensor
+    scale: torch.Tensor
+    R: Optional[torch.Tensor] = None
+    eyes: Optional[torch.Tensor] = None
+    lip: Optional[torch.Tensor] = None
+    fps: float = 25.0
+
+    def __post_init__(self) -> None:
+        n = int(self.exp.shape[0])
+        self.exp = self.exp.detach().float().cpu().reshape(n, -1, 3)
+        for name in ("pitch", "yaw", "roll", "scale"):
+            setattr(self, name, getattr(self, name).detach().float().cpu().reshape(n))
+        self.t = self.t.detach().float().cpu().reshape(n, 3)
+        for name, shape in (("R", (n, 3, 3)), ("eyes", (n, 2)), ("lip", (n, 1))):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.detach().float().cpu().reshape(shape))
+        if n == 0:
+            raise InputError("a motion needs at least one frame")
+
+    def __len__(self) -> int:
+        return int(self.exp.shape[0])
+
+    def rotation(self) -> torch.Tensor:
+        return self.R if self.R is not None else K.rotation_matrix(self.pitch, self.yaw, self.roll)
+
+    def frames(self, start: int, stop: Optional[int] = None) -> "Motion":
+        """Frames ``start:stop`` (a new Motion sharing storage)."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in kw.items():
+            if isinstance(value, torch.Tensor):
+                kw[name] = value[start:stop]
+        return Motion(**kw)
+
+    @classmethod
+    def from_kp_info(cls, info: Dict[str, torch.Tensor], fps: float = 25.0, eyes=None, lip=None) -> "Motion":
+        """From the motion extractor's per-frame info (:func:`kinematics.kp_info`)."""
+        return cls(exp=info["exp"], pitch=info["pitch"], yaw=info["yaw"], roll=info["roll"], t=info["t"],
+                   scale=info["scale"], eyes=eyes, lip=lip, fps=fps)
+
+    def to_tensors(self) -> Dict[str, torch.Tensor]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        out["fps"] = torch.tensor([self.fps], dtype=torch.float64)
+        return out
+
+    @classmethod
+    def from_tensors(cls, data: Dict[str, torch.Tensor]) -> "Motion":
+        kw = {k: v for k, v in data.items() if k != "fps"}
+        return cls(**kw, fps=float(data["fps"][0]) if "fps" in data else 25.0)
+
+    def save(self, path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.to_tensors().items()}, str(path))
+
+    @classmethod
+    def load(cls, path) -> "Motion":
+        from safetensors.torch import load_file
+
+        return cls.from_tensors(load_file(str(path)))
+
+
+@dataclass
+class SourceMotion:
+    """The source portrait's own motion: canonical keypoints, pose, expression, and ``x_s``."""
+
+    kp: torch.Tensor      # [1, 21, 3] canonical keypoints
+    exp: torch.Tensor     # [1, 21, 3]
+    pitch: torch.Tensor   # [1, 1] degrees
+    yaw: torch.Tensor
+    roll: torch.Tensor
+    t: torch.Tensor       # [1, 3]
+    scale: torch.Tensor   # [1, 1]
+    eyes: Optional[torch.Tensor] = None   # [1, 2] open ratios (from landmarks), when known
+    lip: Optional[torch.Tensor] = None    # [1, 1]
+    x_s: torch.Tensor = field(init=False)
+    R: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.R = K.rotation_matrix(self.pitch, self.yaw, self.roll)
+        self.x_s = K.transform_keypoint(self.kp, exp=self.exp, t=self.t, scale=self.scale, rot=self.R)
+
+    @classmethod
+    def from_kp_info(cls, info: Dict[str, torch.Tensor], eyes=None, lip=None) -> "SourceMotion":
+        return cls(kp=info["kp"][:1], exp=info["exp"][:1], pitch=info["pitch"][:1], yaw=info["yaw"][:1],
+                   roll=info["roll"][:1], t=info["t"][:1], scale=info["scale"][:1], eyes=eyes, lip=lip)
+
+
+@dataclass
+class DriveOptions:
+    """How motion drives the source (the official pipeline's flags)."""
+
+    relative: bool = True
+    region: str = "all"                 # all | exp | pose | lip | eyes
+    expression_friendly: bool = False   # scale the motion by the keypoint hull volumes (video driver)
+    stitching: bool = True
+    normalize_lip: bool = False         # close the source's mouth once (relative mode)
+    eye_retargeting: bool = False
+    lip_retargeting: bool = False
+    multiplier: float = 1.0
+    single_image_driver: bool = False   # the motion comes from one image: reference = neutral lips
+
+
+def hull_volume(points: torch.Tensor) -> float:
+    from scipy.spatial import ConvexHull
+
+    return float(ConvexHull(points.detach().double().cpu().numpy().reshape(-1, 3)).volume)
+
+
+@torch.inference_mode()
+def driving_keypoints(source: SourceMotion, motion: Motion, opts: DriveOptions, stitching_net=None,
+                      lip_net=None, eye_net=None, return_stitch_input: bool = False):
+    """Driving keypoints ``x_d`` [T, 21, 3] for every frame of ``motion`` (float32, CPU).
+
+    The rules of LivePortrait's pipeline for an image source: relative or absolute motion per
+    animation region, ``t_z = 0``, ``x_d = s (kp_s @ R + exp) + t``; optional expression-friendly
+    scaling; then lip normalisation / stitching / eye-lip retargeting; finally
+    ``x_s + (x_d - x_s) * multiplier``.
+    """
+    if opts.region not in REGIONS:
+        raise InputError(f"region must be one of {REGIONS}, got {opts.region!r}")
+    n = len(motion)
+    R_d = motion.rotation()
+    exp_d, s_d, t_d = motion.exp, motion.scale[:, None], motion.t
+    exp_s, s_s, t_s, R_s = source.exp, source.scale.reshape(1, 1), source.t, source.R
+    pose = opts.region in ("all", "pose")
+    if opts.relative:
+        if opts.single_image_driver:
+            R_new = R_s.expand(n, 3, 3)
+            exp_rel = exp_s + exp_d - lip_array().float()
+        else:
+            R_new = (R_d @ R_d[:1].transpose(1, 2)) @ R_s if pose else R_s.expand(n, 3, 3)
+            exp_rel = exp_s + (exp_d - exp_d[:1])
+        scale = s_s * (s_d / s_d[:1]) if opts.region == "all" else s_s.expand(n, 1)
+        t = t_s + (t_d - t_d[:1]) if pose else t_s.expand(n, 3)
+    else:
+        R_new = R_d if pose else R_s.expand(n, 3, 3)
+        exp_rel = exp_s.expand(n, -1, -1).clone()
+        for idx in (1, 2, 6, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20):
+            exp_rel[:, idx] = exp_d[:, idx]
+        exp_rel[:, 3:5, 1] = exp_d[:, 3:5, 1]
+        exp_rel[:, 5, 2] = exp_d[:, 5, 2]
+        exp_rel[:, 8, 2] = exp_d[:, 8, 2]
+        exp_rel[:, 9, 1:3] = exp_d[:, 9, 1:3]
+        scale = s_s.expand(n, 1)
+        t = t_d if pose else t_s.expand(n, 3)
+    if opts.region in ("all", "exp"):
+        exp = exp_rel
+    elif opts.region in ("lip", "eyes"):
+        exp = exp_s.expand(n, -1, -1).clone()
+        idx = list(LIP_KPS if opts.region == "lip" else EYE_KPS)
+        exp[:, idx] = exp_rel[:, idx]
+    else:  # pose: the source keeps its expression
+        exp = exp_s.expand(n, -1, -1)
+    t = t.clone()
+    t[:, 2] = 0
+    x_s = source.x_s
+    x_d = scale[:, :, None] * (source.kp @ R_new + exp) + t[:, None, :]
+
+    if opts.expression_friendly and not opts.single_image_driver:
+        multiplier = (hull_volume(x_s) ** 0.5) / (hull_volume(x_d[:1]) ** 0.5)
+        x_d = x_s + (x_d - x_d[:1]) * multiplier
+
+    stitch_in = x_d
+    retarget = opts.eye_retargeting or opts.lip_retargeting
+    if not retarget:
+        if opts.stitching:
+            x_d = K.stitching(_need(stitching_net, "stitching"), x_s, x_d)
+        if opts.normalize_lip and opts.relative:
+            x_d = x_d + _lip_normalisation(source, lip_net)
+    else:
+        delta = torch.zeros_like(x_d)
+        if opts.eye_retargeting:
+            ratio = _combined(source.eyes, "eye", motion.eyes, 0, n)
+            delta = delta + K.retarget_eye(_need(eye_net, "eye retargeting"), x_s, ratio)
+        if opts.lip_retargeting:
+            ratio = _combined(source.lip, "lip", motion.lip, 0, n)
+            delta = delta + K.retarget_lip(_need(lip_net, "lip retargeting"), x_s, ratio)
+        x_d = (x_s + delta) if opts.relative else (x_d + delta)
+        stitch_in = x_d
+        if opts.stitching:
+            x_d = K.stitching(_need(stitching_net, "stitching"), x_s, x_d)
+    x_d = x_s + (x_d - x_s) * opts.multiplier
+    return (x_d, stitch_in) if return_stitch_input else x_d
+
+
+def _need(net, what: str):
+    if net is None:
+        raise InputError(f"{what} needs the stitching_retargeting_module weights")
+    return net
+
+
+def _combined(source_ratio, kind: str, driving: Optional[torch.Tensor], col: int, n: int) -> torch.Tensor:
+    """[c_s..., c_d] per frame: the source's ratio(s) and the driving ratio (left eye only)."""
+    if source_ratio is None:
+        raise InputError(f"{kind} retargeting needs the source's {kind} open ratio (face landmarks)")
+    if driving is None:
+        raise InputError(f"{kind} retargeting needs per-frame {kind} open ratios in the motion")
+    src = source_ratio.reshape(1, -1).float().expand(n, -1)
+    return torch.cat([src, driving[:, col:col + 1].float()], dim=1)
+
+
+def _lip_normalisation(source: SourceMotion, lip_net) -> torch.Tensor:
+    """The delta that closes the source's mouth before animation (0 when it is closed already)."""
+    if source.lip is None or lip_net is None:
+        return torch.zeros_like(source.x_s)
+    ratio = torch.cat([source.lip.reshape(1, 1).float(), torch.zeros(1, 1)], dim=1)
+    if float(ratio[0, 0]) < NORMALIZE_LIP_THRESHOLD:
+        return torch.zeros_like(source.x_s)
+    return K.retarget_lip(lip_net, source.x_s, ratio)
+
+
+__all__ = ["DriveOptions", "Motion", "REGIONS", "SourceMotion", "driving_keypoints", "lip_array"]

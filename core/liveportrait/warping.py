@@ -1,0 +1,279 @@
+"""LivePortrait warping module W (dense motion network + feature warping).
+
+Given the source feature volume ``f_s`` (from :mod:`core.liveportrait.appearance`) and the
+source / driving implicit keypoints, W predicts a dense 3-D deformation field and an occlusion
+map, warps ``f_s`` and produces the 2-D feature map that the SPADE decoder renders:
+
+    feature_3d (B|1, C, D, H, W), kp_driving (B, K, 3), kp_source (B, K, 3)
+      -> {"deformation": (B, D, H, W, 3), "occlusion_map": (B, 1, H, W),
+          "mask": (B, K+1, D, H, W), "out": (B, C', H, W)}
+    official: C=32, D=16, H=W=64, K=21, C'=256
+
+Keypoints are (x, y, z) in the normalised [-1, 1] cube of the feature volume (x along W,
+y along H, z along D). Parameter names match the official ``warping_module.pth`` exactly.
+
+Dense motion network (``dense_motion_network``):
+
+1. ``compress`` (1x1x1 conv C -> compress) -> ``norm`` (BatchNorm3d) -> ReLU.
+2. Identity grid ``g`` of the (D, H, W) volume with coordinates ``2*i/(n-1) - 1`` per axis.
+3. K+1 zero-order sparse motions: background = ``g``; keypoint k = ``g - kp_d[k] + kp_s[k]``.
+4. The compressed volume is warped by each of them; all K+1 warps are ONE ``grid_sample``
+   call (the K+1 grids are stacked along the grid's depth axis, so the input volume is never
+   repeated). Heatmaps ``exp(-|g-kp_d|^2/(2*0.01)) - exp(-|g-kp_s|^2/(2*0.01))`` (zeros for the
+   background) are prepended per motion: input (B, (K+1)*(compress+1), D, H, W).
+5. 3-D hourglass (``hourglass``): encoder of ``num_blocks`` DownBlock3d (3x3x3 conv, BN3d,
+   ReLU, avg-pool (1,2,2): H, W halved, D kept), decoder of UpBlock3d (nearest upsample
+   (1,2,2), 3x3x3 conv, BN3d, ReLU) with skip concatenation ``cat([up, skip])``, then a final
+   3x3x3 conv + BN3d + ReLU on the ``block_expansion + in_features`` channels.
+6. ``mask``: 7x7x7 conv (pad 3) -> softmax over the K+1 motions; deformation =
+   sum_k mask_k * motion_k.
+7. ``occlusion``: the hourglass output reshaped to (B, channels*D, H, W) -> 7x7 conv2d
+   (pad 3) -> sigmoid.
+
+Warping network: ``f_s`` is warped with the deformation, reshaped to (B, C*D, H, W) ->
+``third`` (3x3 conv, BatchNorm2d, LeakyReLU(0.01)) -> ``fourth`` (1x1 conv) -> x occlusion.
+
+All 5-D warps use ``F.grid_sample(mode="bilinear", padding_mode="zeros",
+align_corners=False)`` - the official behaviour (the identity grid above is built with
+align-corners style coordinates but sampled with ``align_corners=False``; this slight
+mismatch is part of the trained model and must be kept).
+
+Broadcasting: ``feature_3d`` may have batch 1 while the keypoints have batch B (the renderer
+encodes the source once); the volume is then shared by all B rows without being copied.
+The module must be used in ``eval()`` mode (BatchNorm running statistics).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .appearance import SameBlock2d
+
+__all__ = ["WarpingNetwork", "DenseMotionNetwork", "HourglassEncoder3d", "HourglassDecoder3d",
+           "Hourglass3d", "DownBlock3d", "UpBlock3d", "coordinate_grid_3d", "KP_VARIANCE"]
+
+#: variance of the keypoint gaussians of the dense motion network
+KP_VARIANCE = 0.01
+
+
+def _grid_sample(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """5-D bilinear warp with the official settings (zeros padding, align_corners=False)."""
+    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def coordinate_grid_3d(d: int, h: int, w: int, dtype: torch.dtype = torch.float32,
+                       device=None) -> torch.Tensor:
+    """(d, h, w, 3) grid of (x, y, z) coordinates, ``2*i/(n-1) - 1`` along each axis."""
+    def axis(n):
+        t = torch.arange(n, dtype=dtype, device=device)
+        return 2 * (t / (n - 1)) - 1
+
+    z = axis(d).view(d, 1, 1).expand(d, h, w)
+    y = axis(h).view(1, h, 1).expand(d, h, w)
+    x = axis(w).view(1, 1, w).expand(d, h, w)
+    return torch.stack([x, y, z], dim=-1)
+
+
+class DownBlock3d(nn.Module):
+    """3x3x3 conv -> BatchNorm3d -> ReLU -> average pooling (1, 2, 2) (depth kept)."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, padding: int = 1):
+        super().__init__()
+        self.conv = nn.Conv3d(in_features, out_features, kernel_size=kernel_size, padding=padding)
+        self.norm = nn.BatchNorm3d(out_features, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool3d(F.relu(self.norm(self.conv(x))), kernel_size=(1, 2, 2))
+
+
+class UpBlock3d(nn.Module):
+    """nearest upsampling (1, 2, 2) -> 3x3x3 conv -> BatchNorm3d -> ReLU."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int = 3, padding: int = 1):
+        super().__init__()
+        self.conv = nn.Conv3d(in_features, out_features, kernel_size=kernel_size, padding=padding)
+        self.norm = nn.BatchNorm3d(out_features, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
+        return F.relu(self.norm(self.conv(x)))
+
+
+class HourglassEncoder3d(nn.Module):
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+        super().__init__()
+        blocks = []
+        for i in range(num_blocks):
+            cin = in_features if i == 0 else min(max_features, block_expansion * (2 ** i))
+            cout = min(max_features, block_expansion * (2 ** (i + 1)))
+            blocks.append(DownBlock3d(cin, cout))
+        self.down_blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor):
+        outs = [x]
+        for block in self.down_blocks:
+            outs.append(block(outs[-1]))
+        return outs
+
+
+class HourglassDecoder3d(nn.Module):
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+        super().__init__()
+        blocks = []
+        for i in reversed(range(num_blocks)):
+            cin = (1 if i == num_blocks - 1 else 2) * min(max_features, block_expansion * (2 ** (i + 1)))
+            cout = min(max_features, block_expansion * (2 ** i))
+            blocks.append(UpBlock3d(cin, cout))
+        self.up_blocks = nn.ModuleList(blocks)
+        self.out_filters = block_expansion + in_features
+        self.conv = nn.Conv3d(self.out_filters, self.out_filters, kernel_size=3, padding=1)
+        self.norm = nn.BatchNorm3d(self.out_filters, affine=True)
+
+    def forward(self, skips) -> torch.Tensor:
+        skips = list(skips)
+        out = skips.pop()
+        for block in self.up_blocks:
+            out = torch.cat([block(out), skips.pop()], dim=1)
+        return F.relu(self.norm(self.conv(out)))
+
+
+class Hourglass3d(nn.Module):
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int = 3,
+                 max_features: int = 256):
+        super().__init__()
+        self.encoder = HourglassEncoder3d(block_expansion, in_features, num_blocks, max_features)
+        self.decoder = HourglassDecoder3d(block_expansion, in_features, num_blocks, max_features)
+        self.out_filters = self.decoder.out_filters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def _check_batches(feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> int:
+    if kp_driving.dim() != 3 or kp_driving.shape[-1] != 3 or kp_source.shape != kp_driving.shape:
+        raise ValueError(f"keypoints must both be (B, K, 3), got {tuple(kp_driving.shape)} and "
+                         f"{tuple(kp_source.shape)}")
+    b, bf = kp_driving.shape[0], feature.shape[0]
+    if bf != b and bf != 1:
+        raise ValueError(f"feature batch {bf} must be 1 or equal the keypoint batch {b}")
+    return b
+
+
+class DenseMotionNetwork(nn.Module):
+    """Predicts the (K+1)-way motion mask, the dense deformation and the occlusion map."""
+
+    def __init__(self, block_expansion: int, num_blocks: int, max_features: int, num_kp: int,
+                 feature_channel: int, reshape_depth: int, compress: int,
+                 estimate_occlusion_map: bool = True):
+        super().__init__()
+        self.num_kp = num_kp
+        self.compress_channels = compress
+        self.reshape_depth = reshape_depth
+        # registration order = official state-dict order
+        self.hourglass = Hourglass3d(block_expansion, (num_kp + 1) * (compress + 1), num_blocks,
+                                     max_features)
+        self.mask = nn.Conv3d(self.hourglass.out_filters, num_kp + 1, kernel_size=7, padding=3)
+        self.compress = nn.Conv3d(feature_channel, compress, kernel_size=1)
+        self.norm = nn.BatchNorm3d(compress, affine=True)
+        if estimate_occlusion_map:
+            self.occlusion = nn.Conv2d(self.hourglass.out_filters * reshape_depth, 1,
+                                       kernel_size=7, padding=3)
+        else:
+            self.occlusion = None
+
+    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor,
+                kp_source: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
+        b = _check_batches(feature, kp_driving, kp_source)
+        k = kp_driving.shape[1]
+        if k != self.num_kp:
+            raise ValueError(f"expected {self.num_kp} keypoints, got {k}")
+        feature = F.relu(self.norm(self.compress(feature)))          # (bf, c, D, H, W)
+        bf, c, d, h, w = feature.shape
+        grid = coordinate_grid_3d(d, h, w, feature.dtype, feature.device)  # (D, H, W, 3)
+        kp_d = kp_driving.to(feature.dtype).view(b, k, 1, 1, 1, 3)
+        kp_s = kp_source.to(feature.dtype).view(b, k, 1, 1, 1, 3)
+
+        # gaussian heatmaps (driving - source), zeros for the background: (B, K+1, D, H, W)
+        diff_d = grid - kp_d                                          # (B, K, D, H, W, 3)
+        gauss_d = torch.exp(-0.5 * diff_d.pow(2).sum(-1) / KP_VARIANCE)
+        gauss_s = torch.exp(-0.5 * (grid - kp_s).pow(2).sum(-1) / KP_VARIANCE)
+        heatmap = torch.cat([gauss_d.new_zeros(b, 1, d, h, w), gauss_d - gauss_s], dim=1)
+
+        # zero-order sparse motions: (B, K+1, D, H, W, 3)
+        sparse = torch.cat([grid.expand(b, 1, d, h, w, 3), diff_d + kp_s], dim=1)
+
+        # warp the compressed volume by all K+1 motions in ONE grid_sample: the grids are
+        # stacked along the grid depth axis (sampling still addresses the D input slices).
+        if bf == b:
+            warped = _grid_sample(feature, sparse.reshape(b, (k + 1) * d, h, w, 3))
+            warped = warped.view(b, c, k + 1, d, h, w).transpose(1, 2)   # (B, K+1, c, D, H, W)
+        else:  # one shared volume for all rows
+            warped = _grid_sample(feature, sparse.reshape(1, b * (k + 1) * d, h, w, 3))
+            warped = warped.view(c, b, k + 1, d, h, w).permute(1, 2, 0, 3, 4, 5)
+        hg_in = torch.cat([heatmap.unsqueeze(2), warped], dim=2)     # (B, K+1, c+1, D, H, W)
+        hg_in = hg_in.view(b, (k + 1) * (c + 1), d, h, w)
+
+        prediction = self.hourglass(hg_in)                            # (B, P, D, H, W)
+        mask = torch.softmax(self.mask(prediction), dim=1)            # (B, K+1, D, H, W)
+        deformation = (sparse * mask.unsqueeze(-1)).sum(dim=1)        # (B, D, H, W, 3)
+
+        occlusion_map = None
+        if self.occlusion is not None:
+            p = prediction.shape[1]
+            occlusion_map = torch.sigmoid(self.occlusion(prediction.reshape(b, p * d, h, w)))
+        return {"mask": mask, "deformation": deformation, "occlusion_map": occlusion_map}
+
+
+class WarpingNetwork(nn.Module):
+    """LivePortrait W: warps the source feature volume to the driving keypoints."""
+
+    def __init__(self, num_kp: int = 21, block_expansion: int = 64, max_features: int = 512,
+                 num_down_blocks: int = 2, reshape_channel: int = 32,
+                 estimate_occlusion_map: bool = True, dense_motion_params: Optional[dict] = None):
+        super().__init__()
+        if dense_motion_params is None:
+            raise ValueError("dense_motion_params is required")
+        self.num_kp = num_kp
+        self.estimate_occlusion_map = estimate_occlusion_map
+        self.dense_motion_network = DenseMotionNetwork(
+            num_kp=num_kp, feature_channel=reshape_channel,
+            estimate_occlusion_map=estimate_occlusion_map, **dense_motion_params)
+        out_features = block_expansion * (2 ** num_down_blocks)
+        # input = the warped volume flattened to (C*D) channels (= max_features officially)
+        self.third = SameBlock2d(max_features, out_features, kernel_size=3, padding=1, lrelu=True)
+        self.fourth = nn.Conv2d(out_features, out_features, kernel_size=1)
+
+    @staticmethod
+    def warp_volume(feature_3d: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
+        """grid_sample ``feature_3d`` (B|1, C, D, H, W) with ``deformation`` (B, D', H', W', 3).
+
+        Batch-1 volumes are shared by all rows of ``deformation`` (no copy of the volume).
+        """
+        b, bf = deformation.shape[0], feature_3d.shape[0]
+        if bf == b:
+            return _grid_sample(feature_3d, deformation)
+        if bf != 1:
+            raise ValueError(f"feature batch {bf} must be 1 or equal the deformation batch {b}")
+        _, d, h, w, _ = deformation.shape
+        out = _grid_sample(feature_3d, deformation.reshape(1, b * d, h, w, 3))  # (1, C, B*D, H, W)
+        return out.view(feature_3d.shape[1], b, d, h, w).transpose(0, 1)
+
+    def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor,
+                kp_source: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
+        dense = self.dense_motion_network(feature_3d, kp_driving, kp_source)
+        deformation = dense["deformation"]
+        out = self.warp_volume(feature_3d, deformation)              # (B, C, D, H, W)
+        b, c, d, h, w = out.shape
+        out = out.reshape(b, c * d, h, w)
+        out = self.fourth(self.third(out))
+        occlusion_map = dense["occlusion_map"]
+        if occlusion_map is not None:
+            if occlusion_map.shape[2:] != out.shape[2:]:
+                occlusion_map = F.interpolate(occlusion_map, size=out.shape[2:], mode="bilinear",
+                                              align_corners=False)
+            out = out * occlusion_map
+        return {"occlusion_map": occlusion_map, "deformation": deformation, "out": out,
+                "mask": dense["mask"]}
