@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
 
-import torch
 from torch import nn
 
 from ..errors import CheckpointError
@@ -26,8 +24,6 @@ from ..weights import check_state_dict, load_state_dict
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 KINDS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator",
          "stitching_retargeting_module")
-RETARGET_PARTS = {"retarget_shoulder": "stitching", "retarget_mouth": "lip", "retarget_eye": "eye"}
-_RETARGET_KEY = re.compile(r"^(retarget_(?:shoulder|mouth|eye))(?:_module)?\.(?:module\.)?(.+)$")
 
 
 def preset(name: str = "liveportrait") -> dict:
@@ -69,21 +65,6 @@ def _build(kind: str, params: Mapping) -> nn.Module:
     raise ValueError(kind)
 
 
-def split_retargeting(flat: Mapping[str, torch.Tensor], name: str = "stitching_retargeting_module"
-                      ) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Flat keys of the stitching file -> {"stitching"|"lip"|"eye": state dict without prefixes}."""
-    parts: Dict[str, Dict[str, torch.Tensor]] = {}
-    for key, value in flat.items():
-        m = _RETARGET_KEY.match(key)
-        if m:
-            parts.setdefault(RETARGET_PARTS[m.group(1)], {})[m.group(2)] = value
-    if "stitching" not in parts:
-        tops = sorted({k.split(".", 1)[0] for k in flat})
-        raise CheckpointError(f"{name} has no 'retarget_shoulder' (stitching) weights; top-level keys: {tops[:10]}. "
-                              f"Is it LivePortrait's stitching_retargeting_module?")
-    return parts
-
-
 def load_module(kind: str, path: Union[str, Path], config: Optional[dict] = None) -> nn.Module:
     """One network from its checkpoint file, strictly checked, in eval mode on the CPU."""
     params = (config or preset())["model_params"][f"{kind}_params"]
@@ -97,17 +78,22 @@ def load_module(kind: str, path: Union[str, Path], config: Optional[dict] = None
 
 def load_retargeting(path: Union[str, Path], config: Optional[dict] = None) -> Dict[str, nn.Module]:
     """The three retargeting MLPs of ``stitching_retargeting_module.pth`` / ``.safetensors``."""
-    from .stitching import StitchingRetargetingNetwork
+    from .stitching import SUBDICTS, build_networks, split_state_dict
 
     params = (config or preset())["model_params"]["stitching_retargeting_module_params"]
     path = Path(path)
-    parts = split_retargeting(load_state_dict(path), path.name)
+    flat = load_state_dict(path)
+    parts = split_state_dict(flat)
+    if "stitching" not in parts:
+        tops = sorted({k.split(".", 1)[0] for k in flat})
+        raise CheckpointError(f"{path.name} has no '{SUBDICTS['stitching']}' (stitching) weights; top-level keys: "
+                              f"{tops[:10]}. Is it LivePortrait's stitching_retargeting_module?")
+    nets = build_networks(params)
     out = {}
     for part, state in parts.items():
-        net = StitchingRetargetingNetwork(**params[part])
-        check_state_dict(net, state, f"{path.name} ({part})")
-        net.load_state_dict(state, strict=True)
-        out[part] = net.eval()
+        check_state_dict(nets[part], state, f"{path.name} ({part})")
+        nets[part].load_state_dict(state, strict=True)
+        out[part] = nets[part].eval()
     return out
 
 

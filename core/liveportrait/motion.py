@@ -22,9 +22,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
-import numpy as np
 import torch
 
 from ..errors import InputError

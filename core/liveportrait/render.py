@@ -1,0 +1,112 @@
+"""LivePortrait rendering: source processing once, motion extraction, batched warp + decode.
+
+* :func:`prepare_source`: the 256x256 face crop -> appearance volume ``f_s``, the source's own
+  motion (canonical keypoints, pose, expression, ``x_s``) and, when 203-point landmarks are
+  given, its eye/lip open ratios. Done once per portrait.
+* :func:`extract_motion`: driving frames (face crops) -> a :class:`~.motion.Motion`, in batches.
+* :func:`render_frames`: driving keypoints -> frames, ``batch_size`` at a time on the device,
+  yielded as they come (memory bounded for long sequences).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..device import autocast, full_precision, resolve_device, resolve_dtype
+from ..errors import InputError
+from ..progress import Progress, ProgressFn
+from . import kinematics as K
+from .load import LivePortraitModels
+from .motion import Motion, SourceMotion
+
+INPUT_SIZE = 256
+
+
+@dataclass
+class LivePortraitSource:
+    """Everything about the portrait that every frame reuses."""
+
+    feature_3d: torch.Tensor    # [1, C, D, H, W] appearance volume (on the device)
+    motion: SourceMotion        # kp, pose, exp, x_s (float32, CPU)
+
+
+def to_input(images: torch.Tensor, size: int = INPUT_SIZE, device=None) -> torch.Tensor:
+    """IMAGE ``[B,H,W,3]`` 0..1 -> ``[B,3,size,size]`` on ``device`` (area-resized when needed,
+    like the official 512 -> 256 INTER_AREA step)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise InputError(f"expected an IMAGE batch [B,H,W,3], got shape {tuple(images.shape)}")
+    x = images.to(device, torch.float32).permute(0, 3, 1, 2).contiguous()
+    if tuple(x.shape[2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x
+
+
+@torch.inference_mode()
+def motion_info(models: LivePortraitModels, x: torch.Tensor) -> dict:
+    """Motion extractor on ``[B,3,H,W]`` -> per-frame info (kp, exp, degrees, t, scale), float32 CPU."""
+    raw = models.motion(x)
+    with full_precision(x.device):
+        info = K.kp_info({k: v.float() for k, v in raw.items()})
+    return {k: v.cpu() for k, v in info.items()}
+
+
+@torch.inference_mode()
+def prepare_source(models: LivePortraitModels, crop: torch.Tensor, lmk203: Optional[torch.Tensor] = None,
+                   device=None, precision: str = "fp32", size: int = INPUT_SIZE) -> LivePortraitSource:
+    """``crop``: the face crop as IMAGE ``[1,H,W,3]`` (resized to ``size``)."""
+    dev = resolve_device(device)
+    x = to_input(crop[:1], size, dev)
+    with autocast(dev, resolve_dtype(precision, dev)):
+        feature = models.appearance(x)
+        info = motion_info(models, x)
+    eyes = lip = None
+    if lmk203 is not None:
+        eyes, lip = K.eye_ratio(lmk203).reshape(1, 2), K.lip_ratio(lmk203).reshape(1, 1)
+    return LivePortraitSource(feature_3d=feature, motion=SourceMotion.from_kp_info(info, eyes=eyes, lip=lip))
+
+
+@torch.inference_mode()
+def extract_motion(models: LivePortraitModels, frames: torch.Tensor, fps: float = 25.0, batch_size: int = 8,
+                   device=None, precision: str = "fp32", size: int = INPUT_SIZE,
+                   progress: Optional[ProgressFn] = None) -> Motion:
+    """Driving face crops IMAGE ``[T,H,W,3]`` -> their :class:`Motion` (video-driven mode)."""
+    dev = resolve_device(device)
+    n = int(frames.shape[0])
+    if n == 0:
+        raise InputError("the driving video has no frames")
+    bar = Progress(-(-n // batch_size), progress)
+    parts = []
+    with autocast(dev, resolve_dtype(precision, dev)):
+        for i in range(0, n, batch_size):
+            parts.append(motion_info(models, to_input(frames[i:i + batch_size], size, dev)))
+            bar.step()
+    info = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return Motion.from_kp_info(info, fps=fps)
+
+
+@torch.inference_mode()
+def warp_decode(models: LivePortraitModels, feature_3d: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor) -> dict:
+    """One batch: warp the source volume to the driving keypoints and decode (B from ``x_d``)."""
+    b = x_d.shape[0]
+    warped = models.warping(feature_3d, kp_driving=x_d, kp_source=x_s.expand(b, -1, -1))
+    return {"out": models.spade(warped["out"]), "occlusion_map": warped["occlusion_map"]}
+
+
+def render_frames(models: LivePortraitModels, source: LivePortraitSource, x_d: torch.Tensor, batch_size: int = 4,
+                  device=None, precision: str = "auto", progress: Optional[ProgressFn] = None) -> Iterator[torch.Tensor]:
+    """Yield rendered frames ``[B,3,S,S]`` (float32 in (0,1), CPU) for driving keypoints ``x_d`` [T,21,3]."""
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    n = int(x_d.shape[0])
+    bar = Progress(-(-n // batch_size), progress)
+    x_s = source.motion.x_s.to(dev)
+    feature = source.feature_3d.to(dev)
+    with autocast(dev, dtype):
+        for i in range(0, n, batch_size):
+            out = warp_decode(models, feature, x_s, x_d[i:i + batch_size].to(dev))["out"]
+            frames = out.float().cpu()
+            bar.step(preview=frames[-1].permute(1, 2, 0))
+            yield frames
