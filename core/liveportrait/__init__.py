@@ -1,2 +1,82 @@
-"""LivePortrait: appearance extractor, motion extractor, warping, SPADE decoder, stitching and
-retargeting; official checkpoint loading; rendering with paste-back (work in progress)."""
+"""LivePortrait: the five official networks, checkpoint loading, the shared motion type, the
+official driving-keypoint rules, batched rendering, the official crop and paste-back.
+
+Library use::
+
+    from core.liveportrait import get_liveportrait, prepare_source, extract_motion, render_frames
+    models = get_liveportrait()                                # cached; official files from models/liveportrait
+    source = prepare_source(models, face_crop_256)             # once per portrait
+    motion = extract_motion(models, driving_crops, fps=25)     # or a Motion from MotionDiT / procedural
+    x_d = driving_keypoints(source.motion, motion, DriveOptions(), models.stitching, models.lip, models.eye)
+    for frames in render_frames(models, source, x_d, batch_size=4): ...
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from .. import weights
+from ..cache import CACHE, file_key
+from ..device import resolve_device
+from ..errors import CheckpointError
+from .load import KINDS, LivePortraitModels, load_liveportrait, load_module, load_retargeting, preset
+from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
+from .render import LivePortraitSource, extract_motion, prepare_source, render_frames, warp_decode
+
+PRESETS = ("liveportrait", "tiny")
+MASK_TEMPLATE = Path(__file__).resolve().parent / "configs" / "mask_template.png"
+
+
+def file_ids(variant: str = "human") -> Dict[str, str]:
+    if variant != "human":
+        raise ValueError("only the human LivePortrait models are registered so far")
+    return {kind: f"liveportrait/{kind}" for kind in KINDS}
+
+
+def detect_preset(appearance_path) -> dict:
+    """The shipped config whose appearance-extractor shapes match the file (official or tiny)."""
+    from ..weights import load_state_dict
+    from .appearance import AppearanceFeatureExtractor
+
+    state = load_state_dict(appearance_path)
+    for name in PRESETS:
+        cfg = preset(name)
+        with torch.device("meta"):
+            module = AppearanceFeatureExtractor(**cfg["model_params"]["appearance_feature_extractor_params"])
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        if expected == {k: tuple(v.shape) for k, v in state.items()}:
+            return cfg
+    raise CheckpointError(f"{Path(appearance_path).name} matches no known LivePortrait configuration "
+                          f"({', '.join(PRESETS)}); is it a LivePortrait appearance_feature_extractor?")
+
+
+def resolve_paths(variant: str = "human", download: bool = True, folder: Optional[Path] = None) -> Dict[str, Path]:
+    """The five files: from ``folder`` if given, else through the weights manager."""
+    ids = file_ids(variant)
+    if folder is not None:
+        out = {}
+        for kind, fid in ids.items():
+            mf = weights.model_file(fid)
+            found = next((Path(folder) / n for n in mf.names if (Path(folder) / n).is_file()), None)
+            out[kind] = weights.resolve(fid, explicit=found, download=download) if found else \
+                weights.resolve(fid, download=download)
+        return out
+    return {kind: weights.resolve(fid, download=download) for kind, fid in ids.items()}
+
+
+def get_liveportrait(variant: str = "human", device="auto", download: bool = True,
+                     folder: Optional[Path] = None) -> LivePortraitModels:
+    """All networks, loaded once (configuration detected from the files) and cached."""
+    paths = resolve_paths(variant, download, folder)
+    dev = resolve_device(device)
+    key = tuple(file_key(p) for p in paths.values())
+    return CACHE.get("liveportrait", key, lambda: load_liveportrait(paths, detect_preset(paths[KINDS[0]])),
+                     dev, torch.float32, info={"file": f"LivePortrait ({variant})"})
+
+
+__all__ = ["DriveOptions", "KINDS", "LivePortraitModels", "LivePortraitSource", "MASK_TEMPLATE", "Motion",
+           "SourceMotion", "detect_preset", "driving_keypoints", "extract_motion", "file_ids", "get_liveportrait",
+           "load_liveportrait", "load_module", "load_retargeting", "preset", "prepare_source", "render_frames",
+           "resolve_paths", "warp_decode"]

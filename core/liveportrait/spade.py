@@ -156,54 +156,60 @@ class SPADEResBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# fast inference path helpers
+# fast inference path: phase folding of 3x3 convolutions applied to upsampled maps
 # ----------------------------------------------------------------------------------------------
+#
+# 1-D picture (rows; columns are the same). A high-res map of f x the low-res size whose row
+# ``f*i + p`` equals row ``n*i + type[p]`` of a "compressed" map (n = number of distinct
+# types) - a nearest x f upsample is the case n = 1, type = [0]*f. A 3-tap conv (padding 1) at
+# high-res row ``f*i + p`` reads compressed rows ``n*i + rel_k`` with
+# ``rel_k = n*floor((p+k-1)/f) + type[(p+k-1) % f]``; taps reading the same row are summed into
+# one, so output phase p is a conv of stride n with <= 3 taps on the compressed map.
+#
+# * SPADE hidden maps ``ReLU(conv3x3(nearest_up_f(seg)))``: n = 1, every phase reads <= 2
+#   low-res rows -> 2x2 convs on the 64x64 seg (f = 2: 2 phase types A|C, f = 4: 3 types A|B|C,
+#   phases 1 and 2 are identical). MACs / 2.2 (f=2) and / 3.9 (f=4); seg is never resized.
+# * gamma/beta ``conv3x3(hidden)`` at f = 4: the hidden map repeats rows (A B B C per 4), i.e.
+#   it is the 3-row-per-pixel compressed map; taps per phase 3,2,2,3 instead of 3,3,3,3
+#   -> 100/144 of the MACs. (f = 2: A C, nothing repeats -> plain conv.)
+# Folded weights are summed in float64 and rounded once; results differ from the direct
+# convolution by float32 summation order only.
 
-def _phase_types(f: int):
-    """1-D phase analysis of a 3-tap (padding 1) conv applied to a signal nearest-upsampled x f.
-
-    High-res position ``f*i + p`` reads taps ``k = 0, 1, 2`` from low-res rows
-    ``i + floor((p + k - 1) / f)``. Returns ``(types, phase_to_type)`` where each type is
-    ``(start, M)``: the 2-row low-res window ``i+start, i+start+1`` and the 2x3 0/1 matrix folding
-    the 3 taps onto it. Phases with the same mapping share a type (f = 4: phases 1 and 2).
-    """
-    if f < 2:
-        raise ValueError("phase folding needs an upsampling factor >= 2")
-    types, index, phase_to_type = [], {}, []
+def _phase_folds(f: int, phase_type):
+    """Per output phase p: ``(rel, start, M)``; M is the (L x 3) 0/1 matrix folding the 3 taps on
+    the L compressed rows ``start .. start+L-1`` (relative to ``n*i``)."""
+    n = max(phase_type) + 1
+    folds = []
     for p in range(f):
-        rel = tuple((p + k - 1) // f for k in range(3))
+        rel = tuple(n * ((p + k - 1) // f) + phase_type[(p + k - 1) % f] for k in range(3))
+        start = min(rel)
+        m = torch.zeros(max(rel) - start + 1, 3, dtype=torch.float64)
+        for k, r in enumerate(rel):
+            m[r - start, k] = 1.0
+        folds.append((rel, start, m))
+    return folds
+
+
+def _fold_2d(weight: torch.Tensor, my: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+    """``W'[o, c, a, b] = sum_kl My[a, k] Mx[b, l] W[o, c, k, l]`` in float64, rounded once."""
+    return torch.einsum("ak,bl,ockl->ocab", my, mx,
+                        weight.detach().to(torch.float64)).to(weight.dtype)
+
+
+def _upsample_types(f: int):
+    """Phase types of ``conv3x3(nearest_up_f(.))``: ``(types, phase_type)``, each type being
+    ``(start, M (2x3))`` on a 2-row window (a 1-row fold gets a zero second row)."""
+    types, index, phase_type = [], {}, []
+    for rel, start, m in _phase_folds(f, [0] * f):
         if rel not in index:
-            start = -1 if min(rel) < 0 else 0
-            m = torch.zeros(2, 3, dtype=torch.float64)
-            for k, r in enumerate(rel):
-                m[r - start, k] = 1.0
+            if m.shape[0] == 1:
+                m = torch.cat([m, torch.zeros_like(m)])
+            if m.shape[0] != 2:
+                raise ValueError("phase folding needs an upsampling factor >= 2")
             index[rel] = len(types)
             types.append((start, m))
-        phase_to_type.append(index[rel])
-    return types, phase_to_type
-
-
-def _fold_kernel(weight: torch.Tensor, f: int):
-    """3x3 kernel acting on a x f nearest-upsampled map -> 2x2 kernels acting on the low-res map.
-
-    Returns ``(kernels [n_combos*out, in, 2, 2], combos)``; ``combos[(p, q)] = (index, oy, ox)``:
-    the high-res phase ``(p, q)`` is output block ``index`` of the 2x2 conv over the input padded
-    by 1, cropped at ``[oy:oy+H, ox:ox+W]``. Folding sums weights in float64 (exact up to the
-    final rounding); the result equals the direct conv up to float32 summation order.
-    """
-    types, phase_to_type = _phase_types(f)
-    w64 = weight.detach().to(torch.float64)
-    kernels, combo_index = [], {}
-    for ty, (_, my) in enumerate(types):
-        for tx, (_, mx) in enumerate(types):
-            combo_index[(ty, tx)] = len(kernels)
-            kernels.append(torch.einsum("ak,bl,ockl->ocab", my, mx, w64))
-    combos = {}
-    for p in range(f):
-        for q in range(f):
-            ty, tx = phase_to_type[p], phase_to_type[q]
-            combos[(p, q)] = (combo_index[(ty, tx)], types[ty][0] + 1, types[tx][0] + 1)
-    return torch.cat(kernels).to(weight.dtype), combos
+        phase_type.append(index[rel])
+    return types, phase_type
 
 
 def _map_tensors(obj, fn):
@@ -240,8 +246,9 @@ class SPADEDecoder(nn.Module):
       float32 summation order only, ~1e-6) that is faster on CPU - see its docstring.
 
     Prepared weights of the fast path (spectral-normalised convs, folded SPADE kernels, gamma
-    bias + 1) are cached and rebuilt whenever any parameter/buffer changes (``load_state_dict``,
-    in-place edits, ``.to()``/``.half()``).
+    bias + 1; ~0.3 GB extra at the official size) are cached and rebuilt whenever any
+    parameter/buffer changes (``load_state_dict``, in-place edits, ``.to()``/``.half()``);
+    :meth:`clear_cache` frees them.
     """
 
     def __init__(self, upscale: int = 1, block_expansion: int = 64, max_features: int = 512,
@@ -260,8 +267,10 @@ class SPADEDecoder(nn.Module):
                                       nn.PixelShuffle(upscale))
         #: use the fast path when autograd is off (set False to force the reference path)
         self.fast_path = True
-        #: channels_last activations in the fast path (faster oneDNN convs on CPU)
+        #: channels_last activations in the fast path (faster oneDNN convolutions on CPU)
         self.channels_last = True
+        #: fast path: phase-fold the 4x gamma/beta convs too (fewer MACs, more cached weights)
+        self.fold_gamma_beta = True
         self._prepared = None
         self._prepared_key = None
 
@@ -281,9 +290,9 @@ class SPADEDecoder(nn.Module):
             return self._fast_forward(feature)
         return self._reference_forward(feature)
 
-    # -- fast path -----------------------------------------------------------------------------
+    # -- fast path: prepared weights -----------------------------------------------------------
     def _state_key(self):
-        key = []
+        key = [self.channels_last, self.fold_gamma_beta]
         for t in self.state_dict(keep_vars=True).values():
             try:
                 version = t._version
@@ -302,94 +311,144 @@ class SPADEDecoder(nn.Module):
 
     def _prepare(self):
         key = self._state_key()
-        if key is not None:
-            key = (self.channels_last,) + key
         if key is not None and key == self._prepared_key:
             return self._prepared
+        self.clear_cache()  # free the old copy before building the new one
         with torch.no_grad():
-            prepared = {"fc": (self.fc.weight.detach(), self.fc.bias.detach())}
-
-            def sn(conv):
-                return (conv.compute_weight().detach(),
-                        None if conv.bias is None else conv.bias.detach())
-
-            def norm(spade):
-                return {"gamma": (spade.mlp_gamma.weight.detach(), spade.mlp_gamma.bias.detach() + 1),
-                        "beta": (spade.mlp_beta.weight.detach(), spade.mlp_beta.bias.detach()),
-                        "eps": spade.param_free_norm.eps}
-
-            for name, f in [(f"G_middle_{i}", 1) for i in range(N_MIDDLE)] + [("up_0", 2), ("up_1", 4)]:
-                blk = getattr(self, name)
-                names = ["norm_0", "norm_1"] + (["norm_s"] if blk.learned_shortcut else [])
-                pb = {"learned": blk.learned_shortcut, "conv_0": sn(blk.conv_0),
-                      "conv_1": sn(blk.conv_1), "norms": names, "factor": f}
-                if blk.learned_shortcut:
-                    pb["conv_s"] = sn(blk.conv_s)
-                for n in names:
-                    pb[n] = norm(getattr(blk, n))
-                if f == 1:
-                    for n in names:
-                        conv = getattr(blk, n).mlp_shared[0]
-                        pb[n]["shared"] = (conv.weight.detach(), conv.bias.detach())
-                else:
-                    # all SPADE input convs of the block folded into ONE 2x2 conv on the low-res map
-                    ws, bs = [], []
-                    for n in names:
-                        conv = getattr(blk, n).mlp_shared[0]
-                        w, combos = _fold_kernel(conv.weight, f)
-                        ws.append(w)
-                        bs.append(conv.bias.detach().repeat(w.shape[0] // conv.out_channels))
-                    pb["folded"] = (torch.cat(ws), torch.cat(bs), combos,
-                                    getattr(blk, names[0]).mlp_shared[0].out_channels,
-                                    w.shape[0] // conv.out_channels)
-                prepared[name] = pb
-            prepared["conv_img"] = (self.conv_img[0].weight.detach(), self.conv_img[0].bias.detach())
-            if self.channels_last:  # oneDNN would otherwise re-layout the weights every call
-                prepared = _map_tensors(
-                    prepared, lambda t: t.contiguous(memory_format=torch.channels_last)
-                    if t.dim() == 4 else t)
+            prepared = self._build_prepared()
+        if self.channels_last:  # oneDNN would otherwise re-layout the weights on every call
+            prepared = _map_tensors(prepared, lambda t: t.contiguous(
+                memory_format=torch.channels_last) if t.dim() == 4 else t)
         self._prepared, self._prepared_key = prepared, key
         return prepared
 
-    @staticmethod
-    def _modulate(xn, actv, pn):
-        """``xn * (1 + gamma(actv)) + beta(actv)`` (1 folded into the gamma bias)."""
-        gamma1 = F.conv2d(actv, *pn["gamma"], padding=1)
-        beta = F.conv2d(actv, *pn["beta"], padding=1)
-        return beta.addcmul_(xn, gamma1)
+    def _build_prepared(self):
+        def plain(conv):
+            return conv.weight.detach(), conv.bias.detach()
 
-    def _folded_actvs(self, seg, pb, mf):
-        """SPADE hidden maps ReLU(conv3x3(nearest_up_f(seg))) of every norm of an up block,
-        computed on the low-res seg with folded 2x2 kernels, then interleaved to full res."""
+        def sn(conv):
+            return conv.compute_weight().detach(), None if conv.bias is None else conv.bias.detach()
+
+        prepared = {"fc": plain(self.fc), "conv_img": plain(self.conv_img[0])}
+        for name, f in [(f"G_middle_{i}", 1) for i in range(N_MIDDLE)] + [("up_0", 2), ("up_1", 4)]:
+            blk = getattr(self, name)
+            norms = ["norm_0", "norm_1"] + (["norm_s"] if blk.learned_shortcut else [])
+            pb = {"factor": f, "norms": norms, "conv_0": sn(blk.conv_0), "conv_1": sn(blk.conv_1),
+                  "conv_s": sn(blk.conv_s) if blk.learned_shortcut else None}
+            spades = [getattr(blk, n) for n in norms]
+            hidden = spades[0].mlp_shared[0].out_channels
+            for n, sp in zip(norms, spades):
+                pb[n] = {"eps": sp.param_free_norm.eps, "nc": sp.mlp_gamma.out_channels,
+                         # gamma and beta as one conv; "1 +" folded into the gamma bias
+                         "gb": (torch.cat([sp.mlp_gamma.weight, sp.mlp_beta.weight]).detach(),
+                                torch.cat([sp.mlp_gamma.bias + 1, sp.mlp_beta.bias]).detach())}
+                if f == 1:
+                    pb[n]["shared"] = plain(sp.mlp_shared[0])
+            if f > 1:
+                # every norm's hidden conv folded to 2x2 kernels on seg: ONE conv for the block
+                types, phase_type = _upsample_types(f)
+                ws, bs, combos = [], [], {}
+                for k, sp in enumerate(spades):
+                    conv = sp.mlp_shared[0]
+                    for ty, (sy, my) in enumerate(types):
+                        for tx, (sx, mx) in enumerate(types):
+                            combos[(k, ty, tx)] = (len(ws) * hidden, sy + 1, sx + 1)
+                            ws.append(_fold_2d(conv.weight, my, mx))
+                            bs.append(conv.bias.detach())
+                pb["hidden"] = (torch.cat(ws), torch.cat(bs), combos, hidden, len(types), phase_type)
+                pb["compressed"] = len(types) < f and self.fold_gamma_beta
+                if pb["compressed"]:  # the hidden map repeats rows: fold gamma/beta too
+                    folds = _phase_folds(f, phase_type)
+                    for n in norms:
+                        w, b = pb[n]["gb"]
+                        pb[n]["gb_phase"] = {
+                            (p, q): (_fold_2d(w, folds[p][2], folds[q][2]),
+                                     folds[p][1] + 1, folds[q][1] + 1)
+                            for p in range(f) for q in range(f)}
+                        pb[n]["gb_bias"] = b
+                        pb[n]["n_types"] = len(types)
+            prepared[name] = pb
+        return prepared
+
+    # -- fast path: forward --------------------------------------------------------------------
+    def _hidden_maps(self, seg, pb, mf):
+        """ReLU(conv3x3(nearest_up_f(seg))) of every norm of an up block from the low-res seg.
+
+        Returns per norm either the full-res map or, when it repeats rows (f = 4), the compressed
+        map (one row/column per phase type, zero-padded by 1) the folded gamma/beta convs read.
+        """
         f = pb["factor"]
-        w, b, combos, hidden, n_combos = pb["folded"]
+        w, b, combos, hidden, n_types, phase_type = pb["hidden"]
         B, _, H, W = seg.shape
         P = F.conv2d(F.pad(seg, (1, 1, 1, 1)), w, b).relu_()
+        compressed = pb["compressed"]
         out = {}
         for k, n in enumerate(pb["norms"]):
-            a = torch.empty((B, hidden, f * H, f * W), dtype=P.dtype, device=P.device,
-                            memory_format=mf)
-            for (p, q), (ci, oy, ox) in combos.items():
-                c0 = (k * n_combos + ci) * hidden
-                a[:, :, p::f, q::f] = P[:, c0:c0 + hidden, oy:oy + H, ox:ox + W]
+            if compressed:
+                n_t = n_types
+                a = torch.empty((B, hidden, n_t * H + 2, n_t * W + 2), dtype=P.dtype,
+                                device=P.device, memory_format=mf).zero_()
+                for ty in range(n_t):
+                    for tx in range(n_t):
+                        c0, oy, ox = combos[(k, ty, tx)]
+                        a[:, :, 1 + ty:1 + n_t * H:n_t, 1 + tx:1 + n_t * W:n_t] = \
+                            P[:, c0:c0 + hidden, oy:oy + H, ox:ox + W]
+            else:
+                a = torch.empty((B, hidden, f * H, f * W), dtype=P.dtype, device=P.device,
+                                memory_format=mf)
+                for p in range(f):
+                    for q in range(f):
+                        c0, oy, ox = combos[(k, phase_type[p], phase_type[q])]
+                        a[:, :, p::f, q::f] = P[:, c0:c0 + hidden, oy:oy + H, ox:ox + W]
             out[n] = a
+        return out, compressed
+
+    @staticmethod
+    def _modulate(xn, actv, pn, compressed=False, f=1, r=1, shape=None, mf=None):
+        """``IN(x) * (1 + gamma(actv)) + beta(actv)`` given the normalised ``xn``.
+
+        Compressed mode: ``actv`` is the compressed hidden map, gamma/beta are computed per
+        output phase (p, q) of f and written straight into the output; ``xn`` is at 1/r of the
+        output resolution (nearest upsampling by r done by strided reads).
+        """
+        nc = pn["nc"]
+        if not compressed:
+            gb = F.conv2d(actv, *pn["gb"], padding=1)
+            return gb[:, nc:].addcmul_(xn, gb[:, :nc])
+        out = torch.empty(shape, dtype=xn.dtype, device=xn.device, memory_format=mf)
+        H, W = shape[2] // f, shape[3] // f
+        n_t, s = pn["n_types"], f // r
+        for (p, q), (w, iy, ix) in pn["gb_phase"].items():
+            gb = F.conv2d(actv[:, :, iy:, ix:], w, pn["gb_bias"], stride=n_t)[:, :, :H, :W]
+            torch.addcmul(gb[:, nc:], xn[:, :, p // r::s, q // r::s], gb[:, :nc],
+                          out=out[:, :, p::f, q::f])
         return out
 
-    def _fast_block(self, pb, x, actvs, upsample):
-        eps = pb["norm_0"]["eps"]
-        xn = _instance_normalize(x, eps)  # stats of x == stats of nearest_up(x)
-        if upsample:
+    def _fast_block(self, pb, x, actvs, compressed, mf):
+        f = pb["factor"]
+        up = f > 1
+        B, _, h, w = x.shape
+        shape_of = {n: (B, pb[n]["nc"], 2 * h if up else h, 2 * w if up else w)
+                    for n in pb["norms"]}
+        xn = _instance_normalize(x, pb["norm_0"]["eps"])  # stats of x == stats of up(x)
+        if up and not compressed:
             xn = F.interpolate(xn, scale_factor=2.0, mode="nearest")
-        if pb["learned"]:
-            xs = F.conv2d(self._modulate(xn, actvs["norm_s"], pb["norm_s"]), *pb["conv_s"])
+        kw = dict(compressed=compressed, f=f, r=2 if compressed else 1, mf=mf)
+        if pb["conv_s"] is not None:
+            xs = F.conv2d(self._modulate(xn, actvs["norm_s"], pb["norm_s"],
+                                         shape=shape_of["norm_s"], **kw), *pb["conv_s"])
         else:
-            xs = F.interpolate(x, scale_factor=2.0, mode="nearest") if upsample else x
-        h = F.leaky_relu_(self._modulate(xn, actvs["norm_0"], pb["norm_0"]), LRELU_SLOPE)
+            xs = F.interpolate(x, scale_factor=2.0, mode="nearest") if up else x
+        h_ = self._modulate(xn, actvs["norm_0"], pb["norm_0"], shape=shape_of["norm_0"], **kw)
         del xn
-        dx = F.conv2d(h, *pb["conv_0"], padding=1)
-        h = _instance_normalize(dx, pb["norm_1"]["eps"])
-        h = F.leaky_relu_(self._modulate(h, actvs["norm_1"], pb["norm_1"]), LRELU_SLOPE)
-        dx = F.conv2d(h, *pb["conv_1"], padding=1)
+        dx = F.conv2d(F.leaky_relu_(h_, LRELU_SLOPE), *pb["conv_0"], padding=1)
+        del h_
+        kw["r"] = 1
+        dxn = _instance_normalize(dx, pb["norm_1"]["eps"])
+        shape = (B, pb["norm_1"]["nc"]) + tuple(dx.shape[2:])
+        h_ = self._modulate(dxn, actvs["norm_1"], pb["norm_1"], shape=shape, **kw)
+        del dxn, dx
+        dx = F.conv2d(F.leaky_relu_(h_, LRELU_SLOPE), *pb["conv_1"], padding=1)
         return dx.add_(xs)
 
     def _fast_forward(self, feature: torch.Tensor) -> torch.Tensor:
@@ -397,13 +456,14 @@ class SPADEDecoder(nn.Module):
 
         * spectral-normalised weights computed once (cached with the other prepared weights);
         * SPADE gamma/beta depend only on the input feature: the hidden maps of the up blocks
-          (``ReLU(conv3x3(nearest_up(seg)))`` at 2x and 4x) are computed on the 64x64 seg with
-          the 3x3 taps folded per output phase into 2x2 kernels (2.2x / 3.9x fewer MACs, no
-          nearest resize of seg at all), all norms of a block in one conv;
-        * instance-norm statistics of an upsampled map are taken before upsampling, and the
-          normalised map is shared by ``norm_0`` and ``norm_s``;
-        * ``1 + gamma`` folded into the gamma bias; modulation, LeakyReLU, residual in place;
-        * channels_last activations (faster oneDNN convolutions), NCHW-contiguous output.
+          (``ReLU(conv3x3(nearest_up(seg)))`` at 2x and 4x) are computed on the low-res seg
+          with phase-folded 2x2 kernels (all norms of a block in one conv; seg never resized),
+          and at 4x gamma/beta are phase-folded too (see the comment above ``_phase_folds``);
+        * gamma and beta as one conv, ``1 + gamma`` folded into its bias; modulation,
+          LeakyReLU and the residual add in place;
+        * instance-norm statistics of an upsampled map taken before upsampling (identical),
+          the normalised map shared by ``norm_0`` and ``norm_s``; two-pass statistics;
+        * channels_last activations and weights (faster oneDNN convolutions); NCHW output.
         """
         prep = self._prepare()
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -412,9 +472,10 @@ class SPADEDecoder(nn.Module):
         for i in range(N_MIDDLE):
             pb = prep[f"G_middle_{i}"]
             actvs = {n: F.conv2d(seg, *pb[n]["shared"], padding=1).relu_() for n in pb["norms"]}
-            x = self._fast_block(pb, x, actvs, upsample=False)
+            x = self._fast_block(pb, x, actvs, False, mf)
         for name in ("up_0", "up_1"):
             pb = prep[name]
-            x = self._fast_block(pb, x, self._folded_actvs(seg, pb, mf), upsample=True)
+            actvs, compressed = self._hidden_maps(seg, pb, mf)
+            x = self._fast_block(pb, x, actvs, compressed, mf)
         x = F.conv2d(F.leaky_relu_(x, LRELU_SLOPE), *prep["conv_img"], padding=1)
         return torch.sigmoid_(F.pixel_shuffle(x, self.upscale)).contiguous()

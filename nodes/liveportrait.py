@@ -1,0 +1,164 @@
+"""LivePortrait nodes: motion from a driving video, and rendering a portrait from motion."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core import face as core_face
+from ..core import liveportrait as lp
+from ..core.cache import CACHE
+from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
+from ..core.errors import InputError
+from ..core.image import load_image
+from ..core.liveportrait.crop import DRIVING_SCALE, DRIVING_VY, SOURCE_SCALE, SOURCE_VY
+from ..core.portrait import get_detector
+from .base import CATEGORY, progress, register
+from .portrait import PORTRAIT_TYPE
+
+MOTION_TYPE = "TALKINGHEAD_MOTION"
+CROP_CHOICES = ["detect face (one box for the video)", "as is (already face crops)"]
+_MASK = None
+
+
+def _mask_template() -> torch.Tensor:
+    global _MASK
+    if _MASK is None:
+        _MASK = load_image(lp.MASK_TEMPLATE)[0, ..., 0]
+    return _MASK
+
+
+def lp_record(box, full_hw, size: int, scale: float, vy: float, face_box: bool) -> core_face.CropRecord:
+    """LivePortrait's crop from a detection box. The official crop is ``scale`` x the landmarks'
+    extent, shifted by ``vy`` x its side; a detector box spans about that extent, so the shift in
+    box units is ``vy * scale``. Boxes that already are the crop (center / none) are used as is."""
+    if not face_box:
+        return core_face.crop_from_box(box, full_hw, size, scale=1.0, vy=0.0)
+    return core_face.crop_from_box(box, full_hw, size, scale=scale, vy=vy * scale)
+
+
+@register("LivePortraitExtractMotion", "LivePortraitExtractMotion")
+class LivePortraitExtractMotion:
+    DESCRIPTION = ("Video-driven LivePortrait: read the head pose, expression, scale and translation of every "
+                   "frame of a driving video with LivePortrait's motion extractor. The result drives "
+                   "LivePortraitRender like MotionDiT's audio-driven motion does.")
+    CATEGORY = f"{CATEGORY}/liveportrait"
+    FUNCTION = "run"
+    RETURN_TYPES = (MOTION_TYPE,)
+    RETURN_NAMES = ("motion",)
+    OUTPUT_TOOLTIPS = ("Per-frame LivePortrait motion (pose, expression, translation, scale).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "driving": ("IMAGE", {"tooltip": "The driving video (a batch of frames)."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
+                                  "tooltip": "Frame rate of the driving video (connect GetVideoComponents' fps)."}),
+                "crop": (CROP_CHOICES, {"default": CROP_CHOICES[0],
+                                        "tooltip": "Find the face (one box for the whole video, as LivePortrait does), "
+                                                   "or use the frames as they are when they already are face crops."}),
+                "detector": (core_face.DETECTOR_CHOICES, {"default": core_face.DETECTOR_CHOICES[0],
+                                                          "tooltip": "Face detector for 'detect face'."}),
+                "batch_size": ("INT", {"default": 8, "min": 1, "max": 128, "tooltip": "Frames per forward pass."}),
+                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "auto = fp16 on GPU, fp32 on CPU."}),
+            },
+            "optional": {
+                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
+                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing LivePortrait weights."}),
+            },
+        }
+
+    def run(self, driving, fps, crop, detector, batch_size, precision, device="auto", auto_download=True):
+        models = lp.get_liveportrait(device=device, download=auto_download)
+        size = int(models.config.get("input_size", 256))
+        frames = driving
+        if crop == CROP_CHOICES[0]:
+            det = get_detector(detector, device, auto_download)
+            picks = np.unique(np.linspace(0, driving.shape[0] - 1, min(8, driving.shape[0])).round().astype(int))
+            boxes = [core_face.pick_largest(f).box for f in (det.detect(driving[i]) for i in picks) if f]
+            if not boxes:
+                raise InputError(core_face.NO_FACE_MESSAGE.replace("the image", "the driving video"))
+            box = np.mean(np.asarray(boxes, dtype=np.float64), axis=0)
+            record = lp_record(box, tuple(driving.shape[1:3]), size, DRIVING_SCALE, DRIVING_VY,
+                               getattr(det, "is_face_box", True))
+            frames = core_face.crop_image(driving, record, padding_mode="zeros", device=device)
+        motion = lp.extract_motion(models, frames, fps=fps, batch_size=batch_size, device=device,
+                                   precision=precision, size=size, progress=progress("LivePortraitExtractMotion"))
+        return (motion,)
+
+
+@register("LivePortraitRender", "LivePortraitRender")
+class LivePortraitRender:
+    DESCRIPTION = ("Render the portrait with LivePortrait following a motion (from a driving video, MotionDiT or "
+                   "procedural motion): warping + decoding in batches, stitching, optional lip normalisation, "
+                   "then the faces pasted back into the full portrait with a feathered mask.")
+    CATEGORY = f"{CATEGORY}/liveportrait"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("frames", "face_frames")
+    OUTPUT_TOOLTIPS = ("The animated portrait at its full size (faces pasted back), or the face crops when "
+                       "paste_back is off.", "The rendered face crops (512x512).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "portrait": (PORTRAIT_TYPE, {"tooltip": "From LoadPortrait."}),
+                "motion": (MOTION_TYPE, {"tooltip": "From LivePortraitExtractMotion, MotionDiT or procedural motion."}),
+                "relative": ("BOOLEAN", {"default": True, "tooltip": "Apply the motion relative to its first frame "
+                                                                     "(keeps the portrait's own pose and expression)."}),
+                "region": (list(lp.motion.REGIONS), {"default": "all", "tooltip": "Which part follows the motion."}),
+                "stitching": ("BOOLEAN", {"default": True, "tooltip": "Stitching keeps the shoulders in place "
+                                                                      "for a clean paste-back."}),
+                "multiplier": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                         "tooltip": "Scale of the motion (1 = as driven)."}),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames rendered per pass."}),
+                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "auto = fp16 on GPU, fp32 on CPU."}),
+            },
+            "optional": {
+                "expression_friendly": ("BOOLEAN", {"default": False, "tooltip": "Scale the motion by the ratio of "
+                                                                                  "the faces' keypoint volumes."}),
+                "normalize_lip": ("BOOLEAN", {"default": False, "tooltip": "Close the portrait's mouth before "
+                                                                           "animating (needs its lip ratio)."}),
+                "paste_back": ("BOOLEAN", {"default": True, "tooltip": "Paste the faces back into the full portrait."}),
+                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
+                "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the networks cached afterwards."}),
+                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing LivePortrait weights."}),
+            },
+        }
+
+    def run(self, portrait, motion, relative, region, stitching, multiplier, batch_size, precision,
+            expression_friendly=False, normalize_lip=False, paste_back=True, device="auto", keep_model_loaded=True,
+            auto_download=True):
+        models = lp.get_liveportrait(device=device, download=auto_download)
+        try:
+            in_size = int(models.config.get("input_size", 256))
+            out_size = int(models.config.get("output_size", 512))
+            rec = portrait.record
+            face_box = rec.detector not in ("center", "none (already cropped)", "none")
+            box = rec.bbox if rec.bbox is not None else (-0.5, -0.5, rec.full_size[1] - 0.5, rec.full_size[0] - 0.5)
+            record = lp_record(box, rec.full_size, out_size, SOURCE_SCALE, SOURCE_VY, face_box)
+            crop = core_face.crop_image(portrait.full, record.with_crop_size(in_size), padding_mode="border",
+                                        device=device)
+            source = lp.prepare_source(models, crop, device=device, precision=precision, size=in_size)
+            opts = lp.DriveOptions(relative=relative, region=region, stitching=stitching, multiplier=multiplier,
+                                   expression_friendly=expression_friendly, normalize_lip=normalize_lip)
+            x_d = lp.driving_keypoints(source.motion, motion, opts, models.stitching, models.lip, models.eye)
+            n = int(x_d.shape[0])
+            faces = torch.empty((n, out_size, out_size, 3), dtype=torch.float32)
+            full_h, full_w = portrait.full.shape[1:3]
+            frames = torch.empty((n, full_h, full_w, 3), dtype=torch.float32) if paste_back else None
+            done = 0
+            for batch in lp.render_frames(models, source, x_d, batch_size=batch_size, device=device,
+                                          precision=precision, progress=progress("LivePortraitRender")):
+                batch = batch.permute(0, 2, 3, 1)
+                faces[done:done + batch.shape[0]] = batch
+                if paste_back:
+                    frames[done:done + batch.shape[0]] = core_face.paste_back(
+                        portrait.full, batch, record, mask=_mask_template(), device=device,
+                        antialias=False, premultiplied=False)
+                done += batch.shape[0]
+        finally:
+            if not keep_model_loaded:
+                CACHE.unload("liveportrait")
+        return (frames if paste_back else faces, faces)

@@ -1,0 +1,71 @@
+"""LivePortrait nodes: the video-driven workflow headless on the tiny weights, the nodes under
+the fake ComfyUI, and the missing-weights message."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIXTURES, ROOT, sub
+
+WEIGHTS = FIXTURES / "liveportrait" / "weights"
+
+
+def models_dir(root: Path) -> Path:
+    folder = root / "liveportrait"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in WEIGHTS.iterdir():
+        shutil.copy(f, folder / f.name)
+    return root
+
+
+def test_video_driven_workflow_headless(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
+    shutil.copy(FIXTURES / "driving_short.mp4", inputs / "driving.mp4")
+    res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "liveportrait_video_driven.json"),
+                          "--input-dir", str(inputs), "--models-dir", str(models_dir(tmp_path / "models")), "--offline",
+                          "--set", "portrait.detector=center", "--set", "motion.crop=as is (already face crops)",
+                          "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    mp4 = Path(res.stdout.strip().splitlines()[-1])
+    from core import video
+
+    info = video.probe(mp4)
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (480, 600, 6)
+    assert info["audio"]["codec"] == "aac" and video.audio_duration(mp4) == pytest.approx(6 / 25, abs=2e-3)
+
+
+def test_nodes_under_comfy(comfy_pack):
+    models_dir(Path(comfy_pack.folder_paths.models_dir))
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    portrait_node = nodes["TalkingHead_LoadPortrait"]()
+    res = portrait_node.run("", "center", 256, 1.8, -0.1, image_in=torch.rand(1, 90, 70, 3))
+    portrait = res["result"][0]
+    (motion,) = nodes["TalkingHead_LivePortraitExtractMotion"]().run(
+        torch.rand(5, 64, 64, 3), 30.0, "as is (already face crops)", "center", 2, "fp32")
+    assert len(motion) == 5 and motion.fps == 30.0
+    mm = comfy_pack.comfy
+    assert len(mm.current_loaded_models) == 7  # F, M, W, G and the three MLPs, under ComfyUI's manager
+    frames, faces = nodes["TalkingHead_LivePortraitRender"]().run(portrait, motion, True, "all", True, 1.0, 2, "fp32")
+    assert frames.shape == (5, 90, 70, 3) and faces.shape == (5, 128, 128, 3)
+    assert 0 <= frames.min() and frames.max() <= 1
+    # paste-back keeps pixels far from the face; the rendered face changes the rest
+    crops, _ = nodes["TalkingHead_LivePortraitRender"]().run(portrait, motion, True, "all", True, 1.0, 2, "fp32",
+                                                             paste_back=False, keep_model_loaded=False)
+    assert crops.shape == (5, 128, 128, 3)
+    assert mm.current_loaded_models == [] and sub(comfy_pack, "core.cache").CACHE.entries("liveportrait") == []
+
+
+def test_missing_weights_message(pack, monkeypatch, tmp_path):
+    monkeypatch.setenv("TALKINGHEAD_OFFLINE", "1")
+    errors = sub(pack, "core.errors")
+    with pytest.raises(errors.WeightsMissingError) as err:
+        pack.NODE_CLASS_MAPPINGS["TalkingHead_LivePortraitExtractMotion"]().run(
+            torch.rand(2, 64, 64, 3), 25.0, "as is (already face crops)", "center", 2, "fp32")
+    msg = str(err.value)
+    assert "appearance_feature_extractor.pth" in msg and "huggingface.co/KwaiVGI/LivePortrait" in msg
+    assert str(tmp_path / "models" / "liveportrait") in msg and "MIT" in msg
