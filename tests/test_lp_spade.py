@@ -1,0 +1,195 @@
+"""LivePortrait SPADE decoder (G): fixture parity, spectral-norm buffers, official layout."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.liveportrait.spade import SNConv2d, SPADEDecoder
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures" / "liveportrait"
+CONFIGS = ROOT / "core" / "liveportrait" / "configs"
+ATOL = 5e-5
+
+
+def _params(name):
+    return json.loads((CONFIGS / name).read_text())["model_params"]["spade_generator_params"]
+
+
+@pytest.fixture(scope="module")
+def io():
+    return load_file(str(FIX / "io.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return load_file(str(FIX / "weights" / "spade_generator.safetensors"))
+
+
+def _tiny(weights):
+    g = SPADEDecoder(**_params("tiny.json"))
+    g.load_state_dict(weights, strict=True)
+    return g.eval()
+
+
+def _sn_buffers(g):
+    return {k: v.clone() for k, v in g.state_dict().items() if k.endswith(("weight_u", "weight_v"))}
+
+
+def test_tiny_fixture_parity(weights, io):
+    g = _tiny(weights)
+    feature, expected = io["W.out"], io["G.out"]
+    assert feature.shape == (2, 8, 16, 16) and expected.shape == (2, 3, 128, 128)
+    with torch.no_grad():  # fast inference path
+        fast = g(feature)
+    with torch.inference_mode():
+        fast_im = g(feature)
+    reference = g(feature)  # autograd on -> plain module graph
+    assert fast.shape == expected.shape and fast.is_contiguous()
+    assert reference.requires_grad
+    for out in (fast, fast_im, reference.detach()):
+        err = (out - expected).abs().max().item()
+        assert err < ATOL, err
+    assert 0 < fast.min() and fast.max() < 1
+
+
+@pytest.mark.parametrize("channels_last,fold", [(True, True), (True, False), (False, True),
+                                                (False, False)])
+def test_tiny_fixture_parity_fast_variants(weights, io, channels_last, fold):
+    g = _tiny(weights)
+    g.channels_last, g.fold_gamma_beta = channels_last, fold
+    with torch.no_grad():
+        out = g(io["W.out"])
+    assert (out - io["G.out"]).abs().max().item() < ATOL
+
+
+def test_forward_leaves_spectral_vectors_alone(weights, io):
+    g = _tiny(weights)
+    before = _sn_buffers(g)
+    assert len(before) == 2 * 18  # 6 x 2 + 2 x 3 spectral-norm convs
+    with torch.no_grad():
+        g(io["W.out"])
+    g(io["W.out"]).sum().backward()  # autograd path, eval
+    g.train()
+    g(io["W.out"])  # train mode: still no power iteration
+    after = _sn_buffers(g)
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    for k, v in weights.items():
+        if k.endswith(("weight_u", "weight_v")):
+            assert torch.equal(after[k], v), k
+
+
+def test_spectral_norm_formula(weights):
+    g = _tiny(weights)
+    conv = g.up_0.conv_0
+    w = weights["up_0.conv_0.weight_orig"].double()
+    sigma = weights["up_0.conv_0.weight_u"].double() @ (
+        w.reshape(w.shape[0], -1) @ weights["up_0.conv_0.weight_v"].double())
+    assert torch.allclose(conv.compute_weight().double(), w / sigma, atol=1e-6)
+    assert not hasattr(conv, "weight") or not isinstance(getattr(conv, "weight"), torch.Tensor)
+
+
+def test_fullsize_layout_matches_official_checkpoint():
+    manifest = json.loads((FIX / "checkpoint_manifest.json").read_text())
+    manifest = manifest["files"]["spade_generator"]
+    with torch.device("meta"):
+        g = SPADEDecoder(**_params("liveportrait.json"))
+    sd = g.state_dict()
+    param_keys = {k for k, _ in g.named_parameters()}
+    got = [(k, list(v.shape), str(v.dtype).replace("torch.", ""),
+            "parameter" if k in param_keys else "buffer") for k, v in sd.items()]
+    want = [(t["key"], t["shape"], t["dtype"], t["kind"]) for t in manifest["tensors"]]
+    assert got == want
+    n_params = sum(p.numel() for p in g.parameters())
+    assert n_params == 55_365_388 == manifest["num_parameters"]
+    assert sum(b.numel() for b in g.buffers()) == manifest["num_buffer_elements"]
+    with torch.no_grad():  # shapes only (meta tensors), both paths
+        for fast in (True, False):
+            g.fast_path = fast
+            out = g(torch.empty(1, 256, 64, 64, device="meta"))
+            assert out.shape == (1, 3, 512, 512)
+
+
+@pytest.mark.parametrize("params,size", [
+    (dict(upscale=2, block_expansion=2, max_features=32, num_down_blocks=2), (7, 10)),
+    # up_1 64 -> 64: no learned shortcut; upscale 3
+    (dict(upscale=3, block_expansion=16, max_features=64, num_down_blocks=2), (5, 4)),
+    (dict(upscale=1, block_expansion=4, max_features=16, num_down_blocks=1), (1, 3)),
+])
+def test_fast_path_is_exact_rearrangement(params, size):
+    """float64: the fast path equals the module graph up to rounding (folds are exact maths)."""
+    torch.manual_seed(0)
+    g = SPADEDecoder(**params).double().eval()
+    feature = torch.randn(2, g.in_channels, *size, dtype=torch.float64)
+    reference = g(feature).detach()
+    scale = 4 * params["upscale"]
+    assert reference.shape == (2, 3, scale * size[0], scale * size[1])
+    for channels_last in (True, False):
+        for fold in (True, False):
+            g.channels_last, g.fold_gamma_beta = channels_last, fold
+            with torch.inference_mode():
+                out = g(feature)
+            assert (out - reference).abs().max().item() < 1e-12
+
+
+def test_fast_path_cache_follows_weight_changes(weights, io):
+    g = _tiny(weights)
+    feature = io["W.out"]
+    with torch.no_grad():
+        g(feature)  # builds the cache
+    torch.manual_seed(1)
+    other = {k: v + 0.01 * torch.randn_like(v) if not k.endswith(("weight_u", "weight_v")) else v
+             for k, v in weights.items()}
+    g.load_state_dict(other)
+    with torch.no_grad():
+        fast = g(feature)
+        g.fast_path = False
+        reference = g(feature)
+    assert (fast - reference).abs().max().item() < 1e-5
+    assert (fast - io["G.out"]).abs().max().item() > 1e-3
+
+
+def test_model_built_under_inference_mode(weights, io):
+    """ComfyUI runs nodes under inference_mode: parameters become inference tensors."""
+    with torch.inference_mode():
+        g = SPADEDecoder(**_params("tiny.json")).eval()
+        g.load_state_dict(weights)
+        first = g(io["W.out"])
+        # keys whose fast-path weights are derived copies (folded / spectral-normalised)
+        changed = {"up_1.norm_0.mlp_shared.0.weight": 0.5, "G_middle_2.conv_1.weight_u": -1.0}
+        g.load_state_dict({k: v * changed.get(k, 1.0) for k, v in weights.items()})
+        second = g(io["W.out"])
+        g.fast_path = False
+        reference = g(io["W.out"])
+    assert (first - io["G.out"]).abs().max().item() < ATOL
+    assert (second - reference).abs().max().item() < 1e-5
+    assert (second - first).abs().max().item() > 1e-3
+
+
+def test_sn_conv_state_dict_names():
+    conv = SNConv2d(4, 3, 3, padding=1)
+    assert list(conv.state_dict()) == ["bias", "weight_orig", "weight_u", "weight_v"]
+    assert [k for k, _ in conv.named_buffers()] == ["weight_u", "weight_v"]
+    # freshly initialised: u, v are the top singular pair -> spectral norm of the weight is 1
+    w = conv.compute_weight().reshape(3, -1)
+    assert abs(torch.linalg.matrix_norm(w, ord=2).item() - 1) < 1e-3
+    assert list(SNConv2d(4, 3, 1, bias=False).state_dict()) == ["weight_orig", "weight_u",
+                                                                "weight_v"]
+
+
+def test_autocast_first_call_does_not_poison_cache(weights, io):
+    """The first no-grad call may run under autocast; the cached weights stay full precision."""
+    g = _tiny(weights)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = g(io["W.out"])
+            g.fast_path = False
+            low_reference = g(io["W.out"])
+            g.fast_path = True
+        full = g(io["W.out"])
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - low_reference.float()).abs().max().item() < 0.03
+    assert (full - io["G.out"]).abs().max().item() < ATOL
