@@ -51,6 +51,8 @@ NODES = {  # node id -> display name
     "TalkingHead_MuxVideo": "MuxVideo",
     "TalkingHead_UnloadModels": "UnloadModels",
     "TalkingHead_FOMAnimate": "FOMAnimate",
+    "TalkingHead_LivePortraitExtractMotion": "LivePortraitExtractMotion",
+    "TalkingHead_LivePortraitRender": "LivePortraitRender",
 }
 
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
@@ -157,6 +159,10 @@ def comfy(tmp_path_factory):
     (base / "input").mkdir()
     for name in ("portrait.png", "speech.wav", "driving.mp4"):
         shutil.copy2(EXAMPLES / name, base / "input" / name)
+    shutil.copy2(ROOT / "tests" / "fixtures" / "driving_short.mp4", base / "input" / "driving_short.mp4")
+    (base / "models" / "liveportrait").mkdir(parents=True)  # tiny seeded LivePortrait weights
+    for f in (ROOT / "tests" / "fixtures" / "liveportrait" / "weights").iterdir():
+        shutil.copy2(f, base / "models" / "liveportrait" / f.name)
     (base / "models" / "fom").mkdir(parents=True)  # tiny random FOM weights (official layout)
     shutil.copy2(ROOT / "tests" / "fixtures" / "fom" / "tiny-cpk.pth.tar", base / "models" / "fom" / "tiny-cpk.pth.tar")
 
@@ -311,3 +317,19 @@ def test_fom_workflow_with_native_video_nodes(comfy):
     info = video.probe(mp4)
     assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (256, 256, 50)
     assert info["audio"]["codec"] == "aac"
+
+
+def test_liveportrait_video_driven_workflow(comfy):
+    """workflows/liveportrait_video_driven.api.json with the tiny weights: the pack's PORTRAIT and
+    MOTION types flow between nodes in the real server."""
+    prompt = json.loads((ROOT / "workflows" / "liveportrait_video_driven.api.json").read_text())
+    prompt["1"]["inputs"]["detector"] = "center"
+    prompt["2"]["inputs"]["file"] = "driving_short.mp4"
+    prompt["4"]["inputs"]["crop"] = "as is (already face crops)"
+    entry = comfy.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", _errors(entry)
+    item = entry["outputs"]["6"]["images"][0]
+    from core import video
+
+    info = video.probe(comfy.base / "output" / item["subfolder"] / item["filename"])
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (480, 600, 6)
