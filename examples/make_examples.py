@@ -5,6 +5,8 @@
 * ``speech.wav``: a short sentence from espeak-ng (``apt-get install espeak-ng``), 16 kHz mono.
 * ``driving.mp4``: 2 s (50 frames, 256x256, 25 fps) of a drawn face that nods and opens its
   mouth, with the first 2 s of the speech: a driving video for FOMAnimate.
+* ``motion.safetensors``: 2 s of hand-made LivePortrait motion (a slow nod and turn, the lip
+  keypoints opening and closing) in the pack's motion format, for the motion-driven workflow.
 """
 import subprocess
 from pathlib import Path
@@ -76,8 +78,28 @@ def driving(path: Path, speech_path: Path, frames: int = 50) -> None:
     write_video(path, torch.from_numpy(np.stack(out)), fps=25, audio=audio, crf=23)
 
 
+def motion(path: Path, frames: int = 50) -> None:
+    import math
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(HERE.parent))
+    from core.liveportrait.motion import LIP_KPS, Motion
+
+    t = torch.arange(frames) / 25.0
+    exp = torch.zeros(frames, 21, 3)
+    opening = 0.02 * torch.sin(2 * math.pi * 2.0 * t).abs()
+    for k in LIP_KPS:
+        exp[:, k, 1] = opening * (1 if k in (14, 17, 19, 20) else -0.5)
+    Motion(exp=exp, pitch=3 * torch.sin(2 * math.pi * 0.5 * t), yaw=5 * torch.sin(2 * math.pi * 0.3 * t),
+           roll=2 * torch.sin(2 * math.pi * 0.4 * t), t=torch.zeros(frames, 3), scale=torch.full((frames,), 1.3),
+           fps=25.0).save(path)
+
+
 if __name__ == "__main__":
     portrait(HERE / "portrait.png")
     speech(HERE / "speech.wav")
     driving(HERE / "driving.mp4", HERE / "speech.wav")
-    print("wrote", HERE / "portrait.png", HERE / "speech.wav", HERE / "driving.mp4")
+    motion(HERE / "motion.safetensors")
+    print("wrote", HERE / "portrait.png", HERE / "speech.wav", HERE / "driving.mp4", HERE / "motion.safetensors")

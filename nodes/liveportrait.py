@@ -12,7 +12,8 @@ from ..core.errors import InputError
 from ..core.image import load_image
 from ..core.liveportrait.crop import DRIVING_SCALE, DRIVING_VY, SOURCE_SCALE, SOURCE_VY
 from ..core.portrait import get_detector
-from .base import CATEGORY, progress, register
+from .base import (CATEGORY, list_input_files, progress, register, resolve_input_file, save_path,
+                   validate_input_file)
 from .portrait import PORTRAIT_TYPE
 
 MOTION_TYPE = "TALKINGHEAD_MOTION"
@@ -162,3 +163,54 @@ class LivePortraitRender:
             if not keep_model_loaded:
                 CACHE.unload("liveportrait")
         return (frames if paste_back else faces, faces)
+
+
+@register("SaveMotion", "SaveMotion")
+class SaveMotion:
+    DESCRIPTION = ("Save a motion (from a driving video, MotionDiT or procedural motion) as a .safetensors file in "
+                   "the output folder, to render it again later with LoadMotion.")
+    CATEGORY = f"{CATEGORY}/liveportrait"
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("filename",)
+    OUTPUT_TOOLTIPS = ("Full path of the saved motion file.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "motion": (MOTION_TYPE, {"tooltip": "The motion to save."}),
+            "filename_prefix": ("STRING", {"default": "TalkingHead/motion",
+                                           "tooltip": "Name in the output folder; a counter is appended."}),
+        }}
+
+    def run(self, motion, filename_prefix):
+        path, subfolder, filename, kind = save_path(filename_prefix, "safetensors")
+        tmp = path.with_name("." + filename + ".partial")
+        motion.save(tmp)
+        tmp.replace(path)
+        return {"ui": {"text": [f"saved {len(motion)} frames of motion to {subfolder + '/' if subfolder else ''}"
+                                f"{filename}"]}, "result": (str(path),)}
+
+
+@register("LoadMotion", "LoadMotion")
+class LoadMotion:
+    DESCRIPTION = "Load a motion saved by SaveMotion (a .safetensors file in the input folder)."
+    CATEGORY = f"{CATEGORY}/liveportrait"
+    FUNCTION = "run"
+    RETURN_TYPES = (MOTION_TYPE, "FLOAT")
+    RETURN_NAMES = ("motion", "fps")
+    OUTPUT_TOOLTIPS = ("The motion.", "Its frame rate.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"motion_file": (list_input_files((".safetensors",)) or [""], {
+            "tooltip": "A motion file in ComfyUI's input folder (SaveMotion writes them to the output folder)."})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, motion_file):
+        return validate_input_file(motion_file, "motion file")
+
+    def run(self, motion_file):
+        motion = lp.Motion.load(resolve_input_file(motion_file, "motion file"))
+        return (motion, float(motion.fps))

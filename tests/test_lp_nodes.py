@@ -69,3 +69,45 @@ def test_missing_weights_message(pack, monkeypatch, tmp_path):
     msg = str(err.value)
     assert "appearance_feature_extractor.pth" in msg and "huggingface.co/KwaiVGI/LivePortrait" in msg
     assert str(tmp_path / "models" / "liveportrait") in msg and "MIT" in msg
+
+
+def test_motion_driven_workflow_headless(tmp_path):
+    """workflows/liveportrait_motion_driven.json: a saved motion + speech -> LivePortraitRender -> mp4."""
+    from core.liveportrait.motion import Motion
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
+    shutil.copy(ROOT / "examples" / "speech.wav", inputs / "speech.wav")
+    Motion.load(ROOT / "examples" / "motion.safetensors").frames(0, 5).save(inputs / "motion.safetensors")
+    res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "liveportrait_motion_driven.json"),
+                          "--input-dir", str(inputs), "--models-dir", str(models_dir(tmp_path / "models")), "--offline",
+                          "--set", "portrait.detector=center", "--quiet"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    from core import video
+
+    info = video.probe(Path(res.stdout.strip().splitlines()[-1]))
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (480, 600, 5)
+    assert info["audio"]["codec"] == "aac"
+
+
+def test_save_and_load_motion_nodes(pack, tmp_path):
+    from core.liveportrait.motion import Motion
+
+    motion = Motion.load(ROOT / "examples" / "motion.safetensors")
+    saved = pack.NODE_CLASS_MAPPINGS["TalkingHead_SaveMotion"]().run(motion, "talks/m")
+    path = Path(saved["result"][0])
+    assert path == tmp_path / "output" / "talks" / "m_00001_.safetensors" and "50 frames" in saved["ui"]["text"][0]
+    (tmp_path / "input").mkdir()
+    shutil.copy(path, tmp_path / "input" / "m.safetensors")
+    loader = pack.NODE_CLASS_MAPPINGS["TalkingHead_LoadMotion"]
+    assert loader.VALIDATE_INPUTS("m.safetensors") is True and "outside" in loader.VALIDATE_INPUTS("../x.safetensors")
+    back, fps = loader().run("m.safetensors")
+    assert fps == 25.0 and torch.equal(back.exp, motion.exp) and torch.equal(back.yaw, motion.yaw)
+    from safetensors.torch import save_file
+
+    save_file({"foo": torch.zeros(2)}, tmp_path / "input" / "bad.safetensors")
+    errors = sub(pack, "core.errors")
+    with pytest.raises(errors.InputError, match="not a motion file"):
+        loader().run("bad.safetensors")

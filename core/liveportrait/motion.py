@@ -108,9 +108,18 @@ class Motion:
 
     @classmethod
     def load(cls, path) -> "Motion":
+        """A motion saved by :meth:`save` (safetensors only: nothing is unpickled)."""
         from safetensors.torch import load_file
 
-        return cls.from_tensors(load_file(str(path)))
+        try:
+            data = load_file(str(path))
+        except Exception as exc:
+            raise InputError(f"'{Path(path).name}' is not a readable motion file (safetensors): {exc}") from exc
+        required = ("exp", "pitch", "yaw", "roll", "t", "scale")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise InputError(f"'{Path(path).name}' is not a motion file: it lacks {', '.join(missing)}")
+        return cls.from_tensors(data)
 
 
 @dataclass

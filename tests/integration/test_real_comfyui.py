@@ -53,6 +53,8 @@ NODES = {  # node id -> display name
     "TalkingHead_FOMAnimate": "FOMAnimate",
     "TalkingHead_LivePortraitExtractMotion": "LivePortraitExtractMotion",
     "TalkingHead_LivePortraitRender": "LivePortraitRender",
+    "TalkingHead_SaveMotion": "SaveMotion",
+    "TalkingHead_LoadMotion": "LoadMotion",
 }
 
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
