@@ -2,22 +2,13 @@
 tiny/io.safetensors (x_d per frame, stitching inputs), lip normalisation and retargeting."""
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import FIXTURES
 from core.errors import InputError
 from core.liveportrait import kinematics as K
 from core.liveportrait import load as L
 from core.liveportrait.motion import DriveOptions, Motion, SourceMotion, driving_keypoints, lip_array
-
-IO = load_file(str(FIXTURES / "liveportrait" / "io.safetensors"))
-VARIANTS = {
-    "rel_pose_stitch": DriveOptions(),
-    "rel_expr_stitch_lipnorm_mult": DriveOptions(expression_friendly=True, normalize_lip=True, multiplier=1.25),
-    "abs_nostitch": DriveOptions(relative=False, stitching=False),
-    "rel_retarget_eye_lip_stitch": DriveOptions(eye_retargeting=True, lip_retargeting=True),
-    "rel_region_lip_stitch": DriveOptions(region="lip"),
-}
+from lp_common import IO, VARIANTS, reference_motion
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +25,7 @@ def source():
                         scale=IO["input.pipeline_src_scale"], eyes=K.eye_ratio(lmk)[None], lip=K.lip_ratio(lmk)[None])
 
 
-def motion():
-    return Motion(exp=IO["seq.exp"], pitch=IO["seq.pitch"], yaw=IO["seq.yaw"], roll=IO["seq.roll"], t=IO["seq.t"],
-                  scale=IO["seq.scale"], R=IO["seq.R"], eyes=IO["seq.c_eyes"], lip=IO["seq.c_lip"])
+motion = reference_motion
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

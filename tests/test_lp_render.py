@@ -10,18 +10,10 @@ from core.errors import CheckpointError
 from core.liveportrait import kinematics as K
 from core.liveportrait import load as L
 from core.liveportrait import render as R
-from core.liveportrait.motion import DriveOptions, Motion, driving_keypoints
+from core.liveportrait.motion import driving_keypoints
+from lp_common import IO, VARIANTS, reference_motion
 
-IO = load_file(str(FIXTURES / "liveportrait" / "io.safetensors"))
 WEIGHTS = FIXTURES / "liveportrait" / "weights"
-VARIANTS = {
-    "rel_pose_stitch": DriveOptions(),
-    "rel_expr_stitch_lipnorm_mult": DriveOptions(expression_friendly=True, normalize_lip=True, multiplier=1.25),
-    "abs_nostitch": DriveOptions(relative=False, stitching=False),
-    "rel_retarget_eye_lip_stitch": DriveOptions(eye_retargeting=True, lip_retargeting=True),
-    "rel_region_lip_stitch": DriveOptions(region="lip"),
-}
-
 
 def safetensors_paths():
     return {k: WEIGHTS / f"{k}.safetensors" for k in L.KINDS}
@@ -69,9 +61,7 @@ def test_source_processing(models):
 def test_pipeline_variants_render(models, variant):
     src = R.prepare_source(models, IO["input.pipeline_I_s"].permute(0, 2, 3, 1), size=64,
                            lmk203=IO["input.source_lmk203"])
-    motion = Motion(exp=IO["seq.exp"], pitch=IO["seq.pitch"], yaw=IO["seq.yaw"], roll=IO["seq.roll"], t=IO["seq.t"],
-                    scale=IO["seq.scale"], R=IO["seq.R"], eyes=IO["seq.c_eyes"], lip=IO["seq.c_lip"])
-    x_d = driving_keypoints(src.motion, motion, VARIANTS[variant], models.stitching, models.lip, models.eye)
+    x_d = driving_keypoints(src.motion, reference_motion(), VARIANTS[variant], models.stitching, models.lip, models.eye)
     ref = IO[f"pipe.{variant}.out"]
     frames = torch.cat(list(R.render_frames(models, src, x_d, batch_size=3, device="cpu", precision="fp32")))
     assert frames.shape == (4, 3, 128, 128)
