@@ -138,3 +138,17 @@ def resize_pad(images: torch.Tensor, size: int = 256, mode: str = "pad", pad_mod
         shape = (0, size, size, images.shape[-1]) if channels_last else (0, images.shape[1], size, size)
         out = images.new_zeros(shape, device=out_device)
     return out
+
+
+def image_to_square_nchw(images: torch.Tensor, size: int, device=None, channels_last: bool = False) -> torch.Tensor:
+    """IMAGE ``[B,H,W,3]`` (0..1) -> ``[B,3,size,size]`` float32 on ``device``, area-resized when
+    its size differs (what the models' input steps do: deepstory's portrait resize, LivePortrait's
+    512 -> 256 INTER_AREA). ``channels_last``: return the memory layout convolutions prefer."""
+    from .errors import InputError
+
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise InputError(f"expected an IMAGE batch [B,H,W,3], got shape {tuple(images.shape)}")
+    x = images.to(device, torch.float32).permute(0, 3, 1, 2).contiguous()
+    if tuple(x.shape[2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -17,11 +17,11 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..device import autocast, full_precision, resolve_device, resolve_dtype
 from ..errors import InputError
 from ..progress import Progress, ProgressFn
+from ..resize import image_to_square_nchw
 from .load import FOM
 from .model import KP
 
@@ -90,14 +90,9 @@ def find_best_frame(landmarks_source: np.ndarray, landmarks_driving: Iterable[Op
 
 # --------------------------------------------------------------------------- images
 def to_model_input(images: torch.Tensor, size: int = RESOLUTION, device=None) -> torch.Tensor:
-    """IMAGE ``[B,H,W,3]`` (0..1) -> ``[B,3,size,size]`` on ``device``; other sizes are resized
-    with area averaging (deepstory's portrait step)."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise InputError(f"expected an IMAGE batch [B,H,W,3], got shape {tuple(images.shape)}")
-    x = images.to(device, torch.float32).permute(0, 3, 1, 2).contiguous()
-    if tuple(x.shape[2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="area")
-    return x.contiguous(memory_format=torch.channels_last)  # the layout the convolutions prefer
+    """IMAGE ``[B,H,W,3]`` (0..1) -> ``[B,3,size,size]`` channels-last on ``device``; other sizes
+    are resized with area averaging (deepstory's portrait step)."""
+    return image_to_square_nchw(images, size, device, channels_last=True)
 
 
 # --------------------------------------------------------------------------- inference

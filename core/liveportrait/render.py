@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..device import autocast, full_precision, resolve_device, resolve_dtype
 from ..errors import InputError
 from ..progress import Progress, ProgressFn
+from ..resize import image_to_square_nchw
 from . import kinematics as K
 from .load import LivePortraitModels
 from .motion import Motion, SourceMotion
@@ -36,12 +36,7 @@ class LivePortraitSource:
 def to_input(images: torch.Tensor, size: int = INPUT_SIZE, device=None) -> torch.Tensor:
     """IMAGE ``[B,H,W,3]`` 0..1 -> ``[B,3,size,size]`` on ``device`` (area-resized when needed,
     like the official 512 -> 256 INTER_AREA step)."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise InputError(f"expected an IMAGE batch [B,H,W,3], got shape {tuple(images.shape)}")
-    x = images.to(device, torch.float32).permute(0, 3, 1, 2).contiguous()
-    if tuple(x.shape[2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="area")
-    return x
+    return image_to_square_nchw(images, size, device)
 
 
 @torch.inference_mode()
