@@ -20,6 +20,7 @@ import torch
 
 from ..device import autocast, full_precision, resolve_device, resolve_dtype
 from ..errors import InputError
+from ..geometry import hull_measure
 from ..progress import Progress, ProgressFn
 from ..resize import image_to_square_nchw
 from .load import FOM
@@ -29,11 +30,7 @@ RESOLUTION = 256  # vox-256
 
 
 # --------------------------------------------------------------------------- keypoint maths
-def hull_area(points: np.ndarray) -> float:
-    """Area of the convex hull of 2-D points (scipy's ``ConvexHull.volume`` in 2-D)."""
-    from scipy.spatial import ConvexHull
-
-    return float(ConvexHull(np.asarray(points, dtype=np.float64)).volume)
+hull_area = hull_measure  # area of the convex hull of 2-D points
 
 
 def movement_scale(kp_source: KP, kp_initial: KP) -> float:

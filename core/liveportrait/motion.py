@@ -27,6 +27,7 @@ from typing import Dict, Optional
 import torch
 
 from ..errors import InputError
+from ..geometry import hull_measure
 from . import kinematics as K
 
 LIP_KPS = (6, 12, 14, 17, 19, 20)
@@ -163,11 +164,6 @@ class DriveOptions:
     single_image_driver: bool = False   # the motion comes from one image: reference = neutral lips
 
 
-def hull_volume(points: torch.Tensor) -> float:
-    from scipy.spatial import ConvexHull
-
-    return float(ConvexHull(points.detach().double().cpu().numpy().reshape(-1, 3)).volume)
-
 
 @torch.inference_mode()
 def driving_keypoints(source: SourceMotion, motion: Motion, opts: DriveOptions, stitching_net=None,
@@ -220,7 +216,7 @@ def driving_keypoints(source: SourceMotion, motion: Motion, opts: DriveOptions, 
     x_d = scale[:, :, None] * (source.kp @ R_new + exp) + t[:, None, :]
 
     if opts.expression_friendly and not opts.single_image_driver:
-        multiplier = (hull_volume(x_s) ** 0.5) / (hull_volume(x_d[:1]) ** 0.5)
+        multiplier = (hull_measure(x_s) ** 0.5) / (hull_measure(x_d[:1]) ** 0.5)
         x_d = x_s + (x_d - x_d[:1]) * multiplier
 
     stitch_in = x_d
