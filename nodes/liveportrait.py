@@ -66,11 +66,15 @@ class LivePortraitExtractMotion:
             "optional": {
                 "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
                 "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing LivePortrait weights."}),
+                "model": (list(lp.VARIANTS), {"default": "human", "tooltip": "LivePortrait model set: human, or the "
+                                                                "animal models (v1.1, or the first release v1.0). "
+                                                                "Animal faces need the 'center' or 'none' crop."}),
             },
         }
 
-    def run(self, driving, fps, crop, detector, batch_size, precision, device="auto", auto_download=True):
-        models = lp.get_liveportrait(device=device, download=auto_download)
+    def run(self, driving, fps, crop, detector, batch_size, precision, device="auto", auto_download=True,
+            model="human"):
+        models = lp.get_liveportrait(model, device=device, download=auto_download)
         size = int(models.config.get("input_size", 256))
         frames = driving
         if crop == CROP_CHOICES[0]:
@@ -125,13 +129,16 @@ class LivePortraitRender:
                 "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
                 "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the networks cached afterwards."}),
                 "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing LivePortrait weights."}),
+                "model": (list(lp.VARIANTS), {"default": "human", "tooltip": "LivePortrait model set: human, or the "
+                                                                "animal models (v1.1, or the first release v1.0). "
+                                                                "Animal faces need the 'center' or 'none' crop."}),
             },
         }
 
     def run(self, portrait, motion, relative, region, stitching, multiplier, batch_size, precision,
             expression_friendly=False, normalize_lip=False, paste_back=True, device="auto", keep_model_loaded=True,
-            auto_download=True):
-        models = lp.get_liveportrait(device=device, download=auto_download)
+            auto_download=True, model="human"):
+        models = lp.get_liveportrait(model, device=device, download=auto_download)
         try:
             in_size = int(models.config.get("input_size", 256))
             out_size = int(models.config.get("output_size", 512))

@@ -111,3 +111,34 @@ def test_save_and_load_motion_nodes(pack, tmp_path):
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.InputError, match="not a motion file"):
         loader().run("bad.safetensors")
+
+
+def test_animal_model_set(pack, tmp_path, monkeypatch):
+    """The animal set: liveportrait_animals/base_models_v1.1/*.pth (official layout) plus the HUMAN stitching file;
+    a missing animal file is named with its own download address."""
+    monkeypatch.setenv("TALKINGHEAD_OFFLINE", "1")
+    lp = sub(pack, "core.liveportrait")
+    errors = sub(pack, "core.errors")
+    ids = lp.file_ids("animal")
+    assert ids["warping_module"] == "liveportrait_animals/warping_module"
+    assert ids["stitching_retargeting_module"] == "liveportrait/stitching_retargeting_module"
+    with pytest.raises(ValueError, match="animal v1.0"):
+        lp.file_ids("cat")
+    models = tmp_path / "models"
+    human = models_dir(models) / "liveportrait"
+    animal = models / "liveportrait_animals" / "base_models_v1.1"
+    animal.mkdir(parents=True)
+    from safetensors.torch import load_file
+
+    for kind in lp.KINDS[:4]:  # the official files are .pth state dicts: write them that way
+        torch.save(load_file(str(human / f"{kind}.safetensors")), animal / f"{kind}.pth")
+        (human / f"{kind}.safetensors").unlink()  # the animal set must not pick up human files
+    paths = lp.resolve_paths("animal", download=False)
+    assert paths["motion_extractor"] == animal / "motion_extractor.pth"
+    assert paths["stitching_retargeting_module"] == human / "stitching_retargeting_module.safetensors"
+    (motion,) = pack.NODE_CLASS_MAPPINGS["TalkingHead_LivePortraitExtractMotion"]().run(
+        torch.rand(3, 64, 64, 3), 25.0, "as is (already face crops)", "center", 2, "fp32", model="animal")
+    assert len(motion) == 3
+    with pytest.raises(errors.WeightsMissingError) as err:
+        lp.resolve_paths("animal v1.0", download=False)
+    assert "liveportrait_animals/base_models/appearance_feature_extractor.pth" in str(err.value)

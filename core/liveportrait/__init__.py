@@ -29,10 +29,18 @@ PRESETS = ("liveportrait", "tiny")
 MASK_TEMPLATE = Path(__file__).resolve().parent / "configs" / "mask_template.png"
 
 
+#: model sets: the human models, and the animal ones (v1.1 the official default, v1.0 the first release).
+#: The animal sets reuse the human stitching/retargeting file, as the official code does.
+VARIANTS = ("human", "animal", "animal v1.0")
+_VARIANT_PREFIX = {"human": "liveportrait", "animal": "liveportrait_animals", "animal v1.0": "liveportrait_animals_v1.0"}
+
+
 def file_ids(variant: str = "human") -> Dict[str, str]:
-    if variant != "human":
-        raise ValueError("only the human LivePortrait models are registered so far")
-    return {kind: f"liveportrait/{kind}" for kind in KINDS}
+    """Manifest ids of the five files of a model set (see :data:`VARIANTS`)."""
+    if variant not in _VARIANT_PREFIX:
+        raise ValueError(f"unknown LivePortrait model set {variant!r}; choose one of {', '.join(VARIANTS)}")
+    prefix = _VARIANT_PREFIX[variant]
+    return {kind: f"{'liveportrait' if kind == 'stitching_retargeting_module' else prefix}/{kind}" for kind in KINDS}
 
 
 def detect_preset(appearance_path) -> dict:
@@ -76,7 +84,7 @@ def get_liveportrait(variant: str = "human", device="auto", download: bool = Tru
                      dev, torch.float32, info={"file": f"LivePortrait ({variant})"})
 
 
-__all__ = ["DriveOptions", "KINDS", "LivePortraitModels", "LivePortraitSource", "MASK_TEMPLATE", "Motion",
+__all__ = ["DriveOptions", "KINDS", "VARIANTS", "LivePortraitModels", "LivePortraitSource", "MASK_TEMPLATE", "Motion",
            "SourceMotion", "detect_preset", "driving_keypoints", "extract_motion", "file_ids", "get_liveportrait",
            "load_liveportrait", "load_module", "load_retargeting", "preset", "prepare_source", "render_frames",
            "resolve_paths", "warp_decode"]
