@@ -297,6 +297,47 @@ def load_checkpoint(path: os.PathLike, map_location="cpu") -> object:
                               f"{type(exc).__name__}: {exc}") from exc
 
 
+def load_pickle(path: os.PathLike) -> object:
+    """A plain (non-torch) pickle such as Ditto's cfg ``.pkl`` or JoyVASA's ``motion_template.pkl``,
+    without executing code: only containers, numbers, strings, numpy arrays/scalars/dtypes,
+    ``argparse.Namespace``, ``OrderedDict`` and paths may appear. Anything else raises
+    :class:`CheckpointError` naming the file and the refused global.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    allowed = {}
+    for item in _safe_globals():
+        obj, name = item if isinstance(item, tuple) else (item, f"{item.__module__}.{item.__qualname__}")
+        allowed[name] = obj
+    # numpy pickles may name these through their public paths
+    import numpy as np
+    allowed.setdefault("numpy.ndarray", np.ndarray)
+    allowed.setdefault("numpy.dtype", np.dtype)
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            key = f"{module}.{name}"
+            if key in allowed:
+                return allowed[key]
+            if module == "numpy._core.multiarray" and f"numpy.core.multiarray.{name}" in allowed:
+                return allowed[f"numpy.core.multiarray.{name}"]
+            raise pickle.UnpicklingError(f"not an allowed global: {key}")
+
+    try:
+        with open(path, "rb") as fh:
+            return _Restricted(fh).load()
+    except pickle.UnpicklingError as exc:
+        if "not an allowed global" in str(exc):
+            raise CheckpointError(f"{path.name}: refused to load: the file asks to run or build Python objects that "
+                                  f"are not plain data ({exc}). It is not the official file, or it was "
+                                  f"modified.") from exc
+        raise CheckpointError(f"{path.name}: not a readable pickle (corrupt or truncated download?): {exc}") from exc
+    except (EOFError, ValueError, OSError, AttributeError, ImportError, IndexError, TypeError) as exc:
+        raise CheckpointError(f"{path.name}: not a readable pickle (corrupt or truncated download?): "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
 def flatten_state(obj: object, prefix: str = "", skip: Callable[[str], bool] = lambda k: False) -> Dict[str, torch.Tensor]:
     """Nested dicts of tensors -> ``{"a.b.c": tensor}``; non-tensor leaves are dropped."""
     out: Dict[str, torch.Tensor] = {}

@@ -75,3 +75,25 @@ def test_motion_type_round_trip_slicing_and_errors(tmp_path, nets):
     no_ratio.eyes = None
     with pytest.raises(InputError, match="eye open ratios"):
         driving_keypoints(source(), no_ratio, DriveOptions(eye_retargeting=True), nets["stitching"], nets["lip"], nets["eye"])
+
+
+def test_composed_motion_is_used_as_is(nets, tmp_path):
+    """A motion already combined with the source (MotionDiT) drives x_d = s (kp R + exp) + t (t_z = 0), whatever
+    the relative setting; regions still pick what follows; the flag survives save/load and frames()."""
+    src, m = source(), motion()
+    m.composed = True
+    expect = K.transform_keypoint(src.kp.expand(len(m), -1, -1), exp=m.exp, t=m.t * torch.tensor([1.0, 1.0, 0.0]),
+                                  scale=m.scale[:, None], rot=m.rotation())
+    for relative in (True, False):
+        x_d = driving_keypoints(src, m, DriveOptions(relative=relative, stitching=False))
+        assert (x_d - expect).abs().max() < 1e-6
+    pose_only = driving_keypoints(src, m, DriveOptions(region="pose", stitching=False))
+    want = K.transform_keypoint(src.kp.expand(len(m), -1, -1), exp=src.exp.expand(len(m), -1, -1),
+                                t=m.t * torch.tensor([1.0, 1.0, 0.0]), scale=src.scale.reshape(1, 1).expand(len(m), 1),
+                                rot=m.rotation())
+    assert (pose_only - want).abs().max() < 1e-6
+    assert not torch.allclose(driving_keypoints(src, motion(), DriveOptions(stitching=False)), expect, atol=1e-4)
+    m.save(tmp_path / "m.safetensors")
+    assert Motion.load(tmp_path / "m.safetensors").composed and m.frames(1, 3).composed
+    motion().save(tmp_path / "plain.safetensors")
+    assert not Motion.load(tmp_path / "plain.safetensors").composed

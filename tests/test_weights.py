@@ -235,3 +235,24 @@ def test_numpy_arrays_pickled_by_numpy_1x_load(tmp_path):
     (tmp_path / "old.dat").write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     got = W.load_checkpoint(tmp_path / "old.dat")["mean_face"]
     assert np.array_equal(got, np.arange(6, dtype=np.float32).reshape(3, 2))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo should-never-run",))
+
+
+def test_plain_pickle_loader(tmp_path):
+    """Ditto's cfg .pkl / JoyVASA's motion_template.pkl: plain data loads, code is refused, junk is named."""
+    data = {"mean_exp": np.arange(63, dtype=np.float32), "flags": [1, 2.5, "x", None, (True,)],
+            "args": argparse.Namespace(root=pathlib.PurePosixPath("/data")), "n": np.float32(3)}
+    (tmp_path / "ok.pkl").write_bytes(pickle.dumps(data, protocol=4))
+    back = W.load_pickle(tmp_path / "ok.pkl")
+    assert np.array_equal(back["mean_exp"], data["mean_exp"]) and back["flags"] == data["flags"]
+    assert back["args"].root == pathlib.PurePosixPath("/data") and back["n"] == np.float32(3)
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"x": _RunsCode()}))
+    with pytest.raises(CheckpointError, match="evil.pkl: refused to load.*system"):
+        W.load_pickle(tmp_path / "evil.pkl")
+    (tmp_path / "cut.pkl").write_bytes(pickle.dumps(data)[:40])
+    with pytest.raises(CheckpointError, match="cut.pkl: not a readable pickle"):
+        W.load_pickle(tmp_path / "cut.pkl")

@@ -13,6 +13,7 @@ A :class:`Motion` is a sequence of per-frame LivePortrait motion parameters:
 | ``eyes`` | [T, 2] or None | eye open ratios (left, right), for eye retargeting |
 | ``lip`` | [T, 1] or None | lip open ratio, for lip retargeting |
 | ``fps`` | float | frames per second |
+| ``composed`` | bool | True when the producer already combined the motion with one source portrait (MotionDiT: Ditto / JoyVASA apply their own relative rules); the renderer then uses pose, expression, t and scale as they are, whatever its ``relative`` setting |
 
 The video-driven extractor, MotionDiT (Ditto, JoyVASA) and the procedural motion all produce
 this type, in float32 on the CPU.
@@ -58,8 +59,10 @@ class Motion:
     eyes: Optional[torch.Tensor] = None
     lip: Optional[torch.Tensor] = None
     fps: float = 25.0
+    composed: bool = False
 
     def __post_init__(self) -> None:
+        self.composed = bool(self.composed)
         n = int(self.exp.shape[0])
         self.exp = self.exp.detach().float().cpu().reshape(n, -1, 3)
         for name in ("pitch", "yaw", "roll", "scale"):
@@ -95,12 +98,15 @@ class Motion:
     def to_tensors(self) -> Dict[str, torch.Tensor]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
         out["fps"] = torch.tensor([self.fps], dtype=torch.float64)
+        if self.composed:
+            out["composed"] = torch.ones(1, dtype=torch.uint8)
         return out
 
     @classmethod
     def from_tensors(cls, data: Dict[str, torch.Tensor]) -> "Motion":
-        kw = {k: v for k, v in data.items() if k != "fps"}
-        return cls(**kw, fps=float(data["fps"][0]) if "fps" in data else 25.0)
+        kw = {k: v for k, v in data.items() if k not in ("fps", "composed")}
+        return cls(**kw, fps=float(data["fps"][0]) if "fps" in data else 25.0,
+                   composed=bool(data["composed"].reshape(-1)[0]) if "composed" in data else False)
 
     def save(self, path) -> None:
         from safetensors.torch import save_file
@@ -182,7 +188,12 @@ def driving_keypoints(source: SourceMotion, motion: Motion, opts: DriveOptions, 
     exp_d, s_d, t_d = motion.exp, motion.scale[:, None], motion.t
     exp_s, s_s, t_s, R_s = source.exp, source.scale.reshape(1, 1), source.t, source.R
     pose = opts.region in ("all", "pose")
-    if opts.relative:
+    if motion.composed:  # already combined with this source by its producer: use as is
+        R_new = R_d if pose else R_s.expand(n, 3, 3)
+        exp_rel = exp_d
+        scale = s_d if opts.region == "all" else s_s.expand(n, 1)
+        t = t_d if pose else t_s.expand(n, 3)
+    elif opts.relative:
         if opts.single_image_driver:
             R_new = R_s.expand(n, 3, 3)
             exp_rel = exp_s + exp_d - lip_array().float()
