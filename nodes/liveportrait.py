@@ -10,7 +10,7 @@ from ..core.cache import CACHE
 from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import InputError
 from ..core.image import load_image
-from ..core.liveportrait.crop import DRIVING_SCALE, DRIVING_VY, SOURCE_SCALE, SOURCE_VY
+from ..core.liveportrait.crop import DRIVING_SCALE, DRIVING_VY, record_from_box
 from ..core.portrait import get_detector
 from .base import (CATEGORY, list_input_files, progress, register, resolve_input_file, save_path,
                    validate_input_file)
@@ -26,15 +26,6 @@ def _mask_template() -> torch.Tensor:
     if _MASK is None:
         _MASK = load_image(lp.MASK_TEMPLATE)[0, ..., 0]
     return _MASK
-
-
-def lp_record(box, full_hw, size: int, scale: float, vy: float, face_box: bool) -> core_face.CropRecord:
-    """LivePortrait's crop from a detection box. The official crop is ``scale`` x the landmarks'
-    extent, shifted by ``vy`` x its side; a detector box spans about that extent, so the shift in
-    box units is ``vy * scale``. Boxes that already are the crop (center / none) are used as is."""
-    if not face_box:
-        return core_face.crop_from_box(box, full_hw, size, scale=1.0, vy=0.0)
-    return core_face.crop_from_box(box, full_hw, size, scale=scale, vy=vy * scale)
 
 
 @register("LivePortraitExtractMotion", "LivePortraitExtractMotion")
@@ -84,8 +75,8 @@ class LivePortraitExtractMotion:
             if not boxes:
                 raise InputError(core_face.NO_FACE_MESSAGE.replace("the image", "the driving video"))
             box = np.mean(np.asarray(boxes, dtype=np.float64), axis=0)
-            record = lp_record(box, tuple(driving.shape[1:3]), size, DRIVING_SCALE, DRIVING_VY,
-                               getattr(det, "is_face_box", True))
+            record = record_from_box(box, tuple(driving.shape[1:3]), size, DRIVING_SCALE, DRIVING_VY,
+                                     getattr(det, "is_face_box", True))
             frames = core_face.crop_image(driving, record, padding_mode="zeros", device=device)
         motion = lp.extract_motion(models, frames, fps=fps, batch_size=batch_size, device=device,
                                    precision=precision, size=size, progress=progress("LivePortraitExtractMotion"))
@@ -140,17 +131,16 @@ class LivePortraitRender:
             auto_download=True, model="human"):
         models = lp.get_liveportrait(model, device=device, download=auto_download)
         try:
-            in_size = int(models.config.get("input_size", 256))
             out_size = int(models.config.get("output_size", 512))
-            rec = portrait.record
-            face_box = rec.detector not in ("center", "none (already cropped)", "none")
-            box = rec.bbox if rec.bbox is not None else (-0.5, -0.5, rec.full_size[1] - 0.5, rec.full_size[0] - 0.5)
-            record = lp_record(box, rec.full_size, out_size, SOURCE_SCALE, SOURCE_VY, face_box)
-            crop = core_face.crop_image(portrait.full, record.with_crop_size(in_size), padding_mode="border",
-                                        device=device)
-            source = lp.prepare_source(models, crop, device=device, precision=precision, size=in_size)
+            source = lp.portrait_source(models, portrait, device=device, precision=precision)
+            record = source.record
+            # a composed motion (MotionDiT / procedural) may carry lip and eye open ratios: drive them through
+            # LivePortrait's retargeting networks
+            retarget = bool(motion.composed)
             opts = lp.DriveOptions(relative=relative, region=region, stitching=stitching, multiplier=multiplier,
-                                   expression_friendly=expression_friendly, normalize_lip=normalize_lip)
+                                   expression_friendly=expression_friendly, normalize_lip=normalize_lip,
+                                   lip_retargeting=retarget and motion.lip is not None,
+                                   eye_retargeting=retarget and motion.eyes is not None)
             x_d = lp.driving_keypoints(source.motion, motion, opts, models.stitching, models.lip, models.eye)
             n = int(x_d.shape[0])
             faces = torch.empty((n, out_size, out_size, 3), dtype=torch.float32)

@@ -23,7 +23,7 @@ from ..device import resolve_device
 from ..errors import CheckpointError
 from .load import KINDS, LivePortraitModels, load_liveportrait, load_module, load_retargeting, preset
 from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
-from .render import LivePortraitSource, extract_motion, prepare_source, render_frames, warp_decode
+from .render import LivePortraitSource, extract_motion, portrait_source, prepare_source, render_frames, warp_decode
 
 PRESETS = ("liveportrait", "tiny")
 MASK_TEMPLATE = Path(__file__).resolve().parent / "configs" / "mask_template.png"
@@ -86,5 +86,5 @@ def get_liveportrait(variant: str = "human", device="auto", download: bool = Tru
 
 __all__ = ["DriveOptions", "KINDS", "VARIANTS", "LivePortraitModels", "LivePortraitSource", "MASK_TEMPLATE", "Motion",
            "SourceMotion", "detect_preset", "driving_keypoints", "extract_motion", "file_ids", "get_liveportrait",
-           "load_liveportrait", "load_module", "load_retargeting", "preset", "prepare_source", "render_frames",
+           "load_liveportrait", "load_module", "load_retargeting", "portrait_source", "preset", "prepare_source", "render_frames",
            "resolve_paths", "warp_decode"]

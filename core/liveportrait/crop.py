@@ -84,3 +84,15 @@ def crop_record(landmarks: np.ndarray, full_hw: Sequence[int], dsize: int = 512,
     return CropRecord(matrix=m[:2], inverse=inv[:2], crop_size=int(dsize), full_size=tuple(int(v) for v in full_hw),
                       bbox=None, score=1.0, landmarks=np.asarray(landmarks, dtype=np.float64), detector=detector,
                       num_faces=1)
+
+
+def record_from_box(box, full_hw: Sequence[int], size: int, scale: float = SOURCE_SCALE, vy: float = SOURCE_VY,
+                    face_box: bool = True) -> CropRecord:
+    """LivePortrait's crop from a detection box. The official crop is ``scale`` x the landmarks'
+    extent, shifted by ``vy`` x its side; a detector box spans about that extent, so the shift in
+    box units is ``vy * scale``. Boxes that already are the crop (center / none) are used as is."""
+    from ..face import crop_from_box
+
+    if not face_box:
+        return crop_from_box(box, full_hw, size, scale=1.0, vy=0.0)
+    return crop_from_box(box, full_hw, size, scale=scale, vy=vy * scale)

@@ -17,6 +17,14 @@ A :class:`Motion` is a sequence of per-frame LivePortrait motion parameters:
 
 The video-driven extractor, MotionDiT (Ditto, JoyVASA) and the procedural motion all produce
 this type, in float32 on the CPU.
+
+Eye / lip retargeting of a *composed* motion (the procedural motion drives the mouth and the eyes
+this way): ``x_d + delta`` on top of the motion's own keypoints (so its head motion survives),
+then stitching, where ``delta = R(x_s, c_s, c_d) - R(x_s, c_s, c_s)`` is the retargeting MLP's
+change from the source's own open ratio ``c_s`` to the target ``c_d`` (0 when the target is the
+source's ratio). An unknown source ratio (no 203-point landmarks) is taken as
+:data:`DEFAULT_SOURCE_EYES` / :data:`DEFAULT_SOURCE_LIP`. Non-composed motions follow the official
+rule exactly.
 """
 from __future__ import annotations
 
@@ -35,6 +43,12 @@ LIP_KPS = (6, 12, 14, 17, 19, 20)
 EYE_KPS = (11, 13, 15, 16, 18)
 REGIONS = ("all", "exp", "pose", "lip", "eyes")
 NORMALIZE_LIP_THRESHOLD = 0.03
+#: source lip-open ratio assumed by the retargeting of a composed motion when the portrait's is unknown:
+#: a closed mouth (a portrait usually has its mouth closed; the procedural motion's silence is 0 too)
+DEFAULT_SOURCE_LIP = 0.0
+#: source eye-open ratio (both eyes) assumed when unknown: a typical open eye in LivePortrait's
+#: landmark ratio |p6-p18| / |p0-p12| (its motion templates range 0 (closed) .. 0.57)
+DEFAULT_SOURCE_EYES = 0.35
 _LIP_ARRAY: Optional[torch.Tensor] = None
 
 
@@ -180,6 +194,10 @@ def driving_keypoints(source: SourceMotion, motion: Motion, opts: DriveOptions, 
     animation region, ``t_z = 0``, ``x_d = s (kp_s @ R + exp) + t``; optional expression-friendly
     scaling; then lip normalisation / stitching / eye-lip retargeting; finally
     ``x_s + (x_d - x_s) * multiplier``.
+
+    A composed motion with eye / lip retargeting on gets ``x_d + delta`` (the change from the
+    source's open ratio to the motion's, see the module docstring), then stitching; a part whose
+    ratios the motion does not carry is left as the motion has it.
     """
     if opts.region not in REGIONS:
         raise InputError(f"region must be one of {REGIONS}, got {opts.region!r}")
@@ -232,7 +250,12 @@ def driving_keypoints(source: SourceMotion, motion: Motion, opts: DriveOptions, 
 
     stitch_in = x_d
     retarget = opts.eye_retargeting or opts.lip_retargeting
-    if not retarget:
+    if retarget and motion.composed:  # on top of the composed keypoints: the head motion survives
+        x_d = x_d + _composed_retargeting(source, motion, opts, lip_net, eye_net)
+        stitch_in = x_d
+        if opts.stitching:
+            x_d = K.stitching(_need(stitching_net, "stitching"), x_s, x_d)
+    elif not retarget:
         if opts.stitching:
             x_d = K.stitching(_need(stitching_net, "stitching"), x_s, x_d)
         if opts.normalize_lip and opts.relative:
@@ -259,6 +282,29 @@ def _need(net, what: str):
     return net
 
 
+def _composed_retargeting(source: SourceMotion, motion: Motion, opts: DriveOptions, lip_net, eye_net) -> torch.Tensor:
+    """Retargeting delta [T, 21, 3] of a composed motion: ``R(x_s, c_s, c_d) - R(x_s, c_s, c_s)`` per part.
+
+    A part is retargeted when its flag is on, the motion carries its ratios and the region includes
+    it (eyes: all / exp / eyes; lip: all / exp / lip). Unknown source ratios use the defaults."""
+    n, x_s = len(motion), source.x_s
+    delta = torch.zeros(n, *x_s.shape[1:])
+    if opts.eye_retargeting and motion.eyes is not None and opts.region in ("all", "exp", "eyes"):
+        net = _need(eye_net, "eye retargeting")
+        c_s = source.eyes if source.eyes is not None else torch.full((1, 2), DEFAULT_SOURCE_EYES)
+        c_s = c_s.reshape(1, 2).float()
+        anchor = torch.cat([c_s, c_s[:, :1]], dim=1)  # target = the source's (left) eye: no change
+        delta = delta + K.retarget_eye(net, x_s, _combined(c_s, "eye", motion.eyes, 0, n)) \
+            - K.retarget_eye(net, x_s, anchor)
+    if opts.lip_retargeting and motion.lip is not None and opts.region in ("all", "exp", "lip"):
+        net = _need(lip_net, "lip retargeting")
+        c_s = source.lip if source.lip is not None else torch.full((1, 1), DEFAULT_SOURCE_LIP)
+        c_s = c_s.reshape(1, 1).float()
+        delta = delta + K.retarget_lip(net, x_s, _combined(c_s, "lip", motion.lip, 0, n)) \
+            - K.retarget_lip(net, x_s, torch.cat([c_s, c_s], dim=1))
+    return delta
+
+
 def _combined(source_ratio, kind: str, driving: Optional[torch.Tensor], col: int, n: int) -> torch.Tensor:
     """[c_s..., c_d] per frame: the source's ratio(s) and the driving ratio (left eye only)."""
     if source_ratio is None:
@@ -279,4 +325,5 @@ def _lip_normalisation(source: SourceMotion, lip_net) -> torch.Tensor:
     return K.retarget_lip(lip_net, source.x_s, ratio)
 
 
-__all__ = ["DriveOptions", "Motion", "REGIONS", "SourceMotion", "driving_keypoints", "lip_array"]
+__all__ = ["DEFAULT_SOURCE_EYES", "DEFAULT_SOURCE_LIP", "DriveOptions", "Motion", "REGIONS", "SourceMotion",
+           "driving_keypoints", "lip_array"]

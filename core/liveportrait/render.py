@@ -31,6 +31,8 @@ class LivePortraitSource:
 
     feature_3d: torch.Tensor    # [1, C, D, H, W] appearance volume (on the device)
     motion: SourceMotion        # kp, pose, exp, x_s (float32, CPU)
+    raw: Optional[dict] = None  # the motion extractor's raw heads (pose as 66-bin logits), float32 CPU
+    record: Optional[object] = None  # CropRecord of the face crop in the full portrait (portrait_source)
 
 
 def to_input(images: torch.Tensor, size: int = INPUT_SIZE, device=None) -> torch.Tensor:
@@ -40,12 +42,14 @@ def to_input(images: torch.Tensor, size: int = INPUT_SIZE, device=None) -> torch
 
 
 @torch.inference_mode()
-def motion_info(models: LivePortraitModels, x: torch.Tensor) -> dict:
-    """Motion extractor on ``[B,3,H,W]`` -> per-frame info (kp, exp, degrees, t, scale), float32 CPU."""
-    raw = models.motion(x)
+def motion_info(models: LivePortraitModels, x: torch.Tensor, return_raw: bool = False):
+    """Motion extractor on ``[B,3,H,W]`` -> per-frame info (kp, exp, degrees, t, scale), float32 CPU
+    (and the raw heads too with ``return_raw``)."""
+    raw = {k: v.float() for k, v in models.motion(x).items()}
     with full_precision(x.device):
-        info = K.kp_info({k: v.float() for k, v in raw.items()})
-    return {k: v.cpu() for k, v in info.items()}
+        info = K.kp_info(raw)
+    info = {k: v.cpu() for k, v in info.items()}
+    return (info, {k: v.cpu() for k, v in raw.items()}) if return_raw else info
 
 
 @torch.inference_mode()
@@ -56,11 +60,33 @@ def prepare_source(models: LivePortraitModels, crop: torch.Tensor, lmk203: Optio
     x = to_input(crop[:1], size, dev)
     with autocast(dev, resolve_dtype(precision, dev)):
         feature = models.appearance(x)
-        info = motion_info(models, x)
+        info, raw = motion_info(models, x, return_raw=True)
     eyes = lip = None
     if lmk203 is not None:
         eyes, lip = K.eye_ratio(lmk203).reshape(1, 2), K.lip_ratio(lmk203).reshape(1, 1)
-    return LivePortraitSource(feature_3d=feature, motion=SourceMotion.from_kp_info(info, eyes=eyes, lip=lip))
+    return LivePortraitSource(feature_3d=feature, motion=SourceMotion.from_kp_info(info, eyes=eyes, lip=lip),
+                              raw=raw)
+
+
+NO_FACE_BOX_DETECTORS = ("center", "none (already cropped)", "none")
+
+
+def portrait_source(models: LivePortraitModels, portrait, device=None, precision: str = "fp32") -> LivePortraitSource:
+    """A :class:`core.portrait.Portrait` (from LoadPortrait) -> its LivePortrait source, cropped the
+    way LivePortrait was trained (``record`` = the crop at the output size, for paste-back)."""
+    from ..face import crop_image
+    from .crop import SOURCE_SCALE, SOURCE_VY, record_from_box
+
+    in_size = int(models.config.get("input_size", INPUT_SIZE))
+    out_size = int(models.config.get("output_size", 512))
+    rec = portrait.record
+    box = rec.bbox if rec.bbox is not None else (-0.5, -0.5, rec.full_size[1] - 0.5, rec.full_size[0] - 0.5)
+    record = record_from_box(box, rec.full_size, out_size, SOURCE_SCALE, SOURCE_VY,
+                             rec.detector not in NO_FACE_BOX_DETECTORS)
+    crop = crop_image(portrait.full, record.with_crop_size(in_size), padding_mode="border", device=device)
+    source = prepare_source(models, crop, device=device, precision=precision, size=in_size)
+    source.record = record
+    return source
 
 
 @torch.inference_mode()
