@@ -55,6 +55,7 @@ NODES = {  # node id -> display name
     "TalkingHead_LivePortraitRender": "LivePortraitRender",
     "TalkingHead_SaveMotion": "SaveMotion",
     "TalkingHead_LoadMotion": "LoadMotion",
+    "TalkingHead_ProceduralMotion": "ProceduralMotion",
 }
 
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
