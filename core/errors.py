@@ -23,3 +23,7 @@ class CheckpointError(TalkingHeadError):
 
 class Cancelled(TalkingHeadError):
     """The user cancelled the run (Ctrl-C headless, the cancel button in ComfyUI)."""
+
+
+class MissingDependencyError(TalkingHeadError):
+    """An optional package a chosen setting needs is not installed."""
