@@ -2,12 +2,37 @@
 MotionDiT (Ditto LMDM / JoyVASA)."""
 from __future__ import annotations
 
+from ..core import audio_features as af
 from ..core import liveportrait as lp
+from ..core.cache import CACHE
 from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
-from ..core.motion import procedural
-from .base import CATEGORY, register
+from ..core.motion import dit, procedural
+from ..core.motion.ditto.conditions import EMOTIONS
+from ..core.progress import check_cancel
+from .base import CATEGORY, progress, register
 from .liveportrait import MOTION_TYPE
 from .portrait import PORTRAIT_TYPE
+
+EMBEDS_TYPE = "TALKINGHEAD_AUDIO_EMBEDS"
+#: AudioToEmbedding's choices -> (encoder, chunking) of core.audio_features
+ENCODER_CHOICES = {
+    "HuBERT-large (Ditto)": ("hubert-large-ls960-ft", "ditto-offline"),
+    "HuBERT-large, streaming chunks (Ditto online)": ("hubert-large-ls960-ft", "ditto-online"),
+    "HuBERT ONNX (Ditto, needs onnxruntime)": ("ditto-onnx", "ditto-offline"),
+    "JoyVASA (its own HuBERT)": ("joyvasa", "joyvasa"),
+}
+
+
+def _cancellable(label: str):
+    """A progress callback that also honours ComfyUI's cancel button / Ctrl-C headless."""
+    bar = progress(label)
+
+    def report(done, total, *preview):
+        check_cancel()
+        if bar is not None:
+            bar(done, total, *preview)
+    return report
+
 
 _LP_MODEL = ("model", (list(lp.VARIANTS), {"default": "human", "tooltip": "LivePortrait model set used to read "
                                                                           "the portrait's own pose (use the "
@@ -65,4 +90,108 @@ class ProceduralMotion:
         return (motion, float(fps))
 
 
-__all__ = ["ProceduralMotion"]
+@register("AudioToEmbedding", "AudioToEmbedding")
+class AudioToEmbedding:
+    DESCRIPTION = ("Speech features for MotionDiT: the audio is made mono, resampled to 16 kHz and encoded "
+                   "with HuBERT, cut into chunks exactly as the chosen motion model was trained "
+                   "(25 features per second). Also measures the loudness per frame.")
+    CATEGORY = f"{CATEGORY}/motion"
+    FUNCTION = "run"
+    RETURN_TYPES = (EMBEDS_TYPE,)
+    RETURN_NAMES = ("embeddings",)
+    OUTPUT_TOOLTIPS = ("Audio features at 25 fps with a record of how they were made (MotionDiT checks it).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "audio": ("AUDIO", {"tooltip": "The speech (any sample rate, mono or stereo)."}),
+                "encoder": (list(ENCODER_CHOICES), {
+                    "default": next(iter(ENCODER_CHOICES)),
+                    "tooltip": "Match the MotionDiT checkpoint: Ditto uses facebook/hubert-large-ls960-ft "
+                               "(models/audio_encoders) or its ONNX file; JoyVASA uses the HuBERT inside its "
+                               "own checkpoint."}),
+            },
+            "optional": {
+                "joyvasa_checkpoint": (dit.checkpoint_choices(), {
+                    "default": dit.checkpoint_choices()[-1],
+                    "tooltip": "For the JoyVASA encoder: the JoyVASA checkpoint whose HuBERT is used."}),
+                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "auto = fp16 on GPU, fp32 on CPU."}),
+                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the encoder runs."}),
+                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download a missing encoder."}),
+            },
+        }
+
+    def run(self, audio, encoder, joyvasa_checkpoint="", precision="auto", device="auto", auto_download=True):
+        name, chunking = ENCODER_CHOICES[encoder]
+        kwargs = {}
+        if name == "joyvasa":
+            kwargs["model_path"] = dit.resolve_checkpoint(joyvasa_checkpoint, auto_download)[1]
+        emb = af.compute_embeddings(audio, encoder=name, chunking=chunking, device=device, precision=precision,
+                                    progress=_cancellable("AudioToEmbedding"), download=auto_download, **kwargs)
+        return (emb,)
+
+
+@register("MotionDiT", "MotionDiT")
+class MotionDiT:
+    DESCRIPTION = ("Audio-driven LivePortrait motion from a diffusion model: Ditto's LMDM (streamed in 80-frame "
+                   "windows with cross-fades) or JoyVASA (4-second windows). The motion is made for this portrait "
+                   "(its own pose and face shape) and goes to LivePortraitRender.")
+    CATEGORY = f"{CATEGORY}/motion"
+    FUNCTION = "run"
+    RETURN_TYPES = (MOTION_TYPE, "FLOAT")
+    RETURN_NAMES = ("motion", "fps")
+    OUTPUT_TOOLTIPS = ("Per-frame motion for this portrait.", "The frame rate (25; connect it to MuxVideo).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        choices = dit.checkpoint_choices()
+        return {
+            "required": {
+                "embeddings": (EMBEDS_TYPE, {"tooltip": "From AudioToEmbedding (with the encoder matching the "
+                                                         "checkpoint)."}),
+                "portrait": (PORTRAIT_TYPE, {"tooltip": "From LoadPortrait."}),
+                "checkpoint": (choices, {"default": choices[0], "tooltip": "ditto/… = Ditto LMDM (Apache-2.0); "
+                                                                            "joyvasa/… = JoyVASA (MIT code)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Ditto: DDIM steps (10 is "
+                                                                                    "5x faster, a little rougher). "
+                                                                                    "JoyVASA always uses its 50."}),
+                "guidance_scale": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1,
+                                             "tooltip": "How strongly the motion follows the audio (both models "
+                                                        "were shown with 2)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 32 - 1,
+                                 "tooltip": "The same seed gives the same motion."}),
+                "pose_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                            "tooltip": "Scale of the head motion (0 = the portrait's pose)."}),
+                "expression_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                                  "tooltip": "Scale of the expression (mouth, eyes) motion."}),
+                "emotion": (list(EMOTIONS), {"default": "Neutral", "tooltip": "Ditto only: the emotion to show."}),
+            },
+            "optional": {
+                "eye_open": ("FLOAT", {"default": dit.DEFAULT_EYE_OPEN, "min": 0.0, "max": 2.0, "step": 0.05,
+                                       "tooltip": "Ditto only: how open the portrait's eyes are, in Ditto's measure "
+                                                  "(three lid distances over the eye width; ~0.8 open)."}),
+                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "For the portrait's own motion."}),
+                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
+                "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the motion model cached."}),
+                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing weights."}),
+                _LP_MODEL[0]: _LP_MODEL[1],
+            },
+        }
+
+    def run(self, embeddings, portrait, checkpoint, steps, guidance_scale, seed, pose_strength, expression_strength,
+            emotion, eye_open=dit.DEFAULT_EYE_OPEN, precision="auto", device="auto", keep_model_loaded=True,
+            auto_download=True, model="human"):
+        source = _source(portrait, device, precision, auto_download, model)
+        try:
+            motion = dit.generate_motion(embeddings, source, checkpoint, steps=steps, guidance=guidance_scale,
+                                         seed=seed, pose_strength=pose_strength,
+                                         expression_strength=expression_strength, emotion=emotion, eye_open=eye_open,
+                                         device=device, download=auto_download, progress=_cancellable("MotionDiT"))
+        finally:
+            if not keep_model_loaded:
+                CACHE.unload(dit.CACHE_FAMILY)
+        return (motion, float(motion.fps))
+
+
+__all__ = ["AudioToEmbedding", "MotionDiT", "ProceduralMotion"]

@@ -56,6 +56,8 @@ NODES = {  # node id -> display name
     "TalkingHead_SaveMotion": "SaveMotion",
     "TalkingHead_LoadMotion": "LoadMotion",
     "TalkingHead_ProceduralMotion": "ProceduralMotion",
+    "TalkingHead_AudioToEmbedding": "AudioToEmbedding",
+    "TalkingHead_MotionDiT": "MotionDiT",
 }
 
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
