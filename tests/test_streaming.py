@@ -1,0 +1,86 @@
+"""Streaming API: audio pushed in small chunks yields rendered frames before the audio ends (tiny weights)."""
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import FIXTURES
+from core.liveportrait import load as L
+from core.liveportrait.render import prepare_source
+from core.motion import ditto
+from core.motion.streaming import TalkingHeadStream, silence_features
+
+LP = FIXTURES / "liveportrait" / "weights"
+
+
+class StubEncoder:
+    """A deterministic stand-in for HuBERT: 20 frames of 320 samples per 6480-sample chunk, projected to 1024."""
+
+    def __init__(self):
+        self.proj = torch.randn(400, 1024, generator=torch.Generator().manual_seed(0)) / 20
+
+    def __call__(self, chunks):
+        frames = chunks.unfold(1, 400, 320)[:, :20]          # [N, 20, 400]
+        return torch.tanh(frames @ self.proj * 50)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    models = L.load_liveportrait({k: LP / f"{k}.safetensors" for k in L.KINDS}, L.preset("tiny"))
+    source = prepare_source(models, torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1)),
+                            device="cpu", size=int(models.config.get("input_size", 256)))
+    state = load_file(str(FIXTURES / "ditto" / "weights.safetensors"))
+    path = tmp_path_factory.mktemp("ditto") / "lmdm.safetensors"
+    save_file({k: v for k, v in state.items() if not k.startswith(("stitch.", "schedule."))}, str(path),
+              metadata={"num_heads": "4"})
+    return models, source, ditto.load_lmdm(path), StubEncoder()
+
+
+def speech(seconds, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * 16000)
+    return 0.3 * torch.randn(n, generator=g) * (1 + torch.sin(torch.arange(n) / 16000 * 2 * torch.pi * 3))
+
+
+def run(parts, audio, chunk):
+    models, source, lmdm, enc = parts
+    stream = TalkingHeadStream(models, source, lmdm, enc, steps=3, seed=7, device="cpu")
+    out, arrivals = [], []
+    for i in range(0, audio.numel(), chunk):
+        for frames in stream.push(audio[i:i + chunk]):
+            out.append(frames)
+            arrivals.append(stream.samples_in)
+    for frames in stream.flush():
+        out.append(frames)
+        arrivals.append(stream.samples_in)
+    return torch.cat(out), arrivals, stream
+
+
+def test_frames_arrive_before_the_audio_ends(parts):
+    audio = speech(2.4)
+    frames, arrivals, stream = run(parts, audio, 1600)  # 0.1 s chunks
+    assert frames.shape[0] == 60 and frames.shape[1] == 3  # one frame per 40 ms of audio, cut to its length
+    assert 0 <= frames.min() and frames.max() <= 1
+    assert arrivals[0] < audio.numel() / 2, "the first frames must come while most of the audio is still to come"
+    assert stream.stats["first_frame_audio_s"] == pytest.approx(arrivals[0] / 16000)
+    assert stream.stats["first_frame_audio_s"] <= 1.0 and stream.stats["first_frame_wall_s"] > 0
+    # every 10-frame block needs about 0.9 s of audio beyond its first frame, not the whole file
+    assert all(a <= min(audio.numel(), (10 * k + 23) * 640 + 3200) for k, a in enumerate(arrivals))
+
+
+def test_chunk_size_does_not_change_the_result(parts):
+    audio = speech(1.6, seed=3)
+    a, _, _ = run(parts, audio, 1600)
+    b, _, _ = run(parts, audio, 5000)
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_silence_buffer_and_errors(parts):
+    models, source, lmdm, enc = parts
+    sil = silence_features(enc)
+    assert sil.shape == (70, 1024) and torch.allclose(sil, sil[:1].expand(70, -1))
+    source.raw, raw = None, source.raw
+    try:
+        with pytest.raises(Exception, match="raw motion-extractor"):
+            TalkingHeadStream(models, source, lmdm, enc)
+    finally:
+        source.raw = raw
