@@ -240,8 +240,13 @@ def _safe_globals() -> list:
     """The plain, code-free types official checkpoints need besides tensors."""
     import numpy as np
 
-    allowed = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
-               pathlib.PureWindowsPath, collections.OrderedDict, np.ndarray, np.dtype]
+    allowed = [argparse.Namespace, collections.OrderedDict, np.ndarray, np.dtype]
+    # paths by the names pickles use ("pathlib.PosixPath"; Python 3.13 moved the classes to
+    # pathlib._local); a path of the other OS, which cannot be instantiated here, loads as its pure twin
+    posix, windows = os.name != "nt", os.name == "nt"
+    allowed += [(pathlib.PosixPath if posix else pathlib.PurePosixPath, "pathlib.PosixPath"),
+                (pathlib.WindowsPath if windows else pathlib.PureWindowsPath, "pathlib.WindowsPath"),
+                (pathlib.PurePosixPath, "pathlib.PurePosixPath"), (pathlib.PureWindowsPath, "pathlib.PureWindowsPath")]
     try:  # numpy >= 2 moved the reconstruct helper; both names appear in old pickles
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # pragma: no cover - numpy 1.x

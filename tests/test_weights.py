@@ -256,3 +256,15 @@ def test_plain_pickle_loader(tmp_path):
     (tmp_path / "cut.pkl").write_bytes(pickle.dumps(data)[:40])
     with pytest.raises(CheckpointError, match="cut.pkl: not a readable pickle"):
         W.load_pickle(tmp_path / "cut.pkl")
+
+
+def test_paths_of_another_os_load_as_pure_paths(tmp_path):
+    """A checkpoint pickled on Windows (JoyVASA's args hold a path) loads on Linux, and the other way round."""
+    data = pickle.dumps({"root": pathlib.PureWindowsPath(r"C:\data")}, protocol=0)
+    other = "WindowsPath" if os.name != "nt" else "PosixPath"
+    raw = data.replace(b"PureWindowsPath", other.encode()) if other == "WindowsPath" else \
+        pickle.dumps({"root": pathlib.PurePosixPath("/data")}, protocol=0).replace(b"PurePosixPath", b"PosixPath")
+    assert f"pathlib\n{other}".encode() in raw or f"pathlib._local\n{other}".encode() in raw
+    (tmp_path / "args.pkl").write_bytes(raw.replace(b"pathlib._local\n", b"pathlib\n"))
+    root = W.load_pickle(tmp_path / "args.pkl")["root"]
+    assert isinstance(root, pathlib.PurePath) and root.name == "data"
