@@ -17,7 +17,6 @@ EMBEDS_TYPE = "TALKINGHEAD_AUDIO_EMBEDS"
 #: AudioToEmbedding's choices -> (encoder, chunking) of core.audio_features
 ENCODER_CHOICES = {
     "HuBERT-large (Ditto)": ("hubert-large-ls960-ft", "ditto-offline"),
-    "HuBERT-large, streaming chunks (Ditto online)": ("hubert-large-ls960-ft", "ditto-online"),
     "HuBERT ONNX (Ditto, needs onnxruntime)": ("ditto-onnx", "ditto-offline"),
     "JoyVASA (its own HuBERT)": ("joyvasa", "joyvasa"),
 }
