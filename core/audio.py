@@ -204,3 +204,39 @@ def energy_envelope(audio: Audio, fps: float = 25.0) -> torch.Tensor:
     rms = ((sq[hi] - sq[lo]) / (hi - lo).clamp(min=1)).clamp(min=0).sqrt().float()
     ref = torch.quantile(rms, 0.99) if rms.numel() > 1 else rms.max()
     return (rms / ref).clamp(0, 1) if float(ref) > 1e-6 else torch.zeros_like(rms)
+
+
+def join_segments(segments, fps: float, sample_rate: Optional[int] = None, channels: Optional[int] = None):
+    """Concatenate talking-head segments (the story mode: several speakers one after another).
+
+    ``segments``: ``[(frames [T_i,H,W,3], audio or None), ...]`` with audio as :class:`Audio` or an AUDIO
+    dict. Every segment's audio is resampled to ``sample_rate`` (default: the first segment's), given
+    ``channels`` (default: the most any segment has; mono is duplicated), and trimmed or padded with
+    silence to exactly its frames' duration at ``fps``, so each speaker stays in sync after joining.
+    Returns ``(frames [sum T_i,H,W,3], Audio)``.
+    """
+    if not segments:
+        raise InputError("no segments to join")
+    sizes = {tuple(f.shape[1:]) for f, _ in segments}
+    if len(sizes) != 1:
+        raise InputError(f"the segments have different frame sizes {sorted(sizes)}; bring them to one size first "
+                         f"(e.g. ResizePad256 or FOMAnimate, which output 256x256)")
+    audios = [None if a is None else from_comfy(a) for _, a in segments]
+    known = [a for a in audios if a is not None]
+    rate = int(sample_rate or (known[0].sample_rate if known else 16000))
+    chans = int(channels or max([a.channels for a in known] or [1]))
+    parts, done = [], 0
+    for (frames, _), a in zip(segments, audios):
+        # boundaries on the joined timeline, so rounding never accumulates
+        n = samples_for_frames(done + int(frames.shape[0]), fps, rate) - samples_for_frames(done, fps, rate)
+        done += int(frames.shape[0])
+        if a is None:
+            parts.append(torch.zeros(chans, n))
+            continue
+        a = resample(a, rate) if a.sample_rate != rate else a
+        w = a.waveform
+        if w.shape[0] != chans:
+            w = w.mean(0, keepdim=True).expand(chans, -1) if w.shape[0] != 1 else w.expand(chans, -1)
+        parts.append(fit_length(Audio(w.contiguous(), rate), n).waveform)
+    frames = torch.cat([f for f, _ in segments], 0)
+    return frames, Audio(torch.cat(parts, 1), rate)

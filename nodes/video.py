@@ -1,4 +1,4 @@
-"""ResizePad256 and MuxVideo."""
+"""ResizePad256, MuxVideo and JoinSegments."""
 from __future__ import annotations
 
 from ..core import audio as core_audio
@@ -99,3 +99,34 @@ class MuxVideo:
                           progress=progress("MuxVideo"))
         ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": kind}], "animated": (True,)}
         return {"ui": ui, "result": (str(path),)}
+
+
+@register("JoinSegments", "JoinSegments")
+class JoinSegments:
+    DESCRIPTION = ("Join talking-head segments one after another (several speakers, each with their own portrait "
+                   "and speech). Each segment's audio is fitted to its frames so every speaker stays in sync.")
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "AUDIO")
+    RETURN_NAMES = ("images", "audio")
+    OUTPUT_TOOLTIPS = ("All frames in order.", "The audio of all segments in order, at the first segment's rate.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        seg = {}
+        for i in range(1, 5):
+            seg[f"images_{i}"] = ("IMAGE", {"tooltip": f"Frames of segment {i}."})
+            seg[f"audio_{i}"] = ("AUDIO", {"tooltip": f"Audio of segment {i} (silence when not connected)."})
+        required = {"images_1": seg.pop("images_1"), "images_2": seg.pop("images_2"),
+                    "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
+                                      "tooltip": "Frame rate of the segments."})}
+        return {"required": required, "optional": seg}
+
+    def run(self, images_1, images_2, fps, **optional):
+        segments = []
+        for i in range(1, 5):
+            frames = images_1 if i == 1 else images_2 if i == 2 else optional.get(f"images_{i}")
+            if frames is not None:
+                segments.append((frames, optional.get(f"audio_{i}")))
+        frames, audio = core_audio.join_segments(segments, fps)
+        return (frames, core_audio.to_comfy(audio))

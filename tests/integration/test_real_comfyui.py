@@ -58,6 +58,7 @@ NODES = {  # node id -> display name
     "TalkingHead_ProceduralMotion": "ProceduralMotion",
     "TalkingHead_AudioToEmbedding": "AudioToEmbedding",
     "TalkingHead_MotionDiT": "MotionDiT",
+    "TalkingHead_JoinSegments": "JoinSegments",
 }
 
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
