@@ -440,7 +440,7 @@ def manifest_table() -> str:
     return "\n".join(rows)
 
 
-def list_files(folder: str, extensions: Sequence[str] = (".pth", ".pt", ".tar", ".safetensors", ".ckpt")) -> List[str]:
+def list_files(folder: str, extensions: Sequence[str] = (".pth", ".pt", ".tar", ".safetensors", ".ckpt", ".dat")) -> List[str]:
     """Model files present in the search folders of ``folder`` (names relative to their folder)."""
     exts = tuple(e.lower() for e in extensions)
     names = set()

@@ -1,7 +1,9 @@
-"""The classic pipeline's nodes: FOMAnimate (and SDABase, in its own issue)."""
+"""The classic pipeline's nodes: SDABase and FOMAnimate."""
 from __future__ import annotations
 
+from ..core import audio as core_audio
 from ..core import fom as core_fom
+from ..core import sda as core_sda
 from ..core import weights
 from ..core.cache import CACHE
 from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
@@ -77,3 +79,58 @@ class FOMAnimate:
             if not keep_model_loaded:
                 CACHE.unload("fom")
         return (frames,)
+
+
+ALIGN_CHOICES = ["align (face landmarks)", "already aligned"]
+
+
+@register("SDABase", "SDABase")
+class SDABase:
+    DESCRIPTION = ("Speech-driven animation (GRID model): a 128x96 talking face at 25 fps made from a face image "
+                   "and speech. The face is aligned to the model's mean face with 68 face landmarks, as the "
+                   "original code does. GRID was trained on a few speakers: a frontal, evenly lit face works best. "
+                   "Feed the result to ResizePad256 -> FOMAnimate to move your own portrait with it.")
+    CATEGORY = f"{CATEGORY}/classic"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    RETURN_NAMES = ("frames", "audio", "fps")
+    OUTPUT_TOOLTIPS = ("The talking face, one frame per 40 ms of speech (128x96 for GRID).",
+                       "The speech as the model heard it (mono, at the model's sample rate).",
+                       "The frame rate (25 for GRID).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "face": ("IMAGE", {"tooltip": "The face SDA animates (first image): your portrait, aligned by the "
+                                              "pack, or any frontal face (the original demo used a GRID speaker)."}),
+                "audio": ("AUDIO", {"tooltip": "The speech (any sample rate; resampled as the original code does)."}),
+                "face_alignment": (ALIGN_CHOICES, {"default": ALIGN_CHOICES[0], "tooltip": (
+                    "align: find 68 landmarks (face-alignment S3FD + 2D-FAN weights) and align the face to the "
+                    "model's mean face; already aligned: the image is only resized.")}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 32 - 1,
+                                 "tooltip": "The model's noise (blinks, small motions); same seed, same video."}),
+                "checkpoint": (weights.choices(core_sda.FILE_ID), {
+                    "tooltip": "SDA checkpoint in models/sda: the official grid.dat or a .safetensors copy."}),
+            },
+            "optional": {
+                "chunk_frames": ("INT", {"default": core_sda.DEFAULT_CHUNK_FRAMES, "min": 1, "max": 4096,
+                                         "tooltip": "Frames generated per pass (memory stays bounded for long audio)."}),
+                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
+                "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the networks cached afterwards."}),
+                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing face-landmark weights."}),
+            },
+        }
+
+    def run(self, face, audio, face_alignment, seed, checkpoint, chunk_frames=core_sda.DEFAULT_CHUNK_FRAMES,
+            device="auto", keep_model_loaded=True, auto_download=True):
+        model = core_sda.get_sda(checkpoint, device, download=auto_download)
+        try:
+            aligned = face_alignment == ALIGN_CHOICES[1]
+            landmark_fn = None if aligned else core_sda.face_alignment_landmarks(device, auto_download)
+            result = core_sda.animate(model, face[:1], audio, seed=seed, aligned=aligned, landmark_fn=landmark_fn,
+                                      chunk_frames=chunk_frames, progress=progress("SDABase"))
+        finally:
+            if not keep_model_loaded:
+                CACHE.unload("sda")
+        return (result.frames, core_audio.to_comfy(result.audio), float(result.fps))

@@ -59,6 +59,7 @@ NODES = {  # node id -> display name
     "TalkingHead_AudioToEmbedding": "AudioToEmbedding",
     "TalkingHead_MotionDiT": "MotionDiT",
     "TalkingHead_JoinSegments": "JoinSegments",
+    "TalkingHead_SDABase": "SDABase",
 }
 
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))

@@ -1,0 +1,78 @@
+"""The classic pipeline end to end on tiny weights: SDABase -> ResizePad256 -> FOMAnimate -> MuxVideo, one and two
+speakers, and SDABase's node behaviour."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIXTURES, ROOT, sub
+from test_motion_nodes import write_speech_clip
+
+
+def classic_models(root: Path) -> Path:
+    (root / "sda").mkdir(parents=True, exist_ok=True)
+    (root / "fom").mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / "sda" / "tiny-grid.dat", root / "sda" / "tiny-grid.dat")
+    shutil.copy(FIXTURES / "fom" / "tiny-cpk.pth.tar", root / "fom" / "tiny-cpk.pth.tar")
+    return root
+
+
+def run_classic(tmp_path, workflow, *sets):
+    inputs = tmp_path / "in"
+    inputs.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
+    write_speech_clip(inputs / "speech.wav", 0.6)
+    classic_models(tmp_path / "models")
+    args = [sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / workflow), "--input-dir", str(inputs),
+            "--models-dir", str(tmp_path / "models"), "--offline", "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    res = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    from core import video
+
+    mp4 = Path(res.stdout.strip().splitlines()[-1])
+    return video.probe(mp4), video.audio_duration(mp4)
+
+
+def test_classic_workflow_headless(tmp_path):
+    info, seconds = run_classic(tmp_path, "classic_sda_fom.json", "portrait.detector=center",
+                                "sda.face_alignment=already aligned", "sda.checkpoint=tiny-grid.dat",
+                                "animate.checkpoint=tiny-cpk.pth.tar")
+    # 0.6 s of speech at GRID's framing (50 kHz, 2000-sample hop, 8000 samples of padding) -> 15 frames
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (256, 256, 15)
+    assert info["audio"]["codec"] == "aac" and seconds == pytest.approx(0.6, abs=2e-3)
+
+
+def test_two_speakers_workflow_headless(tmp_path):
+    sets = ["animate 1.checkpoint=tiny-cpk.pth.tar", "animate 2.checkpoint=tiny-cpk.pth.tar"]
+    for i in (1, 2):
+        sets += [f"portrait {i}.detector=center", f"sda {i}.face_alignment=already aligned",
+                 f"sda {i}.checkpoint=tiny-grid.dat"]
+    info, seconds = run_classic(tmp_path, "classic_two_speakers.json", *sets)
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (256, 256, 30)
+    assert seconds == pytest.approx(1.2, abs=2e-3)
+
+
+def test_sda_node(pack, tmp_path, monkeypatch):
+    classic_models(tmp_path / "models")
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_SDABase"]()
+    sr = 16000
+    t = torch.arange(int(0.5 * sr)) / sr
+    audio = {"waveform": (0.3 * torch.sin(2 * torch.pi * 180 * t)).reshape(1, 1, -1), "sample_rate": sr}
+    face = torch.rand(1, 40, 30, 3, generator=torch.Generator().manual_seed(0))
+    frames, used, fps = node.run(face, audio, "already aligned", 3, "tiny-grid.dat", chunk_frames=4)
+    assert frames.shape == (12, 16, 12, 3) and fps == 25.0  # (25000 + 8000 - 10000) // 2000 + 1 at 50 kHz
+    assert fps == 25.0 and 0 <= frames.min() and frames.max() <= 250 / 255 + 1e-6
+    assert used["sample_rate"] == 50000 and used["waveform"].shape[-1] == 25000
+    again, _, _ = node.run(face, audio, "already aligned", 3, "tiny-grid.dat", chunk_frames=12)
+    other, _, _ = node.run(face, audio, "already aligned", 4, "tiny-grid.dat")
+    assert torch.allclose(frames, again, atol=1e-5) and not torch.allclose(frames, other, atol=1e-3)
+    core_sda = sub(pack, "core.sda")
+    monkeypatch.setattr(core_sda, "face_alignment_landmarks", lambda *a, **k: (lambda img: None))
+    errors = sub(pack, "core.errors")
+    with pytest.raises(errors.InputError, match="already aligned"):
+        node.run(face, audio, "align (face landmarks)", 0, "tiny-grid.dat")
