@@ -7,7 +7,7 @@ with a chunking from :data:`CHUNKINGS`, and returns :class:`AudioEmbeddings` at 
 ``num_frames = ceil(seconds * 25)``. Models check what they got with :func:`check_spec`.
 
 Limits: audio longer than :data:`MAX_MINUTES` minutes (default 30; HuBERT-large runs at about
-1.4 s per audio second on a 2-core CPU) is refused unless ``max_minutes`` is raised or None;
+0.5 s per audio second on a 2-core CPU, bench/results_motion_cpu_2core.json) is refused unless ``max_minutes`` is raised or None;
 empty audio and silent audio (peak below -80 dBFS) are refused (``allow_silent=True`` accepts
 silence).
 """
@@ -87,7 +87,7 @@ def compute_embeddings(audio: AudioLike, encoder: Union[str, Callable] = HUBERT_
         raise InputError("the audio is empty (0 samples): there is no speech to animate")
     if max_minutes is not None and src.duration > max_minutes * 60:
         raise InputError(f"the audio is {src.duration / 60:.1f} minutes long; the limit is {max_minutes:g} minutes "
-                         f"(about {max_minutes * 60 * 1.4 / 60:.0f} minutes of CPU time for HuBERT-large). "
+                         f"(about {max_minutes * 60 * 0.5 / 60:.0f} minutes of CPU time for HuBERT-large). "
                          f"Trim or split it, or raise the limit (max_minutes).")
     if not allow_silent and src.is_silent():
         raise InputError("the audio is silent (peak below -80 dBFS): there is no speech to animate. "
