@@ -7,7 +7,8 @@ with a chunking from :data:`CHUNKINGS`, and returns :class:`AudioEmbeddings` at 
 ``num_frames = ceil(seconds * 25)``. Models check what they got with :func:`check_spec`.
 
 Limits: audio longer than :data:`MAX_MINUTES` minutes (default 30; HuBERT-large runs at about
-0.5 s per audio second on a 2-core CPU, bench/results_motion_cpu_2core.json) is refused unless ``max_minutes`` is raised or None;
+0.5 s per audio second on a 2-core CPU, see ``bench/results_motion_cpu_2core.json``) is refused
+unless ``max_minutes`` is raised or None;
 empty audio and silent audio (peak below -80 dBFS) are refused (``allow_silent=True`` accepts
 silence).
 """
