@@ -32,17 +32,24 @@ def one(seconds: float, device: str, chunk_frames: int) -> dict:
         torch.nn.init.normal_(p, 0, 0.02)
     face = (np.random.default_rng(0).random((128, 96, 3)) * 255).astype(np.uint8)
     audio = (np.random.default_rng(1).standard_normal(int(seconds * 16000)) * 3000).astype(np.int16)
-    start = time.perf_counter()
-    stream = animate_stream(model, face, audio, fs=16000, seed=0, aligned=True, chunk_frames=chunk_frames)
-    prep = time.perf_counter() - start
-    frames = 0
-    for chunk in stream:
-        frames += chunk.shape[0]
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    total = time.perf_counter() - start
-    return {"seconds": seconds, "frames": frames, "prepare_s": round(prep, 3), "total_s": round(total, 3),
-            "s_per_video_s": round(total / (frames / 25.0), 4), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+    def run():
+        start = time.perf_counter()
+        stream = animate_stream(model, face, audio, fs=16000, seed=0, aligned=True, chunk_frames=chunk_frames)
+        prep = time.perf_counter() - start
+        frames = sum(chunk.shape[0] for chunk in stream)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return frames, prep, time.perf_counter() - start
+
+    frames, prep, cold = run()   # the first call in a fresh process (one-time library set-up included)
+    out = {"seconds": seconds, "frames": frames, "prepare_s": round(prep, 3), "total_s": round(cold, 3),
+           "s_per_video_s": round(cold / (frames / 25.0), 4)}
+    if seconds <= 10:            # and once warm
+        _, _, warm = run()
+        out["warm_total_s"] = round(warm, 3)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
 
 
 def main():
@@ -67,7 +74,8 @@ def main():
         res["runs"].append(json.loads(out.stdout.strip().splitlines()[-1]))
     two = next((r for r in res["runs"] if r["seconds"] == 2.0), None)
     if two:
-        res["speedup_vs_official_2s"] = round(0.94 / two["total_s"], 2)
+        res["speedup_vs_official_2s_cold"] = round(0.94 / two["total_s"], 2)
+        res["speedup_vs_official_2s_warm"] = round(0.94 / two["warm_total_s"], 2)
     report(res, a.json)
 
 

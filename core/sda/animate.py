@@ -170,6 +170,7 @@ class SDAStream:
         with torch.inference_mode():
             z_id, skips = model.encoder_id(inp.frame.to(dev, dtype))
             skips: List[torch.Tensor] = skips[::-1]  # deepest first, as VideoAnimator reverses them
+            skip_terms = model.generator.skip_terms(skips)  # the same for every chunk
         h_audio = h_noise = None
         for t0 in range(0, self.num_frames, self.chunk_frames):
             t1 = min(t0 + self.chunk_frames, self.num_frames)
@@ -179,7 +180,7 @@ class SDAStream:
                 aux, h_noise = model.generator.noise_codes(inp.noise[:, t0:t1].to(dev, dtype), h_noise)
                 n = t1 - t0
                 latent = torch.cat([z, aux, z_id[:, None, :].expand(1, n, -1)], dim=2)
-                frames = _convert(model.generator.decode(latent[0], skips), self.output)
+                frames = _convert(model.generator.decode(latent[0], skips, skip_terms), self.output)
             bar.step(t1 - t0)
             yield frames
 
