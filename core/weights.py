@@ -138,9 +138,11 @@ def is_offline() -> bool:
 
 def missing_message(mf: ModelFile, reason: str = "") -> str:
     dirs = search_dirs(mf.folder)
+    sub = Path(mf.filename).parent  # official names may sit in a sub-folder of the models folder
+    where = dirs[0] / sub if str(sub) != "." else dirs[0]
     lines = [
-        f"Model file '{mf.filename}' ({mf.description or mf.id}) was not found.",
-        f"Put it in: {dirs[0]}" + (f"  (also searched: {', '.join(str(d) for d in dirs[1:])})" if len(dirs) > 1 else ""),
+        f"Model file '{Path(mf.filename).name}' ({mf.description or mf.id}) was not found.",
+        f"Put it in: {where}" + (f"  (also searched: {', '.join(str(d) for d in dirs[1:])})" if len(dirs) > 1 else ""),
         f"Get it from: {mf.source_text()}",
         f"Licence: {mf.license}",
     ]
@@ -181,8 +183,9 @@ def resolve(file_id: str, explicit: Optional[os.PathLike] = None, download: bool
 def download_file(mf: ModelFile, target_dir: Path,
                   progress: Optional[Callable[[int, int], None]] = None) -> Path:
     """Download ``mf`` into ``target_dir`` atomically and check its size/sha256 when known."""
-    target_dir.mkdir(parents=True, exist_ok=True)
-    final = target_dir / mf.filename
+    final = target_dir / mf.filename  # the name may hold a sub-folder (e.g. base_models_v1.1/...)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    target_dir = final.parent
     src = mf.source
     if "hf_repo" in src:
         from huggingface_hub import hf_hub_download  # progress bars come from huggingface_hub
@@ -197,7 +200,7 @@ def download_file(mf: ModelFile, target_dir: Path,
             shutil.rmtree(tmp_dir, ignore_errors=True)
         return final
     if "url" in src:
-        fd, tmp = tempfile.mkstemp(prefix=f".{mf.filename}.", suffix=".partial", dir=target_dir)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=target_dir)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(src["url"], timeout=60) as resp:
                 total = int(resp.headers.get("Content-Length") or 0)

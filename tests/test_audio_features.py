@@ -259,8 +259,8 @@ def test_missing_hubert_names_folder_source_and_licence(isolated):
 
 def test_manifest_entries():
     cfg, wts = W.model_file(E.HUBERT_CONFIG_ID), W.model_file(E.HUBERT_WEIGHTS_ID)
-    assert cfg.folder == wts.folder == "audio_encoders/hubert-large-ls960-ft"
-    assert cfg.names[0] == "config.json" and list(wts.names[:2]) == ["pytorch_model.bin", "model.safetensors"]
+    assert cfg.folder == wts.folder == "audio_encoders" and cfg.filename == "hubert-large-ls960-ft/config.json"
+    assert list(wts.names[:2]) == ["hubert-large-ls960-ft/pytorch_model.bin", "hubert-large-ls960-ft/model.safetensors"]
     assert wts.source["hf_repo"] == cfg.source["hf_repo"] == "facebook/hubert-large-ls960-ft"
     onnx = W.model_file(E.DITTO_ONNX_ID)
     # UnloadModels offers manifest families; the cache must use the same name for the encoders

@@ -126,6 +126,12 @@ def test_url_download_is_atomic_and_verified(isolated, monkeypatch, http_server)
     with pytest.raises(WeightsMissingError, match="sha256"):
         W.resolve("t/bad")
     assert sorted(os.listdir(isolated / "models" / "t")) == ["good.pth"]  # nothing half-written
+    # official names inside a sub-folder (animal LivePortrait, HuBERT's model folder) download there
+    nested = W.ModelFile(id="t/nested", family="t", folder="t", names=["sub/dir/n.pth"], source={"url": url},
+                         license="x")
+    monkeypatch.setattr(W, "_MANIFEST", {"t/nested": nested})
+    assert W.resolve("t/nested") == isolated / "models" / "t" / "sub" / "dir" / "n.pth"
+    assert sorted(os.listdir(isolated / "models" / "t" / "sub" / "dir")) == ["n.pth"]
 
 
 def test_safetensors_and_zip_and_legacy_loading(tmp_path):

@@ -210,7 +210,7 @@ def hubert_files(path: Optional[Union[str, Path]] = None, download: bool = True)
         if p.is_file():
             weights = p
         else:
-            names = W.model_file(HUBERT_WEIGHTS_ID).names
+            names = [Path(n).name for n in W.model_file(HUBERT_WEIGHTS_ID).names]
             weights = next((folder / n for n in names if (folder / n).is_file()), folder / names[0])
         missing = [str(x) for x in (config, weights) if not x.is_file()]
         if missing:
