@@ -164,6 +164,8 @@ class MotionDiT:
                                             "tooltip": "Scale of the head motion (0 = the portrait's pose)."}),
                 "expression_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                                   "tooltip": "Scale of the expression (mouth, eyes) motion."}),
+                "lip_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                           "tooltip": "Scale of the mouth motion (1 = as generated)."}),
                 "emotion": (list(EMOTIONS), {"default": "Neutral", "tooltip": "Ditto only: the emotion to show."}),
             },
             "optional": {
@@ -179,13 +181,14 @@ class MotionDiT:
         }
 
     def run(self, embeddings, portrait, checkpoint, steps, guidance_scale, seed, pose_strength, expression_strength,
-            emotion, eye_open=dit.DEFAULT_EYE_OPEN, precision="auto", device="auto", keep_model_loaded=True,
+            lip_strength, emotion, eye_open=dit.DEFAULT_EYE_OPEN, precision="auto", device="auto", keep_model_loaded=True,
             auto_download=True, model="human"):
         source = _source(portrait, device, precision, auto_download, model)
         try:
             motion = dit.generate_motion(embeddings, source, checkpoint, steps=steps, guidance=guidance_scale,
                                          seed=seed, pose_strength=pose_strength,
-                                         expression_strength=expression_strength, emotion=emotion, eye_open=eye_open,
+                                         expression_strength=expression_strength, lip_strength=lip_strength,
+                                         emotion=emotion, eye_open=eye_open,
                                          device=device, download=auto_download, progress=_cancellable("MotionDiT"))
         finally:
             if not keep_model_loaded:

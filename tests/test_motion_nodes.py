@@ -169,14 +169,20 @@ def test_motion_dit_checks_embeddings(pack, tmp_path):
     errors = sub(pack, "core.errors")
     dit = nodes["TalkingHead_MotionDiT"]()
     with pytest.raises(errors.InputError, match="AudioToEmbedding"):
-        dit.run(emb_j, portrait, "ditto/lmdm_v0.4_hubert.safetensors", 2, 2.0, 0, 1.0, 1.0, "Neutral")
-    motion, fps = dit.run(emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, "Neutral")
+        dit.run(emb_j, portrait, "ditto/lmdm_v0.4_hubert.safetensors", 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
+    motion, fps = dit.run(emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
     assert motion.composed and len(motion) == 13 and fps == 25.0  # ceil(0.5 s * 25) frames
-    again, _ = dit.run(emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, "Neutral")
-    other, _ = dit.run(emb_j, portrait, jv, 2, 2.0, 1, 1.0, 1.0, "Neutral")
+    again, _ = dit.run(emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
+    other, _ = dit.run(emb_j, portrait, jv, 2, 2.0, 1, 1.0, 1.0, 1.0, "Neutral")
     assert torch.equal(motion.exp, again.exp) and not torch.equal(motion.exp, other.exp)  # seeded
+    # lip_strength scales only the mouth keypoints' motion away from the portrait's own expression
+    closed, _ = dit.run(emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 0.0, "Neutral")
+    lips = [6, 12, 14, 17, 19, 20]
+    others = [i for i in range(21) if i not in lips]
+    assert torch.equal(closed.exp[:, others], motion.exp[:, others])
+    assert torch.allclose(closed.exp[:, lips], closed.exp[:1, lips].expand(len(closed), -1, -1))
     (emb_d,) = nodes["TalkingHead_AudioToEmbedding"]().run(audio, "HuBERT-large (Ditto)")
     with pytest.raises(errors.InputError, match="JoyVASA"):
-        dit.run(emb_d, portrait, jv, 2, 2.0, 0, 1.0, 1.0, "Neutral")
-    m_d, _ = dit.run(emb_d, portrait, "ditto/lmdm_v0.4_hubert.safetensors", 3, 2.0, 0, 1.0, 1.0, "Happy")
+        dit.run(emb_d, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
+    m_d, _ = dit.run(emb_d, portrait, "ditto/lmdm_v0.4_hubert.safetensors", 3, 2.0, 0, 1.0, 1.0, 1.0, "Happy")
     assert m_d.composed and len(m_d) == 13

@@ -19,7 +19,7 @@ from ..audio_features import DITTO_EXPECTED, AudioEmbeddings, check_spec
 from ..cache import CACHE, file_key
 from ..device import resolve_device
 from ..errors import InputError
-from ..liveportrait.motion import Motion
+from ..liveportrait.motion import LIP_KPS, Motion
 
 FAMILIES = {"ditto": "ditto/lmdm_v0.4_hubert", "joyvasa": "joyvasa/motion_generator"}
 #: Ditto's eye condition comes from MediaPipe's 478 landmarks, which this pack does not run: the
@@ -86,7 +86,7 @@ def _ditto_cfg(download: bool):
 
 def generate_motion(embeddings: AudioEmbeddings, source, checkpoint: str, steps: int = 50, guidance: float = 2.0,
                     seed: int = 0, pose_strength: float = 1.0, expression_strength: float = 1.0,
-                    emotion: str = "Neutral", eye_open: float = DEFAULT_EYE_OPEN, device="auto",
+                    lip_strength: float = 1.0, emotion: str = "Neutral", eye_open: float = DEFAULT_EYE_OPEN, device="auto",
                     download: bool = True, progress: Optional[Callable[[int, int], None]] = None,
                     should_stop: Optional[Callable[[], bool]] = None) -> Motion:
     """Audio embeddings + ``source`` (a :class:`~core.liveportrait.render.LivePortraitSource` with its
@@ -102,10 +102,25 @@ def generate_motion(embeddings: AudioEmbeddings, source, checkpoint: str, steps:
         raise InputError("the LivePortrait source lacks its raw motion-extractor outputs")
     fam, path = resolve_checkpoint(checkpoint, download)
     if fam == "ditto":
-        return _ditto(embeddings, source, path, steps, guidance, seed, pose_strength, expression_strength, emotion,
-                      eye_open, device, download, progress, should_stop)
-    return _joyvasa(embeddings, source, path, guidance, seed, pose_strength, expression_strength, device,
-                    progress, should_stop)
+        motion = _ditto(embeddings, source, path, steps, guidance, seed, pose_strength, expression_strength,
+                        emotion, eye_open, device, download, progress, should_stop)
+    else:
+        motion = _joyvasa(embeddings, source, path, guidance, seed, pose_strength, expression_strength, device,
+                          progress, should_stop)
+    return scale_lips(motion, source.motion.exp, lip_strength)
+
+
+def scale_lips(motion: Motion, exp_source: torch.Tensor, strength: float) -> Motion:
+    """Scale the lip keypoints' expression away from the portrait's own (1 = as generated, 0 = the
+    portrait's mouth, above 1 = wider articulation) in a composed motion."""
+    if strength == 1:
+        return motion
+    if strength < 0:
+        raise InputError("lip_strength must be 0 or more")
+    idx = list(LIP_KPS)
+    base = exp_source.reshape(1, -1, 3)[:, idx].float()
+    motion.exp[:, idx] = base + (motion.exp[:, idx] - base) * float(strength)
+    return motion
 
 
 def _ditto(emb, source, path, steps, guidance, seed, pose_strength, expression_strength, emotion, eye_open,
@@ -205,4 +220,4 @@ def _register() -> None:
 _register()
 
 
-__all__ = ["DEFAULT_EYE_OPEN", "JOYVASA_ENCODER", "FAMILIES", "checkpoint_choices", "generate_motion", "resolve_checkpoint"]
+__all__ = ["DEFAULT_EYE_OPEN", "JOYVASA_ENCODER", "scale_lips", "FAMILIES", "checkpoint_choices", "generate_motion", "resolve_checkpoint"]
