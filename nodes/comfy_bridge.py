@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..core import weights
 from ..core.host import HOST
 
@@ -20,6 +22,10 @@ class ComfyModelManager:
         self.patcher_cls = patcher_cls
 
     def register(self, module, device):
+        if _read_only_device(module):
+            # ComfyUI's ModelPatcher assigns ``model.device`` when it loads/offloads; modules that expose
+            # ``device`` as a read-only property (transformers models, SDAModel) travel in a holder
+            module = _DeviceHolder(module, device)
         return self.patcher_cls(module, load_device=device, offload_device=self.mm.unet_offload_device())
 
     def load(self, patcher) -> None:
@@ -32,6 +38,20 @@ class ComfyModelManager:
                 lm.model_unload()
                 loaded.remove(lm)
         patcher.model.to(self.mm.unet_offload_device())
+
+
+def _read_only_device(module) -> bool:
+    attr = getattr(type(module), "device", None)
+    return isinstance(attr, property) and attr.fset is None
+
+
+class _DeviceHolder(torch.nn.Module):
+    """A plain module around ``inner`` with a writable ``device`` attribute (moving it moves ``inner``)."""
+
+    def __init__(self, inner, device) -> None:
+        super().__init__()
+        self.inner = inner
+        self.device = torch.device(device) if device is not None else None
 
 
 def _preview(preview):

@@ -76,3 +76,25 @@ def test_sda_node(pack, tmp_path, monkeypatch):
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.InputError, match="already aligned"):
         node.run(face, audio, "align (face landmarks)", 0, "tiny-grid.dat")
+
+
+def test_sda_and_hubert_under_comfyui_memory_management(comfy_pack, tmp_path):
+    """ComfyUI's ModelPatcher assigns ``model.device`` on load/offload; SDAModel and transformers' HuBERT expose
+    ``device`` as a read-only property, so the bridge must hand them over in a holder."""
+    from test_motion_nodes import tiny_ditto_models
+
+    models = Path(comfy_pack.folder_paths.models_dir)
+    classic_models(models)
+    tiny_ditto_models(models)
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    sr = 16000
+    audio = {"waveform": 0.3 * torch.sin(2 * torch.pi * 150 * torch.arange(8000) / sr).reshape(1, 1, -1),
+             "sample_rate": sr}
+    frames, _, _ = nodes["TalkingHead_SDABase"]().run(torch.rand(1, 40, 30, 3), audio, "already aligned", 0,
+                                                       "tiny-grid.dat")
+    (emb,) = nodes["TalkingHead_AudioToEmbedding"]().run(audio, "HuBERT-large (Ditto)")
+    assert frames.shape[0] == 12 and emb.features.shape[1] == 1024
+    loaded = comfy_pack.comfy.current_loaded_models
+    assert len(loaded) >= 2 and all(getattr(lm.model.model, "device", None) is not None for lm in loaded)
+    nodes["TalkingHead_UnloadModels"]().run("all")
+    assert comfy_pack.comfy.current_loaded_models == []

@@ -15,12 +15,14 @@ class ModelPatcher:
     def patch_model(self, device_to=None, *args, **kwargs):
         if device_to is not None:
             self.model.to(device_to)
+            self.model.device = device_to  # as the real ModelPatcher.load does
         self.loaded = True
         return self.model
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         if device_to is not None:
             self.model.to(device_to)
+            self.model.device = device_to  # as the real ModelPatcher.unpatch_model does
         self.loaded = False
 
     def detach(self, unpatch_all=True):
