@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("convert", help="convert a workflow between UI format and API format")
     cv.add_argument("source", help="workflow JSON (UI or API format)")
     cv.add_argument("target", help="where to write the other format")
+    cv.add_argument("--meta", default=None, help="groups/notes/positions for API -> UI (default: "
+                    "NAME.meta.json beside NAME.api.json, when present)")
     return p
 
 
@@ -145,7 +147,8 @@ def cmd_weights(args) -> int:
 
 
 def cmd_convert(args, registry: Dict[str, type]) -> int:
-    """UI format -> API format, or API format -> UI format (laid out left to right)."""
+    """UI format -> API format, or API format -> UI format (laid out left to right, with the
+    groups and notes of the workflow's ``NAME.meta.json`` sidecar or ``--meta``)."""
     try:
         data = json.loads(Path(args.source).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -153,7 +156,9 @@ def cmd_convert(args, registry: Dict[str, type]) -> int:
     if isinstance(data, dict) and isinstance(data.get("nodes"), list):
         out = graph.ui_to_api(data, registry)
     else:
-        out = graph.api_to_ui(graph.as_api(data, registry), registry)
+        meta_file = Path(args.meta) if args.meta else graph.meta_path(args.source)
+        meta = graph.load_meta(meta_file) if args.meta or meta_file.is_file() else None
+        out = graph.api_to_ui(graph.as_api(data, registry), registry, meta)
     Path(args.target).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(args.target)
     return 0

@@ -629,10 +629,13 @@ class FaceAlignmentSFD(FaceDetector):
     Same pre/post-processing as face-alignment (BGR, mean 104/117/123, candidates above 0.05,
     NMS 0.3, keep score > 0.5), except that images whose longer side exceeds ``max_side`` are
     first shrunk (antialiased) to that size, which keeps the VGG-16 backbone affordable on large
-    photos; boxes are mapped back to the original pixels.
+    photos; boxes are mapped back to the original pixels. Pictures with a side under 32 pixels (which the
+    network cannot take) are padded at the bottom/right with the mean colour.
     """
 
     name = "face-alignment sfd"
+    #: smallest side the network takes (smaller pictures are padded up to it)
+    MIN_SIDE = 32
 
     def __init__(self, weights_path, device: DeviceLike = "auto", threshold: float = 0.5,
                  nms_threshold: float = 0.3, max_side: Optional[int] = 1024) -> None:
@@ -678,6 +681,11 @@ class FaceAlignmentSFD(FaceDetector):
         sh, sw = h / x.shape[-2], w / x.shape[-1]
         x = x.flip(1)  # RGB -> BGR
         x = x - torch.tensor([104.0, 117.0, 123.0], device=self.device).view(1, 3, 1, 1)
+        # VGG-16's five poolings need 32 pixels a side: pad tiny or very flat pictures at the bottom/right with
+        # the mean colour (0 after the subtraction), which keeps the boxes in the picture's own pixels
+        short_h, short_w = max(0, self.MIN_SIDE - x.shape[-2]), max(0, self.MIN_SIDE - x.shape[-1])
+        if short_h or short_w:
+            x = F.pad(x, (0, short_w, 0, short_h))
         with torch.inference_mode():
             outs = self.net(x)
         arrays = []

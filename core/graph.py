@@ -14,6 +14,10 @@ Public API:
 * :func:`apply_overrides` edits node inputs from ``KEY.INPUT=VALUE`` strings.
 * :func:`ui_to_api` / :func:`api_to_ui` convert between the UI (litegraph) format
   saved by the editor and the API format; :func:`load_workflow` reads either.
+  :func:`api_to_ui` lays the graph out and takes optional presentation metadata (groups,
+  Note nodes, positions: :func:`check_meta`), which shipped workflows keep in a
+  ``NAME.meta.json`` sidecar (:func:`meta_path`, :func:`load_meta`) because every top-level
+  key of an API-format prompt is a node id to ComfyUI.
 
 Differences from ComfyUI, on purpose:
 
@@ -47,7 +51,8 @@ from .errors import Cancelled, InputError, TalkingHeadError
 __all__ = [
     "GraphError", "Problem", "InputSpec", "input_specs", "describe_node",
     "validate", "execute", "apply_overrides", "ui_to_api", "api_to_ui",
-    "as_api", "load_workflow",
+    "as_api", "load_workflow", "check_meta", "load_meta", "meta_path", "note_height",
+    "GROUP_COLORS", "NOTE_PLACES",
 ]
 
 Registry = Dict[str, type]
@@ -899,25 +904,53 @@ def ui_to_api(workflow: dict, registry: Registry) -> Prompt:
 
 # --------------------------------------------------------------------------- API format -> UI format
 
+# Layout units are litegraph canvas units. A node's ``pos`` is the top-left corner of its body;
+# the editor draws its title bar above that, so a node occupies
+# ``[x, y - _TITLE_HEIGHT, width, height + _TITLE_HEIGHT]``.
 _ORIGIN = 50
-_COLUMN_WIDTH = 400
 _NODE_WIDTH = 320
-_ROW_GAP = 40
+_COLUMN_WIDTH = 420        # column pitch: node width + room for the links
+_ROW_GAP = 40              # between a node's bottom and the next node's title bar
+_TITLE_HEIGHT = 30         # LiteGraph.NODE_TITLE_HEIGHT
 _SLOT_HEIGHT = 24
+_GROUP_FONT_SIZE = 24      # LiteGraph.DEFAULT_GROUP_FONT
+_GROUP_PADDING = 20        # around a group's members (the editor's "fit group to nodes" uses 10)
+_GROUP_GAP = 50            # between two stacked groups
+_NOTE_WIDTH = 420          # notes above, below or beside the graph
+_NOTE_GAP = 60             # between those notes and the graph
+#: extra body height for the previews that upload widgets add (image/video preview, audio player)
+_PREVIEW_HEIGHT = {"image": 220, "video": 220, "audio": 60}
+#: litegraph's group colours (LGraphCanvas.node_colors[*].groupcolor), by name
+GROUP_COLORS = {
+    "red": "#A88", "brown": "#b06634", "green": "#8A8", "blue": "#88A", "pale_blue": "#3f789e",
+    "cyan": "#8AA", "purple": "#a1309b", "yellow": "#b58b2a", "black": "#444",
+}
+#: the colours the editor gives Note nodes (LGraphCanvas.node_colors.yellow)
+NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"
+NOTE_PLACES = ("top", "bottom", "left", "right")
+_META_KEYS = frozenset({"groups", "notes", "columns", "positions"})
+_GROUP_KEYS = frozenset({"title", "nodes", "color", "font_size"})
+_NOTE_KEYS = frozenset({"text", "title", "position", "column", "width", "height", "pos", "id"})
 
 
-def api_to_ui(prompt: Prompt, registry: Registry) -> dict:
+def api_to_ui(prompt: Prompt, registry: Registry, meta: Optional[dict] = None) -> dict:
     """Build a UI-format workflow from an API-format prompt (inverse of :func:`ui_to_api`).
 
-    Nodes are laid out in columns by dependency depth. Socket inputs get ``inputs``
-    entries (linked widgets too, with ``widget``), widgets get positional
-    ``widgets_values`` (with "fixed" after seed-like INTs and the upload value after
-    upload combos; linked or missing widgets get a placeholder: the default, else a
-    combo's first choice, else 0/0.0/False/""). Node ids must be numeric; literals
-    for socket inputs, undeclared inputs, bad links, unknown types and cycles raise
-    :class:`GraphError`. ``ui_to_api(api_to_ui(p)) == p`` holds when every node of
-    ``p`` has a ``_meta.title`` and gives every widget input (a missing widget comes
-    back with its placeholder value).
+    Nodes are laid out left to right in columns by dependency depth, stacked within a column.
+    Socket inputs get ``inputs`` entries (linked widgets too, with ``widget``), widgets get
+    positional ``widgets_values`` (with "fixed" after seed-like INTs and the upload value after
+    upload combos; linked or missing widgets get a placeholder: the default, else a combo's
+    first choice, else 0/0.0/False/""). Node ids must be numeric; literals for socket inputs,
+    undeclared inputs, bad links, unknown types and cycles raise :class:`GraphError`.
+    ``ui_to_api(api_to_ui(p)) == p`` holds when every node of ``p`` has a ``_meta.title`` and
+    gives every widget input (a missing widget comes back with its placeholder value).
+
+    ``meta`` is the optional presentation of the workflow (see :func:`check_meta`; shipped
+    workflows keep it in a ``NAME.meta.json`` sidecar, see :func:`meta_path`): groups, which
+    are laid out as blocks (a group's members share a band of rows across the group's columns)
+    and framed with padding, Note nodes (above, below, beside the graph or inside a group) and
+    explicit node positions. Groups and notes do not change the prompt: :func:`ui_to_api`
+    ignores them.
     """
     problems: List[Problem] = []
     specs: Dict[str, List[InputSpec]] = {}
@@ -935,6 +968,7 @@ def api_to_ui(prompt: Prompt, registry: Registry) -> dict:
     if problems:
         raise GraphError.from_problems(problems)
     prompt = {str(k): v for k, v in prompt.items()}
+    layout_meta = check_meta(meta, prompt) if meta is not None else _Meta()
     order, cycle = _topo_order({n: [src for src, _ in _links_of(node)] for n, node in prompt.items()})
     if cycle:
         raise GraphError.from_problems([_cycle_problem(cycle)])
@@ -943,12 +977,14 @@ def api_to_ui(prompt: Prompt, registry: Registry) -> dict:
         builder.add(node_id, specs[node_id])
     if builder.problems:
         raise GraphError.from_problems(builder.problems)
+    notes, groups = _Layout(builder, layout_meta).run()
+    nodes = list(builder.nodes.values()) + notes
     return {
-        "last_node_id": max(int(n) for n in prompt),
+        "last_node_id": max(n["id"] for n in nodes),
         "last_link_id": len(builder.links),
-        "nodes": sorted(builder.nodes.values(), key=lambda n: n["id"]),
+        "nodes": sorted(nodes, key=lambda n: n["id"]),
         "links": builder.links,
-        "groups": [],
+        "groups": groups,
         "config": {},
         "extra": {},
         "version": 0.4,
@@ -956,7 +992,9 @@ def api_to_ui(prompt: Prompt, registry: Registry) -> dict:
 
 
 class _UiBuilder:
-    """Accumulates UI nodes and the link table; nodes must be added sources first."""
+    """Accumulates UI nodes and the link table; nodes must be added sources first.
+
+    Nodes get their size and their sources here; :class:`_Layout` places them."""
 
     def __init__(self, prompt: Prompt, registry: Registry) -> None:
         self.prompt = prompt
@@ -964,8 +1002,7 @@ class _UiBuilder:
         self.nodes: Dict[str, dict] = {}
         self.links: List[list] = []
         self.problems: List[Problem] = []
-        self.depth: Dict[str, int] = {}
-        self.column_y: Dict[int, int] = {}
+        self.sources: Dict[str, List[str]] = {}
 
     def add(self, node_id: str, specs: List[InputSpec]) -> None:
         node = self.prompt[node_id]
@@ -973,13 +1010,13 @@ class _UiBuilder:
         cls = self.registry[class_type]
         title = _node_title(node, cls, class_type)
         given = dict(node.get("inputs") or {})
-        inputs, widgets, depth = [], [], 0
+        inputs, widgets, sources, preview = [], [], [], 0
         for spec in specs:
             value = given.pop(spec.name, _MISSING)
             if isinstance(value, list):
                 link_id, source = self._link(node_id, len(inputs), value, class_type, title, spec)
                 if source is not None:
-                    depth = max(depth, self.depth[source] + 1)
+                    sources.append(source)
                 entry = {"name": spec.name, "type": spec.type_name, "link": link_id}
                 if spec.is_widget:
                     entry["widget"] = {"name": spec.name}
@@ -996,16 +1033,17 @@ class _UiBuilder:
                     widgets.append("fixed")
                 elif spec.upload_value:
                     widgets.append(spec.upload_value)
+                    preview = max(preview, _PREVIEW_HEIGHT.get(spec.upload_value, 0))
         for name in given:
             self.problems.append(Problem(f"input '{name}' is not declared by the class", node_id, class_type, title))
         outputs = [{"name": self._output_name(cls, i, rtype), "type": _type_name(rtype), "links": [], "slot_index": i}
                    for i, rtype in enumerate(_return_types(cls))]
-        self.depth[node_id] = depth
-        height = 46 + _SLOT_HEIGHT * (max(len(inputs), len(outputs)) + len(widgets))
-        y = self.column_y.get(depth, _ORIGIN)
-        self.column_y[depth] = y + height + _ROW_GAP
+        self.sources[node_id] = list(dict.fromkeys(sources))
+        # generous next to the editor's own computeSize (20 per slot row, 24 per widget), which
+        # grows a node that is saved smaller than that when the workflow is loaded
+        height = 46 + _SLOT_HEIGHT * (max(len(inputs), len(outputs)) + len(widgets)) + preview
         self.nodes[node_id] = {
-            "id": int(node_id), "type": class_type, "pos": [_ORIGIN + depth * _COLUMN_WIDTH, y],
+            "id": int(node_id), "type": class_type, "pos": [_ORIGIN, _ORIGIN],
             "size": [_NODE_WIDTH, height], "flags": {}, "order": len(self.nodes), "mode": 0,
             "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": class_type},
             "widgets_values": widgets, "title": title,
@@ -1036,6 +1074,433 @@ class _UiBuilder:
         return link_id, source
 
 
+# --------------------------------------------------------------------------- workflow metadata (groups, notes)
+
+
+@dataclass
+class _GroupMeta:
+    title: str
+    nodes: List[str]
+    color: str
+    font_size: int
+
+
+@dataclass
+class _NoteMeta:
+    id: int
+    text: str
+    title: str
+    place: str                     # one of NOTE_PLACES, or "group"
+    group: Optional[str] = None    # the group title when place == "group"
+    column: int = 0                # column offset inside the group
+    width: int = _NOTE_WIDTH
+    height: Optional[int] = None
+    pos: Optional[Tuple[float, float]] = None
+
+
+@dataclass
+class _Meta:
+    groups: List[_GroupMeta] = field(default_factory=list)
+    notes: List[_NoteMeta] = field(default_factory=list)
+    positions: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    columns: Dict[str, int] = field(default_factory=dict)
+
+
+def meta_path(workflow: Union[str, Path]) -> Path:
+    """The metadata sidecar of a workflow file: ``NAME.api.json`` / ``NAME.json`` -> ``NAME.meta.json``."""
+    workflow = Path(workflow)
+    name = workflow.name
+    for suffix in (".api.json", ".json"):
+        if name.endswith(suffix):
+            return workflow.with_name(name[:-len(suffix)] + ".meta.json")
+    return workflow.with_name(name + ".meta.json")
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
+def load_meta(path: Union[str, Path]) -> dict:
+    """Read a workflow metadata file (JSON object); see :func:`check_meta` for its keys."""
+    path = Path(path)
+    data = _read_json(path, "workflow metadata")
+    if not isinstance(data, dict):
+        raise InputError(f"workflow metadata {path} must be a JSON object")
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _point(value: Any) -> Optional[Tuple[float, float]]:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
+        return value[0], value[1]
+    return None
+
+
+def check_meta(meta: Any, prompt: Prompt) -> _Meta:
+    """Check a workflow's presentation metadata against its prompt; raise one :class:`GraphError`.
+
+    The metadata is a JSON object, every key optional (keys starting with ``_`` or ``$`` are
+    comments)::
+
+        {"groups": [{"title": "inputs", "nodes": [1, 2], "color": "pale_blue", "font_size": 24}],
+         "notes": [{"title": "About", "text": "...", "position": "top", "width": 420},
+                   {"text": "...", "position": "group:inputs", "column": 0}],
+         "columns": {"2": 1}, "positions": {"3": [900, 50]}}
+
+    * ``groups``: each node in at most one group; ``color`` is a litegraph colour name
+      (:data:`GROUP_COLORS`) or ``#hex``. Groups are laid out in the order given.
+    * ``notes``: ``position`` is ``top``, ``bottom``, ``left``, ``right`` (a row or column of
+      notes beside the graph) or ``group:TITLE`` (inside that group, under its nodes in the
+      group's column ``column``, counted from its first one). ``width``/``height`` set the
+      size (the height is estimated from the text when left out), ``pos`` an explicit
+      position, ``id`` the node id (default: after the prompt's largest id).
+    * ``columns``: the least column of a node (0 = leftmost); the nodes it feeds move right
+      with it. Columns are dependency depths otherwise (every node right of its sources).
+    * ``positions``: explicit ``[x, y]`` for nodes, after the automatic layout.
+    """
+    problems: List[Problem] = []
+
+    def bad(message: str) -> None:
+        problems.append(Problem(f"workflow metadata: {message}"))
+
+    if not isinstance(meta, dict):
+        raise GraphError("workflow metadata must be a JSON object")
+    for key in meta:
+        if key not in _META_KEYS and not str(key).startswith(("_", "$")):
+            bad(f"unknown key '{key}' (expected {', '.join(sorted(_META_KEYS))})")
+    result = _Meta()
+    grouped: Dict[str, str] = {}
+    raw_groups = meta.get("groups", [])
+    if not isinstance(raw_groups, list):
+        bad("'groups' must be a list")
+        raw_groups = []
+    for i, group in enumerate(raw_groups):
+        if not isinstance(group, dict) or not isinstance(group.get("title"), str) or not group["title"]:
+            bad(f"group {i + 1} needs a 'title' (text)")
+            continue
+        title = group["title"]
+        for key in group:
+            if key not in _GROUP_KEYS and not str(key).startswith(("_", "$")):
+                bad(f"group '{title}': unknown key '{key}'")
+        if any(g.title == title for g in result.groups):
+            bad(f"two groups are titled '{title}'")
+        members = []
+        raw_nodes = group.get("nodes", [])
+        for node_id in raw_nodes if isinstance(raw_nodes, list) else [raw_nodes]:
+            key = str(node_id)
+            if isinstance(node_id, bool) or key not in prompt:
+                bad(f"group '{title}' lists node {node_id!r}, which is not in the workflow")
+            elif key in grouped:
+                bad(f"node {key} is in two groups ('{grouped[key]}' and '{title}')")
+            else:
+                grouped[key] = title
+                members.append(key)
+        color = group.get("color", "pale_blue")
+        if not isinstance(color, str) or not (color in GROUP_COLORS or color.startswith("#")):
+            bad(f"group '{title}': color {color!r} is neither #hex nor one of {', '.join(GROUP_COLORS)}")
+            color = "pale_blue"
+        font_size = group.get("font_size", _GROUP_FONT_SIZE)
+        if not _is_number(font_size) or not 8 <= font_size <= 96:
+            bad(f"group '{title}': font_size must be a number from 8 to 96")
+            font_size = _GROUP_FONT_SIZE
+        result.groups.append(_GroupMeta(title, members, GROUP_COLORS.get(color, color), int(font_size)))
+    titles = {g.title for g in result.groups}
+    raw_notes = meta.get("notes", [])
+    if not isinstance(raw_notes, list):
+        bad("'notes' must be a list")
+        raw_notes = []
+    used_ids = {int(n) for n in prompt if n.isdigit()}
+    next_id = max(used_ids, default=0) + 1
+    for i, note in enumerate(raw_notes):
+        label = f"note {i + 1}"
+        if not isinstance(note, dict) or not isinstance(note.get("text"), str):
+            bad(f"{label} needs a 'text' (text)")
+            continue
+        for key in note:
+            if key not in _NOTE_KEYS and not str(key).startswith(("_", "$")):
+                bad(f"{label}: unknown key '{key}'")
+        title = note.get("title", "Note")
+        if not isinstance(title, str):
+            bad(f"{label}: 'title' must be text")
+            title = "Note"
+        place, group = note.get("position", "top"), None
+        if isinstance(place, str) and place.startswith("group:"):
+            place, group = "group", place[len("group:"):]
+            if group not in titles:
+                bad(f"{label}: position 'group:{group}' names no group (groups: {', '.join(titles) or 'none'})")
+        elif place not in NOTE_PLACES:
+            bad(f"{label}: position {place!r} is not one of {', '.join(NOTE_PLACES)}, group:TITLE")
+            place = "top"
+        width = note.get("width", _NODE_WIDTH if place == "group" else _NOTE_WIDTH)
+        height = note.get("height")
+        column = note.get("column", 0)
+        for key, value in (("width", width), ("height", height), ("column", column)):
+            if value is not None and (not _is_number(value) or value < 0):
+                bad(f"{label}: '{key}' must be a number >= 0")
+        pos = note.get("pos")
+        if pos is not None and _point(pos) is None:
+            bad(f"{label}: 'pos' must be [x, y]")
+        note_id = note.get("id")
+        if note_id is None:
+            while next_id in used_ids:
+                next_id += 1
+            note_id = next_id
+        elif isinstance(note_id, bool) or not isinstance(note_id, int) or note_id in used_ids or note_id <= 0:
+            bad(f"{label}: id {note_id!r} must be a positive integer that no other node uses")
+            continue
+        used_ids.add(note_id)
+        if problems:
+            continue
+        result.notes.append(_NoteMeta(note_id, note["text"], title, place, group, int(column), int(width),
+                                      None if height is None else int(height), _point(pos)))
+    raw_positions = meta.get("positions", {})
+    if not isinstance(raw_positions, dict):
+        bad("'positions' must be an object {node id: [x, y]}")
+        raw_positions = {}
+    for node_id, pos in raw_positions.items():
+        if str(node_id) not in prompt:
+            bad(f"'positions' names node {node_id}, which is not in the workflow")
+        elif _point(pos) is None:
+            bad(f"'positions' of node {node_id} must be [x, y]")
+        else:
+            result.positions[str(node_id)] = _point(pos)
+    raw_columns = meta.get("columns", {})
+    if not isinstance(raw_columns, dict):
+        bad("'columns' must be an object {node id: column}")
+        raw_columns = {}
+    for node_id, column in raw_columns.items():
+        if str(node_id) not in prompt:
+            bad(f"'columns' names node {node_id}, which is not in the workflow")
+        elif isinstance(column, bool) or not isinstance(column, int) or not 0 <= column <= 100:
+            bad(f"'columns' of node {node_id} must be a whole number from 0 to 100")
+        else:
+            result.columns[str(node_id)] = column
+    if problems:
+        raise GraphError.from_problems(problems)
+    return result
+
+
+def note_height(text: str, width: float) -> int:
+    """A body height that shows ``text`` without scrolling in the editor's note textarea
+    (10 px Arial by default: about 5.5 units a character, 13 a line), rounded up to 10."""
+    per_line = max(10, int((width - 16) / 5.5))
+    lines = 0
+    for paragraph in text.split("\n"):
+        lines += max(1, -(-len(paragraph) // per_line))
+    return int(-(-(lines * 13 + 24) // 10) * 10)
+
+
+@dataclass
+class _Item:
+    """Something the layout places: a prompt node or a note (``key`` "n:ID" / "note:ID")."""
+
+    key: str
+    width: float
+    height: float          # body height; the title bar adds _TITLE_HEIGHT above
+    column: int = 0
+    rank: int = 0          # prompt or meta order, for ties
+    x: float = 0.0
+    top: float = 0.0       # top of the title bar
+
+    @property
+    def outer(self) -> float:
+        return self.height + _TITLE_HEIGHT
+
+    def box(self) -> Tuple[float, float, float, float]:
+        return self.x, self.top, self.x + self.width, self.top + self.outer
+
+
+class _Layout:
+    """Places the nodes of a :class:`_UiBuilder`, builds the notes and the groups.
+
+    Columns are dependency depths. Groups are placed in order, each as one block: it starts
+    below whatever is already in any column it spans, its members stack in their columns, and
+    those columns continue below it. Members of a column are ordered by where their sources
+    are (fewer crossing links). Ungrouped nodes stack after the groups. Notes with a place
+    beside the graph then go around it, everything is moved so the top-left is at _ORIGIN,
+    explicit positions are applied, and each group frames its members."""
+
+    def __init__(self, builder: _UiBuilder, meta: _Meta) -> None:
+        self.builder = builder
+        self.meta = meta
+        self.items: Dict[str, _Item] = {}
+        rank = {node_id: i for i, node_id in enumerate(builder.prompt)}
+        column: Dict[str, int] = {}
+        for node_id, node in builder.nodes.items():  # sources first
+            column[node_id] = max([meta.columns.get(node_id, 0)] +
+                                  [column[s] + 1 for s in builder.sources[node_id]])
+            self.items[node_id] = _Item(node_id, node["size"][0], node["size"][1], column[node_id],
+                                        rank[node_id])
+        self.note_items: Dict[int, _Item] = {}
+        for rank, note in enumerate(meta.notes):
+            height = note.height if note.height is not None else note_height(note.text, note.width)
+            self.note_items[note.id] = _Item(f"note:{note.id}", note.width, height, 0, rank)
+        self.members: Dict[str, List[_Item]] = {g.title: [self.items[n] for n in g.nodes] for g in meta.groups}
+        for note in meta.notes:
+            if note.place == "group":
+                self.members[note.group].append(self.note_items[note.id])
+
+    # ----------------------------------------------------------------- placement
+
+    def run(self) -> Tuple[List[dict], List[dict]]:
+        fixed = {self.items[n].key for n in self.meta.positions} | {
+            f"note:{n.id}" for n in self.meta.notes if n.pos is not None}
+        bottom: Dict[int, float] = {}
+        placed: set = set()
+        for group in self.meta.groups:
+            members = [m for m in self.members[group.title] if m.key not in fixed]
+            for note in self.meta.notes:
+                if note.place == "group" and note.group == group.title:
+                    nodes = [m for m in members if not m.key.startswith("note:")]
+                    first = min((m.column for m in nodes), default=0)
+                    self.note_items[note.id].column = first + note.column
+            if not members:
+                continue
+            low = min(m.column for m in members)
+            high = max(m.column for m in members)
+            top = max(bottom.get(c, 0.0) for c in range(low, high + 1))
+            first = top + _title_band(group.font_size) + _GROUP_PADDING
+            end = self._stack(members, {m.column: first for m in members}, placed)
+            for c in range(low, high + 1):
+                bottom[c] = end + _GROUP_PADDING + _GROUP_GAP
+        loose = [item for key, item in self.items.items()
+                 if item.key not in placed and item.key not in fixed]
+        self._stack(loose, {i.column: bottom.get(i.column, 0.0) for i in loose}, placed)
+        self._place_side_notes(fixed)
+        self._normalise(fixed)
+        for node_id, (x, y) in self.meta.positions.items():
+            self.items[node_id].x, self.items[node_id].top = x, y - _TITLE_HEIGHT
+        for note in self.meta.notes:
+            if note.pos is not None:
+                self.note_items[note.id].x, self.note_items[note.id].top = note.pos[0], note.pos[1] - _TITLE_HEIGHT
+        for node_id, item in self.items.items():
+            self.builder.nodes[node_id]["pos"] = [_num(item.x), _num(item.top + _TITLE_HEIGHT)]
+        return self._notes(), self._groups()
+
+    def _column_order(self, items: List[_Item], placed: set) -> List[_Item]:
+        """The items of one column, top to bottom: by the mean height of their already placed
+        sources (fewer crossing links), then those without any in prompt order, notes last."""
+        def key(item: _Item):
+            if item.key.startswith("note:"):
+                return 2, 0.0, item.rank
+            centres = [self.items[s].top + self.items[s].outer / 2
+                       for s in self.builder.sources.get(item.key, ()) if s in placed]
+            if centres:
+                return 0, sum(centres) / len(centres), item.rank
+            return 1, 0.0, item.rank
+        return sorted(items, key=key)
+
+    def _stack(self, items: List[_Item], start: Dict[int, float], placed: set) -> float:
+        """Stack ``items`` in their columns, column by column from the left, each column from
+        ``start[column]``; return the lowest bottom (``start`` is updated)."""
+        end = max(start.values(), default=0.0)
+        for column in sorted({i.column for i in items}):
+            for item in self._column_order([i for i in items if i.column == column], placed):
+                item.x = column * _COLUMN_WIDTH
+                item.top = start[column]
+                start[column] = item.top + item.outer + _ROW_GAP
+                end = max(end, item.top + item.outer)
+                placed.add(item.key)
+        return end
+
+    def _core_box(self, fixed: set) -> Tuple[float, float, float, float]:
+        boxes = [i.box() for i in self.items.values() if i.key not in fixed]
+        boxes += [self.note_items[n.id].box() for n in self.meta.notes if n.place == "group" and n.pos is None]
+        boxes += [b for b in (self._group_box(g, fixed) for g in self.meta.groups) if b is not None]
+        if not boxes:
+            return 0.0, 0.0, 0.0, 0.0
+        return (min(b[0] for b in boxes), min(b[1] for b in boxes),
+                max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+    def _place_side_notes(self, fixed: set) -> None:
+        left, top, right, bottom = self._core_box(fixed)
+        for place in NOTE_PLACES:
+            notes = [self.note_items[n.id] for n in self.meta.notes if n.place == place and n.pos is None]
+            if not notes:
+                continue
+            if place in ("top", "bottom"):
+                y = top - _NOTE_GAP - max(n.outer for n in notes) if place == "top" else bottom + _NOTE_GAP
+                x = left
+                for note in notes:
+                    note.x, note.top = x, y
+                    x += note.width + _ROW_GAP
+            else:
+                x = left - _NOTE_GAP - max(n.width for n in notes) if place == "left" else right + _NOTE_GAP
+                y = top
+                for note in notes:
+                    note.x, note.top = x, y
+                    y += note.outer + _ROW_GAP
+
+    def _normalise(self, fixed: set) -> None:
+        moving = [i for i in list(self.items.values()) + list(self.note_items.values()) if i.key not in fixed]
+        if not moving:
+            return
+        boxes = [i.box() for i in moving]
+        boxes += [b for b in (self._group_box(g, fixed) for g in self.meta.groups) if b is not None]
+        dx = _ORIGIN - min(b[0] for b in boxes)
+        dy = _ORIGIN - min(b[1] for b in boxes)
+        for item in moving:
+            item.x += dx
+            item.top += dy
+
+    # ----------------------------------------------------------------- output
+
+    def _group_box(self, group: _GroupMeta, exclude: set = frozenset()) -> Optional[Tuple[float, float, float, float]]:
+        members = [m for m in self.members[group.title] if m.key not in exclude]
+        if not members:
+            return None
+        boxes = [m.box() for m in members]
+        return (min(b[0] for b in boxes) - _GROUP_PADDING,
+                min(b[1] for b in boxes) - _GROUP_PADDING - _title_band(group.font_size),
+                max(b[2] for b in boxes) + _GROUP_PADDING,
+                max(b[3] for b in boxes) + _GROUP_PADDING)
+
+    def _groups(self) -> List[dict]:
+        groups = []
+        for index, group in enumerate(self.meta.groups):
+            box = self._group_box(group)
+            if box is None:
+                continue
+            groups.append({
+                "id": index + 1, "title": group.title,
+                "bounding": [_num(box[0]), _num(box[1]), _num(box[2] - box[0]), _num(box[3] - box[1])],
+                "color": group.color, "font_size": group.font_size, "flags": {},
+            })
+        return groups
+
+    def _notes(self) -> List[dict]:
+        order = len(self.builder.nodes)
+        notes = []
+        for note in self.meta.notes:
+            item = self.note_items[note.id]
+            notes.append({
+                "id": note.id, "type": "Note", "pos": [_num(item.x), _num(item.top + _TITLE_HEIGHT)],
+                "size": [_num(item.width), _num(item.height)], "flags": {}, "order": order, "mode": 0,
+                "inputs": [], "outputs": [], "title": note.title, "properties": {"text": ""},
+                "widgets_values": [note.text], "color": NOTE_COLOR, "bgcolor": NOTE_BGCOLOR,
+            })
+            order += 1
+        return notes
+
+
+def _title_band(font_size: int) -> int:
+    """The height of a group's title bar (litegraph: font size x 1.4), rounded up."""
+    return -(-font_size * 14 // 10)
+
+
+def _num(value: float) -> Union[int, float]:
+    """Whole numbers as ints, so the JSON stays tidy."""
+    return int(value) if float(value).is_integer() else round(float(value), 1)
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -1056,10 +1521,5 @@ def as_api(data: Any, registry: Registry, source: str = "workflow") -> Prompt:
 def load_workflow(path: Union[str, Path], registry: Registry) -> Prompt:
     """Read a workflow file (UI format, API format or a ``{"prompt": ...}`` body) as API format."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read workflow file {path}: {exc.strerror or exc}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"workflow file {path} is not valid JSON: {exc}") from exc
+    data = _read_json(path, "workflow file")
     return as_api(data, registry, source=f"workflow file {path}")

@@ -40,7 +40,9 @@ def output_path(output_dir: Union[str, os.PathLike], prefix: str, ext: str = "mp
     """
     root = Path(output_dir).resolve()
     prefix = (prefix or "").replace("\\", "/").strip()
-    if not prefix or "\x00" in prefix:
+    if "\x00" in prefix:
+        raise InputError(f"filename_prefix {prefix!r} contains a NUL byte and is refused")
+    if not prefix:
         raise InputError("filename_prefix must not be empty")
     parts = [p for p in prefix.split("/") if p not in ("", ".")]
     if prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix) or ".." in parts or not parts:

@@ -379,6 +379,50 @@ def load_state_dict(path: os.PathLike, prefix: str = "", map_location="cpu") -> 
     return sub
 
 
+#: top-level key groups that identify the model files this pack knows (to tell the user what a wrong file
+#: looks like); the first group contained in a file's top-level keys wins
+_FAMILY_SIGNS = (
+    ("fom", {"kp_detector", "generator"}, "a First Order Motion Model checkpoint (FOMAnimate, models/fom)"),
+    ("sda", {"encoder_id", "generator"}, "a speech-driven-animation model (SDABase, models/sda)"),
+    ("ditto", {"input_projection", "cond_projection", "null_cond_embed"},
+     "a Ditto LMDM motion model (MotionDiT, models/ditto)"),
+    ("joyvasa", {"start_motion_feat", "denoising_net"}, "a JoyVASA motion generator (MotionDiT, models/joyvasa)"),
+    ("liveportrait/appearance_feature_extractor", {"first", "second", "down_blocks", "resblocks_3d"},
+     "LivePortrait's appearance_feature_extractor"),
+    ("liveportrait/warping_module", {"dense_motion_network", "third", "fourth"}, "LivePortrait's warping_module"),
+    ("liveportrait/spade_generator", {"G_middle_0", "conv_img"}, "LivePortrait's spade_generator"),
+    ("liveportrait/stitching_retargeting_module", {"retarget_shoulder"},
+     "LivePortrait's stitching_retargeting_module"),
+    ("face_detection/s3fd", {"conv1_1", "conv3_3_norm_mbox_conf"}, "the S3FD face detector"),
+    ("hubert", {"feature_extractor", "feature_projection", "encoder"}, "a HuBERT audio encoder"),
+    ("liveportrait/motion_extractor", {"detector"}, "LivePortrait's motion_extractor"),
+)
+_WRAPPER_KEYS = ("model_state_dict", "state_dict", "model", "module", "hubert")
+
+
+def guess_family(keys: Iterable[str]):
+    """``(id, description)`` of the known model file whose keys these look like, or None."""
+    tops = set()
+    for key in keys:
+        parts = str(key).split(".")
+        while len(parts) > 1 and parts[0] in _WRAPPER_KEYS:
+            parts = parts[1:]
+        tops.add(parts[0])
+    for fid, sign, text in _FAMILY_SIGNS:
+        if sign <= tops:
+            return fid, text
+    return None
+
+
+def looks_like(keys: Iterable[str], expected: str = "") -> str:
+    """The sentence ``" It looks like <family>."`` for a message about a file of the wrong kind; empty when
+    the family is unknown or is ``expected`` (an id, or id prefix, of :data:`_FAMILY_SIGNS`)."""
+    found = guess_family(keys)
+    if found is None or (expected and found[0].startswith(expected)):
+        return ""
+    return f" It looks like {found[1]}."
+
+
 def check_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str,
                      ignore: Iterable[str] = ()) -> None:
     """Strict key and shape check with an error that lists what is missing/unexpected/misshaped."""

@@ -107,6 +107,8 @@ def save_path(prefix: str, ext: str, temp: bool = False, width: int = 0, height:
     from ..core.video import output_path
 
     folder = HOST.temp_dir() if temp else HOST.output_dir()
+    if "\x00" in str(prefix):  # before the host's own naming, which would fail on it with a bare ValueError
+        raise InputError(f"filename_prefix {prefix!r} contains a NUL byte and is refused")
     if HOST.save_path is not None:
         path, sub, name = HOST.save_path(folder, prefix, ext, width, height)
     else:

@@ -1,4 +1,5 @@
-"""LivePortrait nodes: motion from a driving video, and rendering a portrait from motion."""
+"""LivePortrait nodes: motion from a driving video, and rendering a portrait from motion (to an IMAGE batch, or
+straight to an mp4 for long audio)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,26 +7,18 @@ import torch
 
 from ..core import face as core_face
 from ..core import liveportrait as lp
+from ..core import video as core_video
 from ..core.cache import CACHE
 from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import InputError
-from ..core.image import load_image
 from ..core.liveportrait.crop import DRIVING_SCALE, DRIVING_VY, record_from_box
 from ..core.portrait import get_detector
-from .base import (CATEGORY, list_input_files, progress, register, resolve_input_file, save_path,
+from .base import (CATEGORY, file_metadata, list_input_files, progress, register, resolve_input_file, save_path,
                    validate_input_file)
 from .portrait import PORTRAIT_TYPE
 
 MOTION_TYPE = "TALKINGHEAD_MOTION"
 CROP_CHOICES = ["detect face (one box for the video)", "as is (already face crops)"]
-_MASK = None
-
-
-def _mask_template() -> torch.Tensor:
-    global _MASK
-    if _MASK is None:
-        _MASK = load_image(lp.MASK_TEMPLATE)[0, ..., 0]
-    return _MASK
 
 
 @register("LivePortraitExtractMotion", "LivePortraitExtractMotion")
@@ -133,33 +126,86 @@ class LivePortraitRender:
         try:
             out_size = int(models.config.get("output_size", 512))
             source = lp.portrait_source(models, portrait, device=device, precision=precision)
-            record = source.record
-            # a composed motion (MotionDiT / procedural) may carry lip and eye open ratios: drive them through
-            # LivePortrait's retargeting networks
-            retarget = bool(motion.composed)
-            opts = lp.DriveOptions(relative=relative, region=region, stitching=stitching, multiplier=multiplier,
-                                   expression_friendly=expression_friendly, normalize_lip=normalize_lip,
-                                   lip_retargeting=retarget and motion.lip is not None,
-                                   eye_retargeting=retarget and motion.eyes is not None)
-            x_d = lp.driving_keypoints(source.motion, motion, opts, models.stitching, models.lip, models.eye)
+            x_d = lp.motion_keypoints(models, source, motion, relative=relative, region=region, stitching=stitching,
+                                      multiplier=multiplier, expression_friendly=expression_friendly,
+                                      normalize_lip=normalize_lip)
             n = int(x_d.shape[0])
             faces = torch.empty((n, out_size, out_size, 3), dtype=torch.float32)
             full_h, full_w = portrait.full.shape[1:3]
             frames = torch.empty((n, full_h, full_w, 3), dtype=torch.float32) if paste_back else None
             done = 0
-            for batch in lp.render_frames(models, source, x_d, batch_size=batch_size, device=device,
-                                          precision=precision, progress=progress("LivePortraitRender")):
-                batch = batch.permute(0, 2, 3, 1)
-                faces[done:done + batch.shape[0]] = batch
-                if paste_back:
-                    frames[done:done + batch.shape[0]] = core_face.paste_back(
-                        portrait.full, batch, record, mask=_mask_template(), device=device,
-                        antialias=False, premultiplied=False)
-                done += batch.shape[0]
+            for face, pasted in lp.render_pasted(models, source, x_d, portrait.full if paste_back else None,
+                                                 batch_size=batch_size, device=device, precision=precision,
+                                                 progress=progress("LivePortraitRender")):
+                faces[done:done + face.shape[0]] = face
+                if pasted is not None:
+                    frames[done:done + face.shape[0]] = pasted
+                done += face.shape[0]
         finally:
             if not keep_model_loaded:
                 CACHE.unload("liveportrait")
         return (frames if paste_back else faces, faces)
+
+
+@register("LivePortraitRenderVideo", "LivePortraitRenderVideo")
+class LivePortraitRenderVideo:
+    DESCRIPTION = ("LivePortraitRender and MuxVideo in one node, for long audio: every batch of frames is rendered, "
+                   "pasted back and written straight into the mp4 (H.264 + AAC), so memory stays the same whatever "
+                   "the length (no IMAGE batch of the whole video). The file appears under its final name only "
+                   "once it is complete; a cancel leaves nothing behind.")
+    CATEGORY = f"{CATEGORY}/liveportrait"
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("filename",)
+    OUTPUT_TOOLTIPS = ("Full path of the written mp4.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from .video import MuxVideo  # here, so the registration order stays that of nodes/__init__.py
+
+        render = LivePortraitRender.INPUT_TYPES()
+        mux = MuxVideo.INPUT_TYPES()
+        required = dict(render["required"])
+        required["fps"] = ("FLOAT", {**mux["required"]["fps"][1],
+                                     "tooltip": "Frames per second of the video: connect the motion's fps "
+                                                "(ProceduralMotion, MotionDiT, LoadMotion)."})
+        required["filename_prefix"] = ("STRING", {**mux["required"]["filename_prefix"][1],
+                                                  "default": "TalkingHead/liveportrait"})
+        optional = dict(render["optional"])
+        optional["paste_back"] = ("BOOLEAN", {"default": True, "tooltip": "Paste the faces back into the full "
+                                                                          "portrait (off: a video of the face crops)."})
+        for name in ("audio", "crf", "preset", "save_output"):
+            optional[name] = mux["optional"][name]
+        return {"required": required, "optional": optional, "hidden": dict(mux["hidden"])}
+
+    def run(self, portrait, motion, relative, region, stitching, multiplier, batch_size, precision, fps,
+            filename_prefix, expression_friendly=False, normalize_lip=False, paste_back=True, device="auto",
+            keep_model_loaded=True, auto_download=True, model="human", audio=None, crf=19, preset="medium",
+            save_output=True, prompt=None, extra_pnginfo=None):
+        models = lp.get_liveportrait(model, device=device, download=auto_download)
+        try:
+            source = lp.portrait_source(models, portrait, device=device, precision=precision)
+            x_d = lp.motion_keypoints(models, source, motion, relative=relative, region=region, stitching=stitching,
+                                      multiplier=multiplier, expression_friendly=expression_friendly,
+                                      normalize_lip=normalize_lip)
+            if paste_back:
+                h, w = (int(v) for v in portrait.full.shape[1:3])
+            else:
+                h = w = int(models.config.get("output_size", 512))
+            path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=w,
+                                                        height=h)
+            with core_video.VideoWriter(path, fps=fps, audio=audio, crf=crf, preset=preset,
+                                        expected_frames=int(x_d.shape[0]),
+                                        metadata=file_metadata(prompt, extra_pnginfo)) as writer:
+                lp.render_to_video(models, source, x_d, writer, portrait.full if paste_back else None,
+                                   batch_size=batch_size, device=device, precision=precision,
+                                   progress=progress("LivePortraitRenderVideo"))
+        finally:
+            if not keep_model_loaded:
+                CACHE.unload("liveportrait")
+        ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": kind}], "animated": (True,)}
+        return {"ui": ui, "result": (str(path),)}
 
 
 @register("SaveMotion", "SaveMotion")
@@ -184,8 +230,16 @@ class SaveMotion:
     def run(self, motion, filename_prefix):
         path, subfolder, filename, kind = save_path(filename_prefix, "safetensors")
         tmp = path.with_name("." + filename + ".partial")
-        motion.save(tmp)
-        tmp.replace(path)
+        try:
+            motion.save(tmp)
+            tmp.replace(path)
+        except Exception as exc:  # safetensors' I/O errors are not OSErrors; nothing half-written may stay
+            from ..core.video import VideoWriteError
+
+            if tmp.is_file():
+                tmp.unlink()
+            raise VideoWriteError(f"cannot write {filename} into {path.parent}: {exc} "
+                                  f"(is the output folder writable?)") from exc
         return {"ui": {"text": [f"saved {len(motion)} frames of motion to {subfolder + '/' if subfolder else ''}"
                                 f"{filename}"]}, "result": (str(path),)}
 

@@ -38,6 +38,7 @@ def test_pack_loads_from_odd_folder_name_with_complete_specs(pack):
     mappings, names = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
     assert set(mappings) == {"TalkingHead_LoadPortrait", "TalkingHead_ResizePad256", "TalkingHead_MuxVideo",
                              "TalkingHead_UnloadModels", "TalkingHead_FOMAnimate", "TalkingHead_LivePortraitRender",
+                             "TalkingHead_LivePortraitRenderVideo",
                              "TalkingHead_LivePortraitExtractMotion", "TalkingHead_SaveMotion",
                              "TalkingHead_LoadMotion", "TalkingHead_ProceduralMotion",
                              "TalkingHead_AudioToEmbedding", "TalkingHead_MotionDiT",

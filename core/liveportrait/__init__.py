@@ -9,6 +9,11 @@ Library use::
     motion = extract_motion(models, driving_crops, fps=25)     # or a Motion from MotionDiT / procedural
     x_d = driving_keypoints(source.motion, motion, DriveOptions(), models.stitching, models.lip, models.eye)
     for frames in render_frames(models, source, x_d, batch_size=4): ...
+    # or, from LoadPortrait's portrait, straight into an mp4 with memory bounded by one batch:
+    source = portrait_source(models, portrait)
+    x_d = motion_keypoints(models, source, motion)
+    with VideoWriter(path, fps=motion.fps, audio=audio, expected_frames=len(x_d)) as writer:
+        render_to_video(models, source, x_d, writer, full=portrait.full)
 """
 from __future__ import annotations
 
@@ -23,10 +28,10 @@ from ..device import resolve_device
 from ..errors import CheckpointError
 from .load import KINDS, LivePortraitModels, load_liveportrait, load_module, load_retargeting, preset
 from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
-from .render import LivePortraitSource, extract_motion, portrait_source, prepare_source, render_frames, warp_decode
+from .render import (MASK_TEMPLATE, LivePortraitSource, extract_motion, mask_template, motion_keypoints,
+                     portrait_source, prepare_source, render_frames, render_pasted, render_to_video, warp_decode)
 
 PRESETS = ("liveportrait", "tiny")
-MASK_TEMPLATE = Path(__file__).resolve().parent / "configs" / "mask_template.png"
 
 
 #: model sets: the human models, and the animal ones (v1.1 the official default, v1.0 the first release).
@@ -49,15 +54,24 @@ def detect_preset(appearance_path) -> dict:
     from .appearance import AppearanceFeatureExtractor
 
     state = load_state_dict(appearance_path)
+    official = None
     for name in PRESETS:
         cfg = preset(name)
         with torch.device("meta"):
             module = AppearanceFeatureExtractor(**cfg["model_params"]["appearance_feature_extractor_params"])
+        official = official or module
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         if expected == {k: tuple(v.shape) for k, v in state.items()}:
             return cfg
+    # say what the file is instead: the family it looks like, and its keys against the official model's
+    details = ""
+    try:
+        weights.check_state_dict(official, state, "the file")
+    except CheckpointError as exc:
+        details = "\n" + str(exc).split("\n", 1)[-1] + " (compared with the official file)"
     raise CheckpointError(f"{Path(appearance_path).name} matches no known LivePortrait configuration "
-                          f"({', '.join(PRESETS)}); is it a LivePortrait appearance_feature_extractor?")
+                          f"({', '.join(PRESETS)}); is it a LivePortrait appearance_feature_extractor?"
+                          f"{weights.looks_like(state, 'liveportrait/appearance')}{details}")
 
 
 def resolve_paths(variant: str = "human", download: bool = True, folder: Optional[Path] = None) -> Dict[str, Path]:
@@ -86,5 +100,5 @@ def get_liveportrait(variant: str = "human", device="auto", download: bool = Tru
 
 __all__ = ["DriveOptions", "KINDS", "VARIANTS", "LivePortraitModels", "LivePortraitSource", "MASK_TEMPLATE", "Motion",
            "SourceMotion", "detect_preset", "driving_keypoints", "extract_motion", "file_ids", "get_liveportrait",
-           "load_liveportrait", "load_module", "load_retargeting", "portrait_source", "preset", "prepare_source", "render_frames",
-           "resolve_paths", "warp_decode"]
+           "load_liveportrait", "load_module", "load_retargeting", "mask_template", "motion_keypoints", "portrait_source",
+           "preset", "prepare_source", "render_frames", "render_pasted", "render_to_video", "resolve_paths", "warp_decode"]

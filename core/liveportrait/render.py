@@ -6,11 +6,16 @@
 * :func:`extract_motion`: driving frames (face crops) -> a :class:`~.motion.Motion`, in batches.
 * :func:`render_frames`: driving keypoints -> frames, ``batch_size`` at a time on the device,
   yielded as they come (memory bounded for long sequences).
+* :func:`motion_keypoints`: a :class:`~.motion.Motion` + the render flags -> driving keypoints.
+* :func:`render_pasted`: :func:`render_frames` with each batch pasted back into the full
+  portrait, yielded as ``(faces, frames)``; :func:`render_to_video` hands every batch to a frame
+  sink (a :class:`core.video.VideoWriter`) as it comes, so memory does not grow with the length.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 
@@ -20,9 +25,20 @@ from ..progress import Progress, ProgressFn
 from ..resize import image_to_square_nchw
 from . import kinematics as K
 from .load import LivePortraitModels
-from .motion import Motion, SourceMotion
+from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
 
 INPUT_SIZE = 256
+MASK_TEMPLATE = Path(__file__).resolve().parent / "configs" / "mask_template.png"
+_MASK: Optional[torch.Tensor] = None
+
+
+def mask_template() -> torch.Tensor:
+    """LivePortrait's paste-back mask ``[S,S]`` (0..1), loaded once."""
+    global _MASK
+    if _MASK is None:
+        from ..image import load_image
+        _MASK = load_image(MASK_TEMPLATE)[0, ..., 0]
+    return _MASK
 
 
 @dataclass
@@ -131,3 +147,58 @@ def render_frames(models: LivePortraitModels, source: LivePortraitSource, x_d: t
             frames = out.float().cpu()
             bar.step(preview=frames[-1].permute(1, 2, 0))
             yield frames
+
+
+def motion_keypoints(models: LivePortraitModels, source: LivePortraitSource, motion: Motion, relative: bool = True,
+                     region: str = "all", stitching: bool = True, multiplier: float = 1.0,
+                     expression_friendly: bool = False, normalize_lip: bool = False) -> torch.Tensor:
+    """Driving keypoints ``x_d`` [T,21,3] for ``motion`` on ``source`` with the render flags. A composed
+    motion (MotionDiT / procedural) that carries lip and eye open ratios drives them through
+    LivePortrait's retargeting networks."""
+    retarget = bool(motion.composed)
+    opts = DriveOptions(relative=relative, region=region, stitching=stitching, multiplier=multiplier,
+                        expression_friendly=expression_friendly, normalize_lip=normalize_lip,
+                        lip_retargeting=retarget and motion.lip is not None,
+                        eye_retargeting=retarget and motion.eyes is not None)
+    return driving_keypoints(source.motion, motion, opts, models.stitching, models.lip, models.eye)
+
+
+def render_pasted(models: LivePortraitModels, source: LivePortraitSource, x_d: torch.Tensor,
+                  full: Optional[torch.Tensor] = None, batch_size: int = 4, device=None, precision: str = "auto",
+                  progress: Optional[ProgressFn] = None,
+                  mask: Optional[torch.Tensor] = None) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """Yield ``(faces [B,S,S,3], frames [B,H,W,3])`` per batch (IMAGE layout, float32 CPU): the rendered
+    face crops and, when ``full`` (the portrait ``[1,H,W,3]``) is given, the faces pasted back into it
+    the way LivePortrait does (``source.record``, its mask template, no pre-filtering); else ``None``.
+    Nothing is kept between batches."""
+    if full is not None and source.record is None:
+        raise InputError("paste-back needs the face crop's record (make the source with portrait_source)")
+    if full is not None and mask is None:
+        mask = mask_template()
+    from ..face import paste_back
+
+    for batch in render_frames(models, source, x_d, batch_size=batch_size, device=device, precision=precision,
+                               progress=progress):
+        faces = batch.permute(0, 2, 3, 1)
+        frames = None
+        if full is not None:
+            frames = paste_back(full, faces, source.record, mask=mask, device=device, antialias=False,
+                                premultiplied=False)
+        yield faces, frames
+
+
+def render_to_video(models: LivePortraitModels, source: LivePortraitSource, x_d: torch.Tensor, writer,
+                    full: Optional[torch.Tensor] = None, batch_size: int = 4, device=None, precision: str = "auto",
+                    progress: Optional[ProgressFn] = None, mask: Optional[torch.Tensor] = None) -> int:
+    """Render and hand every batch to ``writer`` as soon as it is ready: the pasted frames (or the face
+    crops without ``full``) as IMAGE ``[B,H,W,3]``. ``writer`` is a :class:`core.video.VideoWriter` or
+    any object with ``write(frames)`` (or a plain callable). Memory stays at one batch whatever the
+    length. Returns the number of frames written."""
+    sink: Callable[[torch.Tensor], None] = writer.write if hasattr(writer, "write") else writer
+    done = 0
+    for faces, frames in render_pasted(models, source, x_d, full, batch_size=batch_size, device=device,
+                                       precision=precision, progress=progress, mask=mask):
+        out = frames if frames is not None else faces
+        sink(out)
+        done += int(out.shape[0])
+    return done

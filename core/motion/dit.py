@@ -18,7 +18,7 @@ from .. import weights
 from ..audio_features import DITTO_EXPECTED, AudioEmbeddings, check_spec
 from ..cache import CACHE, file_key
 from ..device import resolve_device
-from ..errors import InputError
+from ..errors import InputError, WeightsMissingError
 from ..liveportrait.motion import LIP_KPS, Motion
 
 FAMILIES = {"ditto": "ditto/lmdm_v0.4_hubert", "joyvasa": "joyvasa/motion_generator"}
@@ -79,9 +79,11 @@ def _ditto_cfg(download: bool):
     from . import ditto
 
     try:
-        return ditto.load_cfg(weights.resolve("ditto/cfg_pytorch", download=download))
-    except Exception:  # the cfg is optional: the reference defaults apply without it
+        path = weights.resolve("ditto/cfg_pytorch", download=download)
+    except WeightsMissingError:  # the cfg is optional: the reference defaults apply without it
         return ditto.DittoCfg()
+    # a cfg that is there but unreadable, or that tries to run code, is an error, not silently skipped
+    return ditto.load_cfg(path)
 
 
 def generate_motion(embeddings: AudioEmbeddings, source, checkpoint: str, steps: int = 50, guidance: float = 2.0,

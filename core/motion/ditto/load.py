@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ...errors import CheckpointError
-from ...weights import check_state_dict, flatten_state, load_checkpoint, load_pickle
+from ...weights import check_state_dict, flatten_state, load_checkpoint, load_pickle, looks_like
 from .model import LMDM, infer_config
 
 PREFIX = "model_state_dict."
@@ -61,7 +61,11 @@ def load_lmdm(path: os.PathLike, num_heads: Optional[int] = None, device="cpu",
     path = Path(path)
     state = lmdm_state_dict(path)
     heads = num_heads or _metadata_heads(path)
-    cfg = infer_config(state, heads)
+    try:
+        cfg = infer_config(state, heads)
+    except CheckpointError as exc:
+        hint = looks_like(state, "ditto")
+        raise CheckpointError(f"{path.name}: {exc}" + (f".{hint}" if hint else "")) from exc
     model = LMDM(**cfg)
     check_state_dict(model, state, f"{path.name} (Ditto LMDM)")
     model.load_state_dict(state, strict=True)

@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from ...errors import CheckpointError
-from ...weights import check_state_dict, load_checkpoint
+from ...weights import check_state_dict, load_checkpoint, looks_like
 from .model import JoyVASA, hubert_base_config, make_config
 
 TE_KEY = "denoising_net.TE.pe"
@@ -218,9 +218,12 @@ def load_joyvasa(path: os.PathLike, pe_mode: str = "constant_row", config: Optio
     try:
         cfg = _merge(infer_config(state, args, _explicit_heads(explicit)), explicit)
     except CheckpointError as exc:
-        raise CheckpointError(f"{path.name}: {exc}") from exc
+        hint = looks_like(state, "joyvasa")
+        raise CheckpointError(f"{path.name}: {exc}" + (f".{hint}" if hint else "")) from exc
     except (KeyError, IndexError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path.name}: not a JoyVASA motion generator ({type(exc).__name__}: {exc})") from exc
+        hint = looks_like(state, "joyvasa")
+        raise CheckpointError(f"{path.name}: not a JoyVASA motion generator ({type(exc).__name__}: {exc})"
+                              + (f".{hint}" if hint else "")) from exc
     model = JoyVASA(cfg, pe_mode=pe_mode)
     state = prepare_state(model, state, f"{path.name} (JoyVASA motion generator)")
     model.load_state_dict(state, strict=True)
