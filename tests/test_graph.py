@@ -756,6 +756,153 @@ def test_api_to_ui_errors():
                         REGISTRY)
 
 
+def _box(ui_node):
+    """The area a UI node takes on the canvas: its title bar is drawn above ``pos``."""
+    x, y = ui_node["pos"]
+    w, h = ui_node["size"]
+    return x, y - 30, x + w, y + h
+
+
+def _inside(box, bounding):
+    gx, gy, gw, gh = bounding
+    return gx <= box[0] and gy <= box[1] and box[2] <= gx + gw and box[3] <= gy + gh
+
+
+def _overlap(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def meta_sample():
+    return {
+        "$comment": "comments are allowed",
+        "groups": [{"title": "in", "nodes": [1, 3, 5, "10"], "color": "green"},
+                   {"title": "work", "nodes": [2, 6], "color": "#123456", "font_size": 20},
+                   {"title": "out", "nodes": [4, 7]}],
+        "notes": [{"title": "About", "text": "what it does\n\n" + "word " * 200, "position": "top"},
+                  {"text": "models", "position": "top", "width": 300},
+                  {"text": "change this", "position": "group:in"},
+                  {"text": "right", "position": "right"},
+                  {"text": "left", "position": "left", "height": 90},
+                  {"text": "below", "position": "bottom"}],
+    }
+
+
+def test_api_to_ui_groups_and_notes():
+    prompt = api_sample()
+    ui = graph.api_to_ui(prompt, REGISTRY, meta_sample())
+    assert graph.ui_to_api(ui, REGISTRY) == prompt  # groups and notes change nothing
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    notes = [n for n in ui["nodes"] if n["type"] == "Note"]
+    assert [n["id"] for n in notes] == [11, 12, 13, 14, 15, 16] and ui["last_node_id"] == 16
+    assert ui["last_link_id"] == len(ui["links"]) == 5
+    about = nodes[11]
+    assert about["title"] == "About" and about["widgets_values"][0].startswith("what it does")
+    assert about["inputs"] == [] and about["outputs"] == [] and about["mode"] == 0
+    assert (about["color"], about["bgcolor"]) == (graph.NOTE_COLOR, graph.NOTE_BGCOLOR)
+    assert nodes[12]["title"] == "Note" and nodes[12]["size"][0] == 300
+    assert about["size"][1] >= graph.note_height(about["widgets_values"][0], about["size"][0]) > 100
+    assert nodes[15]["size"][1] == 90
+    groups = {g["title"]: g for g in ui["groups"]}
+    assert list(groups) == ["in", "work", "out"]
+    assert groups["in"]["color"] == graph.GROUP_COLORS["green"] and groups["work"]["color"] == "#123456"
+    assert groups["work"]["font_size"] == 20 and groups["out"]["font_size"] == 24
+    members = {"in": [1, 3, 5, 10, 13], "work": [2, 6], "out": [4, 7]}
+    for title, ids in members.items():
+        bounding = groups[title]["bounding"]
+        for node_id, ui_node in nodes.items():
+            if node_id in ids:
+                assert _inside(_box(ui_node), bounding), (title, node_id)
+            else:  # the editor adopts a node whose centre is inside a group
+                b = _box(ui_node)
+                centre = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+                assert not _inside(centre + centre, bounding), (title, node_id)
+    boxes = [_box(n) for n in ui["nodes"]]
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if _overlap(a, b)]
+    group_boxes = [(x, y, x + w, y + h) for x, y, w, h in (g["bounding"] for g in ui["groups"])]
+    assert not any(_overlap(a, b) for i, a in enumerate(group_boxes) for b in group_boxes[i + 1:])
+    # places: top row above everything else, left/right/bottom around the groups
+    top = min(b[1] for b in group_boxes)
+    assert _box(nodes[11])[3] < top and _box(nodes[12])[3] < top and _box(nodes[12])[0] > _box(nodes[11])[2]
+    assert _box(nodes[14])[0] > max(b[2] for b in group_boxes)
+    assert _box(nodes[15])[2] < min(b[0] for b in group_boxes)
+    assert _box(nodes[16])[1] > max(b[3] for b in group_boxes)
+    assert min(min(b[0] for b in boxes + group_boxes), min(b[1] for b in boxes + group_boxes)) == 50
+    json.dumps(ui)
+
+
+def test_api_to_ui_layout_columns_and_order():
+    prompt = api_sample()
+    ui = graph.api_to_ui(prompt, REGISTRY, {"columns": {"3": 2}})
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert nodes[3]["pos"][0] == nodes[4]["pos"][0] - 420  # its consumer moved right with it
+    assert nodes[1]["pos"][0] < nodes[2]["pos"][0] < nodes[3]["pos"][0] < nodes[4]["pos"][0]
+    assert graph.ui_to_api(ui, REGISTRY) == prompt
+    # a column is ordered by where the sources are: fewer crossing links
+    prompt = {"1": node("Const", "A", value=1), "2": node("Const", "B", value=2),
+              "3": node("Add", "from B", a=["2", 0], b=["2", 0]), "4": node("Add", "from A", a=["1", 0], b=["1", 0])}
+    nodes = {n["id"]: n for n in graph.api_to_ui(prompt, REGISTRY)["nodes"]}
+    assert nodes[1]["pos"][1] < nodes[2]["pos"][1] and nodes[4]["pos"][1] < nodes[3]["pos"][1]
+    boxes = [_box(n) for n in nodes.values()]
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_api_to_ui_stacked_groups_share_no_rows():
+    """Two groups over the same columns are stacked; a group in other columns starts at the top."""
+    prompt = {"1": node("Const", "A", value=1), "2": node("Add", "A+", a=["1", 0], b=["1", 0]),
+              "3": node("Const", "B", value=2), "4": node("Add", "B+", a=["3", 0], b=["3", 0]),
+              "5": node("Add", "sum", a=["2", 0], b=["4", 0]), "6": node("Record", "show", value=["5", 0])}
+    meta = {"groups": [{"title": "a", "nodes": [1, 2]}, {"title": "b", "nodes": [3, 4]},
+                       {"title": "end", "nodes": [5, 6]}]}
+    ui = graph.api_to_ui(prompt, REGISTRY, meta)
+    g = {x["title"]: x["bounding"] for x in ui["groups"]}
+    assert g["b"][1] >= g["a"][1] + g["a"][3] and g["end"][1] == g["a"][1]
+    assert g["a"][0] == g["b"][0] and g["end"][0] >= g["a"][0] + g["a"][2]
+
+
+def test_api_to_ui_explicit_positions():
+    prompt = api_sample()
+    meta = {"positions": {"10": [3000, 2000]}, "notes": [{"text": "x", "pos": [-500, -400], "id": 99}],
+            "groups": [{"title": "far", "nodes": [10]}]}
+    ui = graph.api_to_ui(prompt, REGISTRY, meta)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert nodes[10]["pos"] == [3000, 2000] and nodes[99]["pos"] == [-500, -400] and ui["last_node_id"] == 99
+    assert _inside(_box(nodes[10]), ui["groups"][0]["bounding"])
+    assert graph.ui_to_api(ui, REGISTRY) == prompt
+
+
+@pytest.mark.parametrize("meta, message", [
+    ([], "must be a JSON object"),
+    ({"group": []}, "unknown key 'group'"),
+    ({"groups": [{"nodes": [1]}]}, "group 1 needs a 'title'"),
+    ({"groups": [{"title": "a", "nodes": [42]}]}, "lists node 42, which is not in the workflow"),
+    ({"groups": [{"title": "a", "nodes": [1]}, {"title": "b", "nodes": [1]}]}, "node 1 is in two groups"),
+    ({"groups": [{"title": "a", "nodes": [1], "color": "mauve"}]}, "color 'mauve' is neither"),
+    ({"groups": [{"title": "a"}, {"title": "a"}]}, "two groups are titled 'a'"),
+    ({"notes": [{"title": "x"}]}, "note 1 needs a 'text'"),
+    ({"notes": [{"text": "x", "position": "middle"}]}, "position 'middle' is not one of"),
+    ({"notes": [{"text": "x", "position": "group:nope"}]}, "'group:nope' names no group"),
+    ({"notes": [{"text": "x", "id": 2}]}, "id 2 must be a positive integer that no other node uses"),
+    ({"notes": [{"text": "x", "pos": [1]}]}, "'pos' must be \\[x, y\\]"),
+    ({"positions": {"42": [0, 0]}}, "'positions' names node 42"),
+    ({"columns": {"1": -1}}, "'columns' of node 1 must be a whole number"),
+])
+def test_check_meta_errors(meta, message):
+    with pytest.raises(graph.GraphError, match=message):
+        graph.api_to_ui(api_sample(), REGISTRY, meta)
+
+
+def test_meta_path(tmp_path):
+    assert graph.meta_path("workflows/a.api.json").as_posix() == "workflows/a.meta.json"
+    assert graph.meta_path("a.json").name == "a.meta.json" and graph.meta_path("a.txt").name == "a.txt.meta.json"
+    bad = tmp_path / "bad.meta.json"
+    bad.write_text("[1]")
+    with pytest.raises(InputError, match="must be a JSON object"):
+        graph.load_meta(bad)
+    bad.write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        graph.load_meta(bad)
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -192,3 +192,115 @@ def test_shipped_workflows_are_consistent(cli, monkeypatch):
         api = json.loads(api_path.read_text())
         assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == api, ui_path.name
         graph.validate(api, reg)
+
+
+SHIPPED = sorted(p.name[:-len(".api.json")] for p in (ROOT / "workflows").glob("*.api.json"))
+
+
+def _ui_box(node):
+    """The area a UI node takes on the canvas: the editor draws its title bar above ``pos``."""
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y - 30, x + w, y + h
+
+
+def _rect(bounding):
+    x, y, w, h = bounding
+    return x, y, x + w, y + h
+
+
+def _contains(outer, inner):
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and inner[2] <= outer[2] and inner[3] <= outer[3]
+
+
+def _overlap(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_workflow_layout(name):
+    """Each UI workflow has its groups and notes (from NAME.meta.json), groups frame exactly
+    their members, nothing overlaps, and the file is what ComfyUI's loader expects."""
+    ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
+    meta = json.loads((ROOT / "workflows" / f"{name}.meta.json").read_text())
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    notes = [n for n in ui["nodes"] if n["type"] == "Note"]
+    assert ui["groups"] and notes, f"{name}: no group or no Note"
+    for note in notes:
+        assert note["inputs"] == [] and note["outputs"] == []
+        assert isinstance(note["widgets_values"][0], str) and note["widgets_values"][0].strip()
+    # every group frames its members (title bars included); no other node's centre is inside
+    members = {g["title"]: [int(i) for i in g["nodes"]] for g in meta["groups"]}
+    for note in meta.get("notes", []):
+        if note.get("position", "").startswith("group:"):
+            members[note["position"][len("group:"):]].append(next(
+                n["id"] for n in notes if n["widgets_values"][0] == note["text"]))
+    assert [g["title"] for g in ui["groups"]] == list(members)
+    for group in ui["groups"]:
+        frame = _rect(group["bounding"])
+        for node_id, node in nodes.items():
+            box = _ui_box(node)
+            if node_id in members[group["title"]]:
+                assert _contains(frame, box), f"{name}: node {node_id} sticks out of group '{group['title']}'"
+            else:
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                assert not _contains(frame, (cx, cy, cx, cy)), \
+                    f"{name}: node {node_id} would be taken into group '{group['title']}'"
+    boxes = {i: _ui_box(n) for i, n in nodes.items()}
+    ids = sorted(boxes)
+    overlaps = [(a, b) for k, a in enumerate(ids) for b in ids[k + 1:] if _overlap(boxes[a], boxes[b])]
+    assert not overlaps, f"{name}: overlapping nodes {overlaps}"
+    frames = [_rect(g["bounding"]) for g in ui["groups"]]
+    assert not any(_overlap(a, b) for k, a in enumerate(frames) for b in frames[k + 1:]), f"{name}: groups overlap"
+    # the parts of ComfyUI's workflow schema (version 0.4) the converter writes
+    assert ui["version"] == 0.4 and ui["last_node_id"] == max(nodes)
+    assert ui["last_link_id"] == max((link[0] for link in ui["links"]), default=0)
+    for group in ui["groups"]:
+        assert isinstance(group["title"], str) and len(group["bounding"]) == 4 and group["color"].startswith("#")
+        # the editor draws the title unclipped (about 0.55 em a character in its font)
+        assert len(group["title"]) * group["font_size"] * 0.55 <= group["bounding"][2] - 10, \
+            f"{name}: group title '{group['title']}' is wider than its group"
+    for node in ui["nodes"]:
+        assert isinstance(node["id"], int) and len(node["pos"]) == 2 and len(node["size"]) == 2
+        assert isinstance(node["order"], int) and node["mode"] == 0 and isinstance(node["properties"], dict)
+    for link_id, src, src_slot, dst, dst_slot, link_type in ui["links"]:
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+        assert nodes[src]["outputs"][src_slot]["type"] == link_type
+
+
+def test_shipped_ui_files_are_generated(cli, tmp_path):
+    """`run.py convert NAME.api.json NAME.json` (with NAME.meta.json) gives the shipped UI file."""
+    module, registry = cli
+    for name in SHIPPED:
+        api = ROOT / "workflows" / f"{name}.api.json"
+        assert (ROOT / "workflows" / f"{name}.meta.json").is_file(), f"{name}.meta.json is missing"
+        out = tmp_path / f"{name}.json"
+        assert module.main(["convert", str(api), str(out)], registry) == 0
+        assert json.loads(out.read_text()) == json.loads((ROOT / "workflows" / f"{name}.json").read_text()), \
+            f"{name}.json is out of date: python run.py convert workflows/{name}.api.json workflows/{name}.json"
+    # --meta picks another file; without a sidecar the graph is laid out bare
+    bare = tmp_path / "bare.api.json"
+    bare.write_text((ROOT / "workflows" / "portrait_still_video.api.json").read_text())
+    assert module.main(["convert", str(bare), str(tmp_path / "bare.json")], registry) == 0
+    assert json.loads((tmp_path / "bare.json").read_text())["groups"] == []
+    meta = ROOT / "workflows" / "portrait_still_video.meta.json"
+    assert module.main(["convert", str(bare), str(tmp_path / "bare.json"), "--meta", str(meta)], registry) == 0
+    assert json.loads((tmp_path / "bare.json").read_text()) == json.loads(
+        (ROOT / "workflows" / "portrait_still_video.json").read_text())
+
+
+def test_graph_pictures(tmp_path):
+    """docs/make_graph_images.py draws a workflow; every shipped workflow has its picture."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_graph_images", ROOT / "docs" / "make_graph_images.py")
+    pictures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pictures)
+    ui = json.loads((ROOT / "workflows" / "portrait_still_video.json").read_text())
+    image = pictures.draw_workflow(ui, "portrait_still_video", {})
+    pictures.save(image, tmp_path / "still.png")
+    with Image.open(tmp_path / "still.png") as png:
+        assert png.width == pictures.WIDTH and png.height > 300 and png.mode == "P"
+    missing = [name for name in SHIPPED if not (ROOT / "docs" / "images" / f"{name}.png").is_file()]
+    assert not missing, f"no picture for {missing}: python docs/make_graph_images.py"
