@@ -3,9 +3,17 @@
 Skipped unless ``COMFYUI_DIR`` points at a ComfyUI checkout whose requirements are installed in
 the Python that runs it. The test never touches that checkout: it starts
 ``python main.py --cpu --base-directory <tmp>`` where ``<tmp>/custom_nodes`` holds only a
-symlink to this repository under a folder name that is not a Python identifier, and
-``<tmp>/input`` holds the example portrait and speech. The server listens on a free port
-of 127.0.0.1 only and is always terminated.
+symlink to this repository under a folder name that is not a Python identifier,
+``<tmp>/input`` holds the example portrait, speech and driving videos (plus a 0.6 s and a 60 s
+speech clip and a 5-frame motion), and ``<tmp>/models`` holds the tiny test weights of every
+model family (LivePortrait, Ditto + a tiny HuBERT, JoyVASA, SDA, FOM), placed before the server
+starts. The server listens on a free port of 127.0.0.1 only and is always terminated.
+
+``test_api_workflow`` queues every ``workflows/*.api.json`` with the overrides listed in
+:data:`WORKFLOW_CASES` (tiny checkpoints, the ``center`` detector, short inputs) and checks the
+mp4 it writes; a new workflow without an entry there fails and says so. ``test_cancel_*``
+interrupt running prompts (during rendering and during the mp4 encode) and check that nothing is
+left behind and that the server still works.
 
 Optional variables:
 
@@ -14,6 +22,7 @@ Optional variables:
   ComfyUI 0.3.x imports torchvision and torchaudio at startup; on a machine without them, a
   folder of import-only stub modules can be given here.
 * ``COMFYUI_STARTUP_TIMEOUT``: seconds to wait for the server (default 180).
+* ``COMFYUI_PROMPT_TIMEOUT``: seconds one queued workflow may take (default 300).
 
 Example::
 
@@ -31,8 +40,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import wave
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, Optional, Tuple
 
+import numpy as np
 import pytest
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "").strip()
@@ -40,7 +53,8 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "").strip()
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run this test")
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOW = ROOT / "workflows" / "portrait_still_video.api.json"
+WORKFLOWS = ROOT / "workflows"
+WORKFLOW = WORKFLOWS / "portrait_still_video.api.json"
 EXAMPLES = ROOT / "examples"
 ODD_FOLDER_NAME = "ComfyUI-Talking Head.toolkit (it)"
 HOST = "127.0.0.1"
@@ -64,8 +78,109 @@ NODES = {  # node id -> display name
 
 STARTUP_TIMEOUT = float(os.environ.get("COMFYUI_STARTUP_TIMEOUT", "180"))
 HTTP_TIMEOUT = 30.0       # one request
-PROMPT_TIMEOUT = 240.0    # one queued workflow, from POST to a finished history entry
-POLL_INTERVAL = 0.5
+PROMPT_TIMEOUT = float(os.environ.get("COMFYUI_PROMPT_TIMEOUT", "300"))  # POST -> finished history entry
+POLL_INTERVAL = 0.2
+
+# inputs placed in <base>/input besides the examples
+SHORT_SPEECH = "speech_short.wav"     # a 0.6 s cut of examples/speech.wav (as the headless tests use)
+SHORT_SECONDS = 0.6
+LONG_SPEECH = "speech_long.wav"       # examples/speech.wav looped to 60 s: prompts that run long enough to cancel
+LONG_SECONDS = 60.0
+SHORT_MOTION = "motion.safetensors"   # the first 5 frames of examples/motion.safetensors
+
+# tiny checkpoints placed in <base>/models (names as the checkpoint combos list them)
+DITTO = "ditto/lmdm_v0.4_hubert.safetensors"
+JOYVASA = "joyvasa/motion_generator_hubert_chinese.safetensors"
+SDA = "tiny-grid.dat"
+FOM = "tiny-cpk.pth.tar"
+
+
+# --------------------------------------------------------------------------- workflow cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to run one ``workflows/<name>.api.json`` on the tiny weights and what it must write.
+
+    ``overrides``: node title (``_meta.title``) -> {input name: value}, like ``run.py --set
+    TITLE.INPUT=VALUE``. ``size``: (width, height) of the mp4; ``frames``: its frame count;
+    ``seconds``: its audio duration.
+    """
+
+    overrides: Dict[str, Dict[str, object]]
+    size: Tuple[int, int]
+    frames: int
+    seconds: float
+    audio_tol: float = 2e-3
+
+
+def _speaker(i: Optional[int] = None) -> Dict[str, Dict[str, object]]:
+    """Overrides of one classic SDA -> FOM speaker (titles 'portrait', 'sda', ... or 'portrait 1', ...)."""
+    n = "" if i is None else f" {i}"
+    return {f"portrait{n}": {"detector": "center"}, f"audio{n}": {"audio": SHORT_SPEECH},
+            f"sda{n}": {"face_alignment": "already aligned", "checkpoint": SDA},
+            f"animate{n}": {"checkpoint": FOM}}
+
+
+_LP_AUDIO = {"portrait": {"detector": "center"}, "audio": {"audio": SHORT_SPEECH}}
+
+#: workflow file stem -> its case. Every workflows/*.api.json needs an entry (test_api_workflow fails
+#: without one); the overrides mirror the headless tests (tests/test_classic.py, test_fom.py,
+#: test_lp_nodes.py, test_motion_nodes.py) and so do the expected sizes and frame counts.
+WORKFLOW_CASES: Dict[str, Case] = {
+    # 0.6 s at GRID's framing -> 15 frames of 128x96, padded to 256x256
+    "classic_sda_fom": Case(_speaker(), (256, 256), 15, SHORT_SECONDS),
+    "classic_two_speakers": Case({**_speaker(1), **_speaker(2)}, (256, 256), 30, 2 * SHORT_SECONDS),
+    # examples/driving.mp4: 50 frames, 2 s with its own sound track
+    "fom_animate_video": Case({"portrait": {"detector": "center"}, "animate": {"checkpoint": FOM}},
+                              (256, 256), 50, 2.0),
+    "liveportrait_ditto": Case({**_LP_AUDIO, "motion": {"checkpoint": DITTO, "steps": 4}}, (480, 600), 15,
+                               SHORT_SECONDS),
+    "liveportrait_joyvasa": Case({**_LP_AUDIO, "embeddings": {"joyvasa_checkpoint": JOYVASA},
+                                  "motion": {"checkpoint": JOYVASA, "steps": 4}}, (480, 600), 15, SHORT_SECONDS),
+    # 5 motion frames; the speech is trimmed to them
+    "liveportrait_motion_driven": Case({**_LP_AUDIO, "motion": {"motion_file": SHORT_MOTION}}, (480, 600), 5,
+                                       5 / 25),
+    "liveportrait_procedural": Case(dict(_LP_AUDIO), (480, 600), 15, SHORT_SECONDS),
+    # render and encode in one node (LivePortraitRenderVideo)
+    "liveportrait_procedural_long": Case(dict(_LP_AUDIO), (480, 600), 15, SHORT_SECONDS),
+    # tests/fixtures/driving_short.mp4: 6 face-crop frames at 25 fps
+    "liveportrait_video_driven": Case({"portrait": {"detector": "center"},
+                                       "driving video": {"file": "driving_short.mp4"},
+                                       "motion": {"crop": "as is (already face crops)"}}, (480, 600), 6, 6 / 25),
+    # one still frame held over the whole speech
+    "portrait_still_video": Case({"audio": {"audio": SHORT_SPEECH}}, (256, 256), 15, SHORT_SECONDS),
+}
+
+API_WORKFLOWS = sorted(p.name[:-len(".api.json")] for p in WORKFLOWS.glob("*.api.json"))
+
+
+def load_workflow(name: str, overrides: Optional[Dict[str, Dict[str, object]]] = None) -> dict:
+    """``workflows/<name>.api.json`` with ``overrides`` (title -> {input: value}) applied; an unknown
+    title or input fails (so a renamed node cannot silently drop an override)."""
+    prompt = json.loads((WORKFLOWS / f"{name}.api.json").read_text())
+    by_title = {}
+    for node_id, node in prompt.items():
+        title = node.get("_meta", {}).get("title", node_id)
+        assert title not in by_title, f"{name}: two nodes titled {title!r}"
+        by_title[title] = node_id
+    for title, values in (overrides or {}).items():
+        assert title in by_title, f"{name}.api.json has no node titled {title!r} (titles: {sorted(by_title)})"
+        inputs = prompt[by_title[title]]["inputs"]
+        for key, value in values.items():
+            assert key in inputs, f"{name}.api.json node {title!r} has no input {key!r} (inputs: {sorted(inputs)})"
+            inputs[key] = value
+    return prompt
+
+
+def video_nodes(prompt: dict) -> Dict[str, dict]:
+    """The nodes that write an mp4 (MuxVideo and the like): those with a ``filename_prefix`` input."""
+    return {i: n for i, n in prompt.items() if "filename_prefix" in n["inputs"]}
+
+
+def saved_files(outputs: dict) -> list:
+    """The ``{"filename", "subfolder", "type"}`` items of one node's UI output."""
+    return [x for v in outputs.values() if isinstance(v, list) for x in v if isinstance(x, dict) and "filename" in x]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,6 +198,8 @@ class Server:
     def __init__(self, proc: subprocess.Popen, port: int, base: Path, log: Path) -> None:
         self.proc, self.port, self.base, self.log = proc, port, base, log
         self.url = f"http://{HOST}:{port}"
+        self.output = base / "output"
+        self.tmp = base / "tmp"  # the server's TMPDIR
 
     def log_tail(self, chars: int = 6000) -> str:
         try:
@@ -111,24 +228,61 @@ class Server:
     def post(self, path: str, body):
         return self.request("POST", path, body)
 
-    def run_prompt(self, prompt: dict, **extra) -> dict:
-        """Queue ``prompt``, poll ``/history`` (bounded) and return its history entry."""
+    def alive(self) -> None:
+        assert self.proc.poll() is None, f"ComfyUI exited ({self.proc.returncode}):\n{self.log_tail()}"
+
+    def queue(self, prompt: dict, **extra) -> str:
+        """``POST /prompt``; returns the prompt id."""
         status, reply = self.post("/prompt", {"prompt": prompt, "client_id": "talkinghead-it", **extra})
         assert status == 200, f"POST /prompt -> {status}: {json.dumps(reply, indent=1)}"
         assert reply.get("node_errors") == {}, reply
-        prompt_id = reply["prompt_id"]
-        deadline = time.monotonic() + PROMPT_TIMEOUT
-        for _ in range(int(PROMPT_TIMEOUT / POLL_INTERVAL) + 1):
+        return reply["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = PROMPT_TIMEOUT) -> dict:
+        """Poll ``/history`` (bounded) until ``prompt_id`` finished; its history entry."""
+        deadline = time.monotonic() + timeout
+        while True:
             status, history = self.get(f"/history/{prompt_id}")
             assert status == 200, (status, history)
             entry = history.get(prompt_id)
             if entry and (entry["status"]["completed"] or entry["status"]["status_str"] == "error"):
                 return entry
-            assert self.proc.poll() is None, f"ComfyUI exited ({self.proc.returncode}):\n{self.log_tail()}"
+            self.alive()
             if time.monotonic() > deadline:
-                break
+                pytest.fail(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(POLL_INTERVAL)
-        pytest.fail(f"prompt {prompt_id} did not finish within {PROMPT_TIMEOUT:.0f} s:\n{self.log_tail()}")
+
+    def run_prompt(self, prompt: dict, **extra) -> dict:
+        """Queue ``prompt``, poll ``/history`` (bounded) and return its history entry."""
+        return self.wait(self.queue(prompt, **extra))
+
+    def running(self) -> list:
+        status, q = self.get("/queue")
+        assert status == 200, (status, q)
+        return [item[1] for item in q["queue_running"]]
+
+    def pending(self) -> list:
+        status, q = self.get("/queue")
+        assert status == 200, (status, q)
+        return [item[1] for item in q["queue_pending"]]
+
+    def output_files(self) -> set:
+        """Every file under output/ (relative paths), hidden ones included."""
+        if not self.output.is_dir():
+            return set()
+        return {p.relative_to(self.output).as_posix() for p in self.output.rglob("*") if p.is_file()}
+
+    def leftovers(self) -> list:
+        """Temporary files the pack may leave when something goes wrong: hidden or ``.partial``
+        files in output/, temp/ or the models folder, and mux work folders in the server's TMPDIR."""
+        found = []
+        for folder in (self.output, self.base / "temp", self.base / "models"):
+            if folder.is_dir():
+                found += [str(p) for p in folder.rglob("*")
+                          if p.name.startswith(".") or ".partial" in p.name or p.name.startswith(".download-")]
+        if self.tmp.is_dir():
+            found += [str(p) for p in self.tmp.iterdir() if p.name.startswith("talkinghead")]
+        return found
 
 
 def _errors(entry: dict) -> str:
@@ -147,6 +301,62 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
 
 
+def check_mp4(path: Path, size: Tuple[int, int], frames: Optional[int], seconds: float, tol: float = 2e-3) -> dict:
+    """The mp4 at ``path``: H.264 yuv420p of ``size`` with ``frames`` frames and ``seconds`` of AAC audio."""
+    from core import video
+
+    assert path.is_file(), path
+    info = video.probe(path)
+    assert info["video"] and info["video"]["codec"] == "h264" and info["video"]["pix_fmt"] == "yuv420p", info
+    got = (info["video"]["width"], info["video"]["height"])
+    assert got == tuple(size), (got, size, info)
+    if frames is not None:
+        assert info["video"]["frames"] == frames, info
+    assert info["audio"] and info["audio"]["codec"] == "aac", info
+    assert video.audio_duration(path) == pytest.approx(seconds, abs=tol), (video.audio_duration(path), seconds)
+    return info
+
+
+# --------------------------------------------------------------------------- inputs and tiny weights
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def place_inputs(input_dir: Path) -> None:
+    """The examples plus the short/long speech clips and the short motion, in the server's input/."""
+    from core.audio import load_audio
+    from core.liveportrait.motion import Motion
+    from test_motion_nodes import write_speech_clip
+
+    input_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("portrait.png", "speech.wav", "driving.mp4"):
+        shutil.copy2(EXAMPLES / name, input_dir / name)
+    shutil.copy2(ROOT / "tests" / "fixtures" / "driving_short.mp4", input_dir / "driving_short.mp4")
+    write_speech_clip(input_dir / SHORT_SPEECH, SHORT_SECONDS)
+    speech = load_audio(EXAMPLES / "speech.wav")
+    x = speech.waveform[0].numpy()
+    n = int(LONG_SECONDS * speech.sample_rate)
+    _write_wav(input_dir / LONG_SPEECH, np.tile(x, -(-n // len(x)))[:n], speech.sample_rate)
+    Motion.load(EXAMPLES / "motion.safetensors").frames(0, 5).save(input_dir / SHORT_MOTION)
+
+
+def place_models(models: Path) -> None:
+    """Every family's tiny weights in the server's models/ (the same helpers as the headless tests):
+    LivePortrait, Ditto with a tiny 1024-d HuBERT, JoyVASA, SDA and FOM."""
+    from test_classic import classic_models
+    from test_motion_nodes import tiny_ditto_models, tiny_joyvasa_models
+
+    tiny_ditto_models(models)   # + the LivePortrait set + audio_encoders/hubert-large-ls960-ft/
+    tiny_joyvasa_models(models)
+    classic_models(models)
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -163,23 +373,21 @@ def comfy(tmp_path_factory):
         (custom_nodes / ODD_FOLDER_NAME).symlink_to(ROOT, target_is_directory=True)
     except OSError as exc:  # e.g. Windows without the symlink privilege
         pytest.skip(f"cannot create a symlink here: {exc}")
-    (base / "input").mkdir()
-    for name in ("portrait.png", "speech.wav", "driving.mp4"):
-        shutil.copy2(EXAMPLES / name, base / "input" / name)
-    shutil.copy2(ROOT / "tests" / "fixtures" / "driving_short.mp4", base / "input" / "driving_short.mp4")
-    (base / "models" / "liveportrait").mkdir(parents=True)  # tiny seeded LivePortrait weights
-    for f in (ROOT / "tests" / "fixtures" / "liveportrait" / "weights").iterdir():
-        shutil.copy2(f, base / "models" / "liveportrait" / f.name)
-    (base / "models" / "fom").mkdir(parents=True)  # tiny random FOM weights (official layout)
-    shutil.copy2(ROOT / "tests" / "fixtures" / "fom" / "tiny-cpk.pth.tar", base / "models" / "fom" / "tiny-cpk.pth.tar")
+    # everything is in place BEFORE the server starts, as for a user who copied files then launched ComfyUI
+    place_inputs(base / "input")
+    place_models(base / "models")
+    (base / "tmp").mkdir()
 
     env = dict(os.environ)
     extra_path = os.environ.get("COMFYUI_PYTHONPATH", "").strip()
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH", "")) if p)
-    env["TALKINGHEAD_OFFLINE"] = "1"  # the workflow needs no weights: never download
+    env["TALKINGHEAD_OFFLINE"] = "1"  # the tiny weights are all there is: never download
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    env["TMPDIR"] = str(base / "tmp")  # so the test sees temporary files the pack leaves
+    for var in ("TALKINGHEAD_MODELS", "TALKINGHEAD_MODELS_DIR"):
+        env.pop(var, None)  # only <base>/models
 
     port = _free_port()
     log = base / "comfyui.log"
@@ -250,6 +458,19 @@ def test_model_folders_are_registered(comfy):
         assert status == 200 and isinstance(files, list), (key, status, files)
 
 
+def test_checkpoint_combos_list_the_tiny_weights(comfy):
+    """The checkpoint combos offer the files found in the models folder (official name first)."""
+    def combo(node, section, name):
+        status, info = comfy.get(f"/object_info/{node}")
+        assert status == 200, (status, info)
+        return info[node]["input"][section][name][0]
+
+    assert {DITTO, JOYVASA} <= set(combo("TalkingHead_MotionDiT", "required", "checkpoint"))
+    assert JOYVASA in combo("TalkingHead_AudioToEmbedding", "optional", "joyvasa_checkpoint")
+    assert SDA in combo("TalkingHead_SDABase", "required", "checkpoint")
+    assert FOM in combo("TalkingHead_FOMAnimate", "required", "checkpoint")
+
+
 def test_still_video_workflow(comfy):
     from core import video
 
@@ -309,34 +530,126 @@ def test_unload_models_passthrough_between_stages(comfy):
     assert "text" in entry["outputs"]["9"]
 
 
-def test_fom_workflow_with_native_video_nodes(comfy):
-    """workflows/fom_animate_video.api.json as shipped (ComfyUI's own LoadVideo and
-    GetVideoComponents), with the tiny official-layout checkpoint and the center detector."""
-    prompt = json.loads((ROOT / "workflows" / "fom_animate_video.api.json").read_text())
-    prompt["1"]["inputs"]["detector"] = "center"
-    prompt["5"]["inputs"]["checkpoint"] = "tiny-cpk.pth.tar"
+def test_every_workflow_case_has_a_workflow():
+    """No stale entries: each WORKFLOW_CASES key names an existing workflows/<key>.api.json."""
+    stale = sorted(set(WORKFLOW_CASES) - set(API_WORKFLOWS))
+    assert not stale, f"WORKFLOW_CASES has entries for missing workflows: {stale}"
+
+
+@pytest.mark.parametrize("name", API_WORKFLOWS)
+def test_api_workflow(comfy, name):
+    """workflows/<name>.api.json through the real server on the tiny weights: success, exactly one new
+    mp4 per MuxVideo in output/ with the expected size, frame count and AAC audio, nothing temporary left."""
+    case = WORKFLOW_CASES.get(name)
+    if case is None:
+        pytest.fail(f"workflows/{name}.api.json has no entry in WORKFLOW_CASES ({Path(__file__).relative_to(ROOT)}): "
+                    f"add the overrides it needs to run on the tiny test weights (checkpoint names, detector "
+                    f"'center', short inputs) and the size, frame count and audio length of its mp4")
+    prompt = load_workflow(name, case.overrides)
+    writers = video_nodes(prompt)
+    assert writers, f"{name}.api.json has no node that writes a video (no filename_prefix input)"
+    before = comfy.output_files()
     entry = comfy.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True, _errors(entry)
+    assert comfy.output_files() - before == check_outputs(comfy, entry, writers, case), "unexpected files in output/"
+    assert not comfy.leftovers(), comfy.leftovers()
+
+
+def check_outputs(comfy: Server, entry: dict, writers: Dict[str, dict], case: Case) -> set:
+    """Each writer node reported one mp4 in output/ named after its prefix, as ``case`` expects;
+    returns their paths relative to output/."""
+    written = set()
+    for node_id, node in writers.items():
+        items = saved_files(entry["outputs"].get(node_id, {}))
+        assert len(items) == 1, (node_id, entry["outputs"])
+        item = items[0]
+        sub, _, base = node["inputs"]["filename_prefix"].rpartition("/")
+        assert item["type"] == "output" and item["subfolder"] == sub, item
+        assert item["filename"].startswith(base + "_") and item["filename"].endswith("_.mp4"), item
+        rel = f"{sub}/{item['filename']}" if sub else item["filename"]
+        written.add(rel)
+        check_mp4(comfy.output / rel, case.size, case.frames, case.seconds, case.audio_tol)
+    return written
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def _partial_files(comfy: Server) -> list:
+    return [p for p in comfy.output.rglob("*") if ".partial" in p.name] if comfy.output.is_dir() else []
+
+
+#: stage -> (workflow, overrides, title of the node the interrupt must land in). Both run ~1500 frames
+#: (60 s of speech), minutes on a CPU; the interrupt comes once that node reported progress.
+CANCEL_CASES = {
+    # the interrupt lands inside LivePortraitRender (between batches)
+    "render": ("liveportrait_procedural", {"portrait": {"detector": "center"}, "audio": {"audio": LONG_SPEECH},
+                                            "video": {"filename_prefix": "TalkingHead/cancel_render"}}, "render"),
+    # a still 1024x1024 frame held over the speech, encoded slowly: the interrupt lands while MuxVideo
+    # streams into its hidden .partial file, which must go away
+    "mux": ("portrait_still_video", {"audio": {"audio": LONG_SPEECH}, "resize": {"size": 1024},
+                                     "video": {"filename_prefix": "TalkingHead/cancel_mux", "preset": "veryslow"}},
+            "video"),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(CANCEL_CASES))
+def test_cancel_running_prompt(comfy, stage):
+    """POST /interrupt while a long prompt runs: its history says interrupted (not success), no mp4 and no
+    temporary file is left, the queue is free and the same workflow on short inputs then runs normally."""
+    from comfy_ws import EventStream
+
+    workflow, overrides, title = CANCEL_CASES[stage]
+    prompt = load_workflow(workflow, overrides)
+    target = next(i for i, n in prompt.items() if n.get("_meta", {}).get("title") == title)
+    before = comfy.output_files()
+    client_id = f"talkinghead-it-cancel-{stage}"
+
+    def not_finished():
+        comfy.alive()
+        _, history = comfy.get(f"/history/{prompt_id}")
+        if history.get(prompt_id):
+            pytest.fail(f"prompt {prompt_id} finished before it was interrupted: {history[prompt_id]['status']}")
+
+    with EventStream(HOST, comfy.port, client_id) as events:
+        prompt_id = comfy.queue(prompt, client_id=client_id)
+        # the long node is at work: it reported progress (its first batch is done)
+        events.wait_for(lambda e: e["type"] == "progress" and e["data"].get("prompt_id") == prompt_id
+                        and e["data"].get("node") == target and e["data"]["value"] >= 1,
+                        timeout=180.0, while_waiting=not_finished)
+        assert prompt_id in comfy.running(), comfy.get("/queue")
+        if stage == "mux":
+            assert _partial_files(comfy), "MuxVideo is writing but no hidden .partial file is in output/"
+        t0 = time.monotonic()
+        status, _ = comfy.post("/interrupt", {"prompt_id": prompt_id})
+        assert status == 200
+        interrupted = events.wait_for(lambda e: e["type"] in ("execution_interrupted", "execution_error",
+                                                              "execution_success")
+                                      and e["data"].get("prompt_id") == prompt_id, timeout=120.0,
+                                      while_waiting=comfy.alive)
+        stopped_after = time.monotonic() - t0
+    assert interrupted["type"] == "execution_interrupted", interrupted
+    assert interrupted["data"]["node_id"] == target, (interrupted, title)
+    assert stopped_after < 60.0, f"the prompt took {stopped_after:.1f} s to stop after the interrupt"
+
+    entry = comfy.wait(prompt_id, timeout=60.0)
+    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False, entry["status"]
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds and "execution_success" not in kinds, kinds
+    assert not entry["outputs"].get(target), entry["outputs"]
+    deadline = time.monotonic() + 30
+    while prompt_id in comfy.running() + comfy.pending() and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+    assert prompt_id not in comfy.running() + comfy.pending(), comfy.get("/queue")
+
+    assert comfy.output_files() == before, "the cancelled prompt left files in output/"
+    assert not comfy.leftovers(), comfy.leftovers()
+
+    # the server goes on: the same workflow on short inputs runs normally (cached models included)
+    case = WORKFLOW_CASES[workflow]
+    again = load_workflow(workflow, {**case.overrides,
+                                     "video": {"filename_prefix": f"TalkingHead/after_cancel_{stage}"}})
+    entry = comfy.run_prompt(again)
     assert entry["status"]["status_str"] == "success", _errors(entry)
-    item = entry["outputs"]["6"]["images"][0]
-    mp4 = comfy.base / "output" / item["subfolder"] / item["filename"]
-    from core import video
-
-    info = video.probe(mp4)
-    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (256, 256, 50)
-    assert info["audio"]["codec"] == "aac"
-
-
-def test_liveportrait_video_driven_workflow(comfy):
-    """workflows/liveportrait_video_driven.api.json with the tiny weights: the pack's PORTRAIT and
-    MOTION types flow between nodes in the real server."""
-    prompt = json.loads((ROOT / "workflows" / "liveportrait_video_driven.api.json").read_text())
-    prompt["1"]["inputs"]["detector"] = "center"
-    prompt["2"]["inputs"]["file"] = "driving_short.mp4"
-    prompt["4"]["inputs"]["crop"] = "as is (already face crops)"
-    entry = comfy.run_prompt(prompt)
-    assert entry["status"]["status_str"] == "success", _errors(entry)
-    item = entry["outputs"]["6"]["images"][0]
-    from core import video
-
-    info = video.probe(comfy.base / "output" / item["subfolder"] / item["filename"])
-    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (480, 600, 6)
+    assert comfy.output_files() - before == check_outputs(comfy, entry, video_nodes(again), case)
+    assert not comfy.leftovers(), comfy.leftovers()
