@@ -3,7 +3,7 @@
 Started through ``run.py`` at the pack root, which loads the pack (under any folder name) and
 passes its node registry here, so this module never imports the node layer itself::
 
-    python run.py workflows/portrait_still.api.json --set portrait.image=me.jpg --set audio.audio=hi.wav
+    python run.py workflows/api/portrait_still_video.api.json --set portrait.image=me.jpg --set audio.audio=hi.wav
     python run.py weights list | weights where ID | weights fetch ID | weights convert SRC [DST]
     python run.py probe output/TalkingHead/talk_00001_.mp4
 """

@@ -455,7 +455,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("names", nargs="*", help="workflow names (default: all, plus the example inputs)")
     args = parser.parse_args(argv)
     registry = load_registry()
-    names = args.names or sorted(p.name[:-len(".api.json")] for p in WORKFLOWS.glob("*.api.json"))
+    names = args.names or sorted(p.name[:-len(".api.json")] for p in (WORKFLOWS / "api").glob("*.api.json"))
     for name in names:
         workflow = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
         save(draw_workflow(workflow, name, registry), OUT / f"{name}.png")

@@ -71,7 +71,7 @@ def test_readme_command_makes_the_video(tmp_path):
 
 
 def test_api_format_and_overrides_with_outside_files(tmp_path):
-    api = ROOT / "workflows" / "portrait_still_video.api.json"
+    api = ROOT / "workflows" / "api" / "portrait_still_video.api.json"
     photo = tmp_path / "photos" / "me.png"
     photo.parent.mkdir()
     Image.new("RGB", (90, 60), (200, 120, 90)).save(photo)
@@ -108,7 +108,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, override, message):
 @pytest.mark.parametrize("name", ["/etc/passwd", "/etc/hostname", "C:\\Windows\\win.ini", "sub/../../x.png"])
 def test_hostile_file_names_inside_a_shared_workflow(tmp_path, name):
     """A workflow from someone else may name any path: only the input folder is readable."""
-    api = json.loads((ROOT / "workflows" / "portrait_still_video.api.json").read_text())
+    api = json.loads((ROOT / "workflows" / "api" / "portrait_still_video.api.json").read_text())
     api["1"]["inputs"]["image"] = name
     (tmp_path / "shared.json").write_text(json.dumps(api))
     res = run_cli(tmp_path, tmp_path / "shared.json", "--input-dir", EXAMPLES, "--quiet")
@@ -168,7 +168,7 @@ def test_other_commands(tmp_path):
     res = run_cli(tmp_path, "convert", WORKFLOW, tmp_path / "api.json")
     assert res.returncode == 0
     assert json.loads((tmp_path / "api.json").read_text()) == json.loads(
-        (ROOT / "workflows" / "portrait_still_video.api.json").read_text())
+        (ROOT / "workflows" / "api" / "portrait_still_video.api.json").read_text())
     res = run_cli(tmp_path, "weights", "convert", ROOT / "tests" / "fixtures" / "fom" / "tiny-cpk.pth.tar",
                   tmp_path / "fom.safetensors")
     assert res.returncode == 0 and (tmp_path / "fom.safetensors").stat().st_size > 100_000
@@ -184,17 +184,17 @@ def test_shipped_workflows_are_consistent(cli, monkeypatch):
     graph = importlib.import_module(base + ".graph")
     monkeypatch.setattr(importlib.import_module(base + ".host").HOST, "input_dirs", lambda: [EXAMPLES])
     reg = registry()
-    api_files = sorted((ROOT / "workflows").glob("*.api.json"))
+    api_files = sorted((ROOT / "workflows" / "api").glob("*.api.json"))
     assert api_files
     for api_path in api_files:
-        ui_path = api_path.with_name(api_path.name.replace(".api.json", ".json"))
+        ui_path = ROOT / "workflows" / api_path.name.replace(".api.json", ".json")
         assert ui_path.is_file(), f"{ui_path.name} (UI format) is missing"
         api = json.loads(api_path.read_text())
         assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == api, ui_path.name
         graph.validate(api, reg)
 
 
-SHIPPED = sorted(p.name[:-len(".api.json")] for p in (ROOT / "workflows").glob("*.api.json"))
+SHIPPED = sorted(p.name[:-len(".api.json")] for p in (ROOT / "workflows" / "api").glob("*.api.json"))
 
 
 def _ui_box(node):
@@ -222,7 +222,7 @@ def test_shipped_workflow_layout(name):
     """Each UI workflow has its groups and notes (from NAME.meta.json), groups frame exactly
     their members, nothing overlaps, and the file is what ComfyUI's loader expects."""
     ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
-    meta = json.loads((ROOT / "workflows" / f"{name}.meta.json").read_text())
+    meta = json.loads((ROOT / "workflows" / "api" / f"{name}.meta.json").read_text())
     nodes = {n["id"]: n for n in ui["nodes"]}
     notes = [n for n in ui["nodes"] if n["type"] == "Note"]
     assert ui["groups"] and notes, f"{name}: no group or no Note"
@@ -273,18 +273,18 @@ def test_shipped_ui_files_are_generated(cli, tmp_path):
     """`run.py convert NAME.api.json NAME.json` (with NAME.meta.json) gives the shipped UI file."""
     module, registry = cli
     for name in SHIPPED:
-        api = ROOT / "workflows" / f"{name}.api.json"
-        assert (ROOT / "workflows" / f"{name}.meta.json").is_file(), f"{name}.meta.json is missing"
+        api = ROOT / "workflows" / "api" / f"{name}.api.json"
+        assert (ROOT / "workflows" / "api" / f"{name}.meta.json").is_file(), f"{name}.meta.json is missing"
         out = tmp_path / f"{name}.json"
         assert module.main(["convert", str(api), str(out)], registry) == 0
         assert json.loads(out.read_text()) == json.loads((ROOT / "workflows" / f"{name}.json").read_text()), \
-            f"{name}.json is out of date: python run.py convert workflows/{name}.api.json workflows/{name}.json"
+            f"{name}.json is out of date: python run.py convert workflows/api/{name}.api.json workflows/{name}.json"
     # --meta picks another file; without a sidecar the graph is laid out bare
     bare = tmp_path / "bare.api.json"
-    bare.write_text((ROOT / "workflows" / "portrait_still_video.api.json").read_text())
+    bare.write_text((ROOT / "workflows" / "api" / "portrait_still_video.api.json").read_text())
     assert module.main(["convert", str(bare), str(tmp_path / "bare.json")], registry) == 0
     assert json.loads((tmp_path / "bare.json").read_text())["groups"] == []
-    meta = ROOT / "workflows" / "portrait_still_video.meta.json"
+    meta = ROOT / "workflows" / "api" / "portrait_still_video.meta.json"
     assert module.main(["convert", str(bare), str(tmp_path / "bare.json"), "--meta", str(meta)], registry) == 0
     assert json.loads((tmp_path / "bare.json").read_text()) == json.loads(
         (ROOT / "workflows" / "portrait_still_video.json").read_text())

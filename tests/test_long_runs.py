@@ -240,7 +240,7 @@ def test_twenty_prompts_back_to_back(cli, tmp_path, monkeypatch, capsys):
     memory, models = [], []
     try:
         for i in range(20):
-            argv = [str(ROOT / "workflows" / workflows[i % 2]), "--input-dir", str(inputs),
+            argv = [str(ROOT / "workflows" / "api" / workflows[i % 2]), "--input-dir", str(inputs),
                     "--models-dir", str(tmp_path / "models"), "--offline", "--quiet",
                     "--set", "portrait.detector=center", "--set", "video.preset=ultrafast", "--set", "4.batch_size=8",
                     "--set", f"motion.seed={i}"]

@@ -9,7 +9,7 @@ speech clip and a 5-frame motion), and ``<tmp>/models`` holds the tiny test weig
 model family (LivePortrait, Ditto + a tiny HuBERT, JoyVASA, SDA, FOM), placed before the server
 starts. The server listens on a free port of 127.0.0.1 only and is always terminated.
 
-``test_api_workflow`` queues every ``workflows/*.api.json`` with the overrides listed in
+``test_api_workflow`` queues every ``workflows/api/*.api.json`` with the overrides listed in
 :data:`WORKFLOW_CASES` (tiny checkpoints, the ``center`` detector, short inputs) and checks the
 mp4 it writes; a new workflow without an entry there fails and says so. ``test_cancel_*``
 interrupt running prompts (during rendering and during the mp4 encode) and check that nothing is
@@ -53,7 +53,7 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "").strip()
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run this test")
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = ROOT / "workflows"
+WORKFLOWS = ROOT / "workflows" / "api"  # API format (the UI files are one level up)
 WORKFLOW = WORKFLOWS / "portrait_still_video.api.json"
 EXAMPLES = ROOT / "examples"
 ODD_FOLDER_NAME = "ComfyUI-Talking Head.toolkit (it)"
@@ -100,7 +100,7 @@ FOM = "tiny-cpk.pth.tar"
 
 @dataclass(frozen=True)
 class Case:
-    """How to run one ``workflows/<name>.api.json`` on the tiny weights and what it must write.
+    """How to run one ``workflows/api/<name>.api.json`` on the tiny weights and what it must write.
 
     ``overrides``: node title (``_meta.title``) -> {input name: value}, like ``run.py --set
     TITLE.INPUT=VALUE``. ``size``: (width, height) of the mp4; ``frames``: its frame count;
@@ -124,7 +124,7 @@ def _speaker(i: Optional[int] = None) -> Dict[str, Dict[str, object]]:
 
 _LP_AUDIO = {"portrait": {"detector": "center"}, "audio": {"audio": SHORT_SPEECH}}
 
-#: workflow file stem -> its case. Every workflows/*.api.json needs an entry (test_api_workflow fails
+#: workflow file stem -> its case. Every workflows/api/*.api.json needs an entry (test_api_workflow fails
 #: without one); the overrides mirror the headless tests (tests/test_classic.py, test_fom.py,
 #: test_lp_nodes.py, test_motion_nodes.py) and so do the expected sizes and frame counts.
 WORKFLOW_CASES: Dict[str, Case] = {
@@ -156,7 +156,7 @@ API_WORKFLOWS = sorted(p.name[:-len(".api.json")] for p in WORKFLOWS.glob("*.api
 
 
 def load_workflow(name: str, overrides: Optional[Dict[str, Dict[str, object]]] = None) -> dict:
-    """``workflows/<name>.api.json`` with ``overrides`` (title -> {input: value}) applied; an unknown
+    """``workflows/api/<name>.api.json`` with ``overrides`` (title -> {input: value}) applied; an unknown
     title or input fails (so a renamed node cannot silently drop an override)."""
     prompt = json.loads((WORKFLOWS / f"{name}.api.json").read_text())
     by_title = {}
@@ -531,18 +531,18 @@ def test_unload_models_passthrough_between_stages(comfy):
 
 
 def test_every_workflow_case_has_a_workflow():
-    """No stale entries: each WORKFLOW_CASES key names an existing workflows/<key>.api.json."""
+    """No stale entries: each WORKFLOW_CASES key names an existing workflows/api/<key>.api.json."""
     stale = sorted(set(WORKFLOW_CASES) - set(API_WORKFLOWS))
     assert not stale, f"WORKFLOW_CASES has entries for missing workflows: {stale}"
 
 
 @pytest.mark.parametrize("name", API_WORKFLOWS)
 def test_api_workflow(comfy, name):
-    """workflows/<name>.api.json through the real server on the tiny weights: success, exactly one new
+    """workflows/api/<name>.api.json through the real server on the tiny weights: success, exactly one new
     mp4 per MuxVideo in output/ with the expected size, frame count and AAC audio, nothing temporary left."""
     case = WORKFLOW_CASES.get(name)
     if case is None:
-        pytest.fail(f"workflows/{name}.api.json has no entry in WORKFLOW_CASES ({Path(__file__).relative_to(ROOT)}): "
+        pytest.fail(f"workflows/api/{name}.api.json has no entry in WORKFLOW_CASES ({Path(__file__).relative_to(ROOT)}): "
                     f"add the overrides it needs to run on the tiny test weights (checkpoint names, detector "
                     f"'center', short inputs) and the size, frame count and audio length of its mp4")
     prompt = load_workflow(name, case.overrides)
