@@ -231,6 +231,40 @@ def uint8_to_image(array: np.ndarray) -> torch.Tensor:
     return _fix_channels(t, tuple(a.shape))
 
 
+def as_uint8_rgb(image, what: str = "image") -> np.ndarray:
+    """One picture -> uint8 ``[H, W, 3]`` for code that works on 8-bit RGB (face landmarks, SDA).
+
+    Accepts numpy uint8 (``[H, W]``, ``[H, W, 1|3|4]``), float or bool arrays and tensors in 0..1
+    (``[H, W, C]`` or a one-image IMAGE batch ``[1, H, W, C]``; rounded like :func:`image_to_uint8`)
+    and PIL images. Alpha is dropped, gray repeated. ``what`` names the input in error messages.
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        a = t.numpy() if t.dtype == torch.uint8 else image_to_uint8(t.float())
+    elif isinstance(image, np.ndarray):
+        if image.dtype == np.uint8:
+            a = image
+        elif image.dtype == np.bool_ or np.issubdtype(image.dtype, np.floating):
+            a = image_to_uint8(torch.from_numpy(np.asarray(image, dtype=np.float32)))
+        else:
+            raise InputError(f"unsupported {what} dtype {image.dtype} (give uint8, or floats in 0..1)")
+    else:
+        raise InputError(f"the {what} must be an image array or tensor, got {type(image).__name__}")
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise InputError(f"the {what} must be one image, got a batch of {a.shape[0]}")
+        a = a[0]
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or min(a.shape[:2]) < 1:
+        raise InputError(f"the {what} must be [H, W, 3], got shape {tuple(a.shape)}")
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.ascontiguousarray(a[..., :3])
+
+
 def _fix_channels(t: torch.Tensor, shape) -> torch.Tensor:
     c = t.shape[-1]
     if c == 3:

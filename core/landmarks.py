@@ -67,7 +67,7 @@ from .cache import CACHE, file_key
 from .device import resolve_device
 from .errors import InputError
 from .face import FaceDetector, _import_face_alignment, pick_largest
-from .image import ensure_image, image_to_uint8
+from .image import as_uint8_rgb, ensure_image
 from .progress import Progress, ProgressFn
 from .weights import check_state_dict, load_state_dict
 
@@ -83,37 +83,6 @@ NETWORK_SIZE = 4
 
 def _fa_utils():
     return _import_face_alignment("face_alignment.utils", "2D-FAN landmark")
-
-
-def _as_uint8_rgb(image) -> np.ndarray:
-    """``[H, W, 3]`` (or ``[1, H, W, 3]``) float tensor/array in 0..1 or uint8 -> uint8 ``[H, W, 3]``.
-
-    face-alignment's ``crop`` writes into a uint8 buffer, so it must get 0..255 integers (a float
-    0..1 image would come out black). Floats are rounded like :func:`core.image.image_to_uint8`.
-    """
-    if isinstance(image, torch.Tensor):
-        t = image.detach()
-        a = t.cpu().numpy() if t.dtype == torch.uint8 else image_to_uint8(t.float())
-    elif isinstance(image, np.ndarray):
-        if image.dtype == np.uint8:
-            a = image
-        elif np.issubdtype(image.dtype, np.floating):
-            a = image_to_uint8(torch.from_numpy(np.asarray(image, dtype=np.float32)))
-        else:
-            raise InputError(f"unsupported image array dtype {image.dtype} for face landmarks")
-    else:
-        raise InputError(f"face landmarks need an image array or tensor, got {type(image).__name__}")
-    if a.ndim == 4:
-        if a.shape[0] != 1:
-            raise InputError(f"face landmarks take one image at a time, got a batch of {a.shape[0]}")
-        a = a[0]
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or min(a.shape[:2]) < 1:
-        raise InputError(f"face landmarks need an image [H, W, 3], got shape {tuple(a.shape)}")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    return np.ascontiguousarray(a[..., :3])
 
 
 def _check_box(box: Sequence[float], w: int, h: int):
@@ -196,7 +165,8 @@ class FANLandmarks:
         regions of the "center"/"none" detectors are too loose for FAN.
         """
         u = self._utils
-        img = _as_uint8_rgb(image)
+        # face-alignment's crop writes into a uint8 buffer: a float 0..1 image would come out black
+        img = as_uint8_rgb(image, "image for face landmarks")
         h, w = img.shape[:2]
         box = _check_box(box, w, h)
         centre, scale = self.crop_params(box)

@@ -346,3 +346,17 @@ def test_safe_join_symlinks(tmp_path):
     with pytest.raises(InputError, match="outside the input folder"):
         image.safe_join(root, "link.png")
     assert image.safe_join(root, "ok.png") == (root / "inner.png").resolve()
+
+
+def test_as_uint8_rgb_one_helper_for_landmarks_and_sda():
+    as_uint8_rgb = image.as_uint8_rgb
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert as_uint8_rgb(gray).shape == (3, 4, 3) and (as_uint8_rgb(gray)[..., 2] == gray).all()
+    rgba = torch.rand(1, 3, 4, 4)
+    out = as_uint8_rgb(rgba)
+    assert out.dtype == np.uint8 and out.shape == (3, 4, 3)
+    assert np.array_equal(out, np.round(rgba[0, ..., :3].numpy() * 255).astype(np.uint8))
+    with pytest.raises(InputError, match="the face image must be one image, got a batch of 2"):
+        as_uint8_rgb(torch.rand(2, 3, 4, 3), "face image")
+    with pytest.raises(InputError, match="unsupported face image dtype int32"):
+        as_uint8_rgb(np.zeros((3, 4, 3), np.int32), "face image")

@@ -75,7 +75,7 @@ def prepare(model: SDAModel, face_image, audio, *, fs: Optional[int] = None, see
     :func:`.preprocess.face_alignment_landmarks`). No face -> :class:`InputError` naming the
     alternatives (an already-aligned face, or another image)."""
     cfg = model.config
-    img = as_uint8_rgb(face_image)
+    img = as_uint8_rgb(face_image, "face image")
     pts = None
     if aligned:
         face = img

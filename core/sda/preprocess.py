@@ -40,7 +40,7 @@ import torch
 
 from ..audio import Audio, from_comfy, to_mono
 from ..errors import InputError
-from ..image import image_to_uint8
+from ..image import as_uint8_rgb
 from .model import SDAConfig
 
 #: the landmarks the alignment uses (iBUG-68: nose tip, outer/inner eye corners)
@@ -58,44 +58,6 @@ LandmarkFn = Callable[[np.ndarray], Optional[np.ndarray]]
 
 
 # --------------------------------------------------------------------------- images
-def as_uint8_rgb(image) -> np.ndarray:
-    """A face image -> uint8 ``[H, W, 3]``.
-
-    Accepts numpy uint8 (``[H, W]``, ``[H, W, 1|3|4]``, the official input), float arrays or
-    tensors in 0..1 (``[H, W, 3]`` or a one-image IMAGE batch ``[1, H, W, 3]``; rounded to 8 bits
-    like :func:`core.image.image_to_uint8`) and PIL images. Alpha is dropped, gray repeated.
-    """
-    try:
-        from PIL import Image
-        if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        a = t.numpy() if t.dtype == torch.uint8 else image_to_uint8(t.float())
-    elif isinstance(image, np.ndarray):
-        if image.dtype == np.uint8:
-            a = image
-        elif image.dtype == np.bool_ or np.issubdtype(image.dtype, np.floating):
-            a = image_to_uint8(torch.from_numpy(np.asarray(image, dtype=np.float32)))
-        else:
-            raise InputError(f"unsupported face image dtype {image.dtype} (give uint8, or floats in 0..1)")
-    else:
-        raise InputError(f"the face image must be an image array or tensor, got {type(image).__name__}")
-    if a.ndim == 4:
-        if a.shape[0] != 1:
-            raise InputError(f"SDA animates one face image, got a batch of {a.shape[0]}")
-        a = a[0]
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or min(a.shape[:2]) < 1:
-        raise InputError(f"the face image must be [H, W, 3], got shape {tuple(a.shape)}")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    return np.ascontiguousarray(a[..., :3])
-
-
 def similarity_transform(src, dst) -> np.ndarray:
     """The 3x3 least-squares similarity (rotation, uniform scale, translation) mapping ``src``
     points onto ``dst`` points - Umeyama's method as ``skimage.transform._geometric._umeyama``
@@ -167,7 +129,7 @@ def warp_bilinear(image: np.ndarray, out_to_in: np.ndarray, out_hw: Tuple[int, i
 
 def align_face(image, landmarks, mean_face, img_size: Sequence[int]) -> np.ndarray:
     """``preprocess_img``: the face warped onto the model's template, uint8 ``[H, W, 3]``."""
-    img = as_uint8_rgb(image)
+    img = as_uint8_rgb(image, "face image")
     pts = np.asarray(landmarks)
     if pts.ndim != 2 or pts.shape[1] != 2 or pts.shape[0] <= max(STABLE_POINTS):
         raise InputError(f"face landmarks must be the 68 iBUG points [68, 2] (x, y), got shape {pts.shape}")
@@ -184,7 +146,7 @@ def frame_tensor(image, img_size: Sequence[int]) -> torch.Tensor:
     """``img_transform``: uint8 face -> ``[1, 3, H, W]`` float32 in -1..1 (PIL bilinear resize)."""
     from PIL import Image
 
-    img = as_uint8_rgb(image)
+    img = as_uint8_rgb(image, "face image")
     h, w = int(img_size[0]), int(img_size[1])
     pil = Image.fromarray(img) if img.shape[:2] != (h, w) else None
     arr = np.asarray(pil.resize((w, h), Image.BILINEAR)) if pil is not None else img
