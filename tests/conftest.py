@@ -71,3 +71,18 @@ def comfy_pack(tmp_path, monkeypatch):
 def sub(pack, name):
     """A sub-module of a loaded pack, e.g. ``sub(pack, "core.cache")``."""
     return importlib.import_module(f"{pack.__name__}.{name}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    The tiny test networks gain nothing from a second thread, and on a shared 2-core machine two
+    OpenMP threads wait on each other whenever another process takes a core (several times slower).
+    Fixtures made with one thread are also reproduced (nearly) bit for bit at one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -211,13 +211,8 @@ def _dit_args(checkpoint, steps=2):
                 expression_strength=1.0, lip_strength=1.0, emotion="Neutral")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny networks gain nothing from a second thread, and lose a lot when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The tiny networks gain nothing from a second thread, and lose a lot when the CPU is shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

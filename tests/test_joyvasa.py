@@ -42,15 +42,10 @@ def close(a, b, atol=ATOL, rtol=0.0):
     return err
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The fixtures were made with 1 torch thread; at 1 thread this implementation reproduces them
-    (nearly) bit for bit. With more threads, reductions reorder: the normalised motion moves by ~1e-6
-    and angles (x template range ~50 degrees) by ~2e-5."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The fixtures were made with 1 torch thread; at 1 thread this implementation reproduces them (nearly) bit for
+# bit. With more threads, reductions reorder: the normalised motion moves by ~1e-6 and angles (x template range
+# ~50 degrees) by ~2e-5.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,9 @@ from test_motion_nodes import write_speech_clip
 MB = 1 << 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Torch on one thread: on a shared 2-core machine two OpenMP threads wait on each other whenever another
-    process takes a core (several times slower); one thread keeps these runs short and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Torch on one thread: on a shared 2-core machine two OpenMP threads wait on each other whenever another process
+# takes a core (several times slower); one thread keeps these runs short and steady.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None

@@ -33,13 +33,8 @@ def close(a, b, atol):
     assert err <= atol, f"max error {err} > {atol}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread is ~100x faster than two competing for a busy 2-core CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny tensors: one torch thread is ~100x faster than two competing for a busy 2-core CPU.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

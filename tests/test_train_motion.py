@@ -29,14 +29,9 @@ TINY = dict(latent_dim=32, ff_size=64, num_layers=1, num_heads=2, num_encoder_la
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model gains nothing from more threads, and on a shared 2-core machine two OpenMP
-    threads next to another busy process run several times slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The tiny model gains nothing from more threads, and on a shared 2-core machine two OpenMP threads next to
+# another busy process run several times slower than one.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_clip(n, seed):
