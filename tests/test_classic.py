@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, ROOT, sub
-from test_motion_nodes import write_speech_clip
+from test_motion_nodes import speech_inputs
 
 
 def classic_models(root: Path) -> Path:
@@ -21,10 +21,7 @@ def classic_models(root: Path) -> Path:
 
 
 def run_classic(tmp_path, workflow, *sets):
-    inputs = tmp_path / "in"
-    inputs.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
-    write_speech_clip(inputs / "speech.wav", 0.6)
+    inputs = speech_inputs(tmp_path)
     classic_models(tmp_path / "models")
     args = [sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / workflow), "--input-dir", str(inputs),
             "--models-dir", str(tmp_path / "models"), "--offline", "--quiet"]

@@ -27,6 +27,15 @@ def write_speech_clip(path: Path, seconds: float, start: float = 1.0) -> None:
         w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
 
 
+def speech_inputs(tmp_path: Path, seconds: float = 0.6) -> Path:
+    """``tmp_path/in`` with the example portrait and a short cut of the example speech."""
+    inputs = tmp_path / "in"
+    inputs.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
+    write_speech_clip(inputs / "speech.wav", seconds)
+    return inputs
+
+
 def run_workflow(tmp_path, name, *sets):
     res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / name),
                           "--input-dir", str(tmp_path / "in"), "--models-dir", str(tmp_path / "models"), "--offline",
@@ -37,10 +46,7 @@ def run_workflow(tmp_path, name, *sets):
 
 
 def test_procedural_workflow_headless(tmp_path):
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
-    write_speech_clip(inputs / "speech.wav", 0.6)
+    speech_inputs(tmp_path)
     models_dir(tmp_path / "models")
     mp4 = run_workflow(tmp_path, "liveportrait_procedural.json")
     from core import video
@@ -97,10 +103,7 @@ def tiny_ditto_models(root: Path) -> Path:
 
 def test_ditto_workflow_headless(tmp_path):
     """portrait + speech -> AudioToEmbedding (HuBERT) -> MotionDiT (Ditto) -> LivePortraitRender -> mp4 with audio."""
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
-    write_speech_clip(inputs / "speech.wav", 0.6)
+    speech_inputs(tmp_path)
     tiny_ditto_models(tmp_path / "models")
     mp4 = run_workflow(tmp_path, "liveportrait_ditto.json", "motion.steps=4",
                        "motion.checkpoint=ditto/lmdm_v0.4_hubert.safetensors")
@@ -137,10 +140,7 @@ def tiny_joyvasa_models(root: Path) -> Path:
 def test_joyvasa_workflow_headless(tmp_path):
     """portrait + speech -> AudioToEmbedding (JoyVASA's HuBERT) -> MotionDiT (JoyVASA) -> render -> mp4 with audio;
     one motion frame per video frame of the audio."""
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
-    write_speech_clip(inputs / "speech.wav", 0.6)
+    speech_inputs(tmp_path)
     tiny_joyvasa_models(tmp_path / "models")
     ckpt = "joyvasa/motion_generator_hubert_chinese.safetensors"
     mp4 = run_workflow(tmp_path, "liveportrait_joyvasa.json", f"embeddings.joyvasa_checkpoint={ckpt}",
