@@ -102,6 +102,11 @@ def progress(label: str = ""):
     return HOST.progress(label)
 
 
+def video_preview(filename: str, subfolder: str, kind: str) -> dict:
+    """The ``ui`` entry with which ComfyUI shows a written video (as its own SaveVideo does)."""
+    return {"images": [{"filename": filename, "subfolder": subfolder, "type": kind}], "animated": (True,)}
+
+
 def save_path(prefix: str, ext: str, temp: bool = False, width: int = 0, height: int = 0):
     """Next output file ``(path, subfolder, filename, type)`` in ComfyUI's naming scheme."""
     from ..core.video import output_path

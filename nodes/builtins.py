@@ -16,7 +16,7 @@ from ..core import image as core_image
 from ..core import video as core_video
 from ..core.errors import InputError
 from .base import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, file_metadata, list_input_files, progress,
-                   resolve_input_file, save_path, validate_input_file)
+                   resolve_input_file, save_path, validate_input_file, video_preview)
 
 
 class LoadImage:
@@ -194,7 +194,7 @@ class SaveVideo:
         core_video.write_video(path, images, fps=float(rate), audio=audio,
                                metadata=file_metadata(prompt, extra_pnginfo),
                                progress=progress("SaveVideo"))
-        return {"ui": {"images": [{"filename": name, "subfolder": sub, "type": kind}], "animated": (True,)}}
+        return {"ui": video_preview(name, sub, kind)}
 
 
 BUILTIN_NODES = {cls.__name__: cls for cls in (LoadImage, LoadAudio, LoadVideo, GetVideoComponents, SaveImage,

@@ -14,7 +14,7 @@ from ..core.errors import InputError
 from ..core.liveportrait.crop import DRIVING_SCALE, DRIVING_VY, record_from_box
 from ..core.portrait import get_detector
 from .base import (CATEGORY, file_metadata, list_input_files, progress, register, resolve_input_file, save_path,
-                   validate_input_file)
+                   validate_input_file, video_preview)
 from .portrait import PORTRAIT_TYPE
 
 MOTION_TYPE = "TALKINGHEAD_MOTION"
@@ -204,8 +204,7 @@ class LivePortraitRenderVideo:
         finally:
             if not keep_model_loaded:
                 CACHE.unload("liveportrait")
-        ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": kind}], "animated": (True,)}
-        return {"ui": ui, "result": (str(path),)}
+        return {"ui": video_preview(filename, subfolder, kind), "result": (str(path),)}
 
 
 @register("SaveMotion", "SaveMotion")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..core import audio as core_audio
 from ..core import resize, video
 from ..core.device import DEVICE_CHOICES
-from .base import CATEGORY, file_metadata, progress, register, save_path
+from .base import CATEGORY, file_metadata, progress, register, save_path, video_preview
 
 PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
@@ -97,8 +97,7 @@ class MuxVideo:
         video.write_video(path, images, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
                           metadata=file_metadata(prompt, extra_pnginfo),
                           progress=progress("MuxVideo"))
-        ui = {"images": [{"filename": filename, "subfolder": subfolder, "type": kind}], "animated": (True,)}
-        return {"ui": ui, "result": (str(path),)}
+        return {"ui": video_preview(filename, subfolder, kind), "result": (str(path),)}
 
 
 @register("JoinSegments", "JoinSegments")
