@@ -40,7 +40,8 @@ _LP_MODEL = ("model", (list(lp.VARIANTS), {"default": "human", "tooltip": "LiveP
 
 def _source(portrait, device, precision, download, model):
     models = lp.get_liveportrait(model, device=device, download=download)
-    return lp.portrait_source(models, portrait, device=device, precision=precision)
+    # the motion producers need the portrait's own motion only; the renderer makes the appearance volume
+    return lp.portrait_source(models, portrait, device=device, precision=precision, appearance=False)
 
 
 @register("ProceduralMotion", "ProceduralMotion")

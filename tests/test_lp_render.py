@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import FIXTURES
-from core.errors import CheckpointError
+from core.errors import CheckpointError, InputError
 from core.liveportrait import kinematics as K
 from core.liveportrait import load as L
 from core.liveportrait import render as R
@@ -55,6 +55,12 @@ def test_source_processing(models):
                 ).abs().max() < 1e-4, name
     assert (src.motion.x_s - IO["pipe.rel_pose_stitch.x_s"]).abs().max() < 1e-5
     assert torch.allclose(src.motion.lip, K.lip_ratio(IO["input.source_lmk203"]).reshape(1, 1))
+    # the motion producers skip the appearance volume: same motion, and rendering it is refused clearly
+    bare = R.prepare_source(models, IO["input.pipeline_I_s"].permute(0, 2, 3, 1), size=64, appearance=False)
+    assert bare.feature_3d is None and torch.equal(bare.motion.x_s, src.motion.x_s)
+    assert all(torch.equal(bare.raw[k], src.raw[k]) for k in src.raw)
+    with pytest.raises(InputError, match="appearance=True"):
+        next(R.render_frames(models, bare, src.motion.x_s))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -45,7 +45,7 @@ def mask_template() -> torch.Tensor:
 class LivePortraitSource:
     """Everything about the portrait that every frame reuses."""
 
-    feature_3d: torch.Tensor    # [1, C, D, H, W] appearance volume (on the device)
+    feature_3d: Optional[torch.Tensor]  # [1, C, D, H, W] appearance volume (on the device); None = motion only
     motion: SourceMotion        # kp, pose, exp, x_s (float32, CPU)
     raw: Optional[dict] = None  # the motion extractor's raw heads (pose as 66-bin logits), float32 CPU
     record: Optional[object] = None  # CropRecord of the face crop in the full portrait (portrait_source)
@@ -70,12 +70,14 @@ def motion_info(models: LivePortraitModels, x: torch.Tensor, return_raw: bool = 
 
 @torch.inference_mode()
 def prepare_source(models: LivePortraitModels, crop: torch.Tensor, lmk203: Optional[torch.Tensor] = None,
-                   device=None, precision: str = "fp32", size: int = INPUT_SIZE) -> LivePortraitSource:
-    """``crop``: the face crop as IMAGE ``[1,H,W,3]`` (resized to ``size``)."""
+                   device=None, precision: str = "fp32", size: int = INPUT_SIZE,
+                   appearance: bool = True) -> LivePortraitSource:
+    """``crop``: the face crop as IMAGE ``[1,H,W,3]`` (resized to ``size``). ``appearance=False``: only
+    the portrait's own motion (what motion producers need), without the appearance volume."""
     dev = resolve_device(device)
     x = to_input(crop[:1], size, dev)
     with autocast(dev, resolve_dtype(precision, dev)):
-        feature = models.appearance(x)
+        feature = models.appearance(x) if appearance else None
         info, raw = motion_info(models, x, return_raw=True)
     eyes = lip = None
     if lmk203 is not None:
@@ -87,9 +89,11 @@ def prepare_source(models: LivePortraitModels, crop: torch.Tensor, lmk203: Optio
 NO_FACE_BOX_DETECTORS = ("center", "none (already cropped)", "none")
 
 
-def portrait_source(models: LivePortraitModels, portrait, device=None, precision: str = "fp32") -> LivePortraitSource:
+def portrait_source(models: LivePortraitModels, portrait, device=None, precision: str = "fp32",
+                    appearance: bool = True) -> LivePortraitSource:
     """A :class:`core.portrait.Portrait` (from LoadPortrait) -> its LivePortrait source, cropped the
-    way LivePortrait was trained (``record`` = the crop at the output size, for paste-back)."""
+    way LivePortrait was trained (``record`` = the crop at the output size, for paste-back).
+    ``appearance=False`` skips the appearance volume (see :func:`prepare_source`)."""
     from ..face import crop_image
     from .crop import SOURCE_SCALE, SOURCE_VY, record_from_box
 
@@ -100,7 +104,7 @@ def portrait_source(models: LivePortraitModels, portrait, device=None, precision
     record = record_from_box(box, rec.full_size, out_size, SOURCE_SCALE, SOURCE_VY,
                              rec.detector not in NO_FACE_BOX_DETECTORS)
     crop = crop_image(portrait.full, record.with_crop_size(in_size), padding_mode="border", device=device)
-    source = prepare_source(models, crop, device=device, precision=precision, size=in_size)
+    source = prepare_source(models, crop, device=device, precision=precision, size=in_size, appearance=appearance)
     source.record = record
     return source
 
@@ -139,6 +143,9 @@ def render_frames(models: LivePortraitModels, source: LivePortraitSource, x_d: t
     dtype = resolve_dtype(precision, dev)
     n = int(x_d.shape[0])
     bar = Progress(-(-n // batch_size), progress)
+    if source.feature_3d is None:
+        raise InputError("this LivePortrait source was prepared without its appearance volume (appearance=False); "
+                         "prepare it with appearance=True to render it")
     x_s = source.motion.x_s.to(dev)
     feature = source.feature_3d.to(dev)
     with autocast(dev, dtype):
