@@ -97,10 +97,14 @@ class Motion:
 
     def frames(self, start: int, stop: Optional[int] = None) -> "Motion":
         """Frames ``start:stop`` (a new Motion sharing storage)."""
+        return self.take(slice(start, stop))
+
+    def take(self, index) -> "Motion":
+        """The frames picked by ``index`` (a slice or an index tensor; frames may repeat)."""
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in kw.items():
             if isinstance(value, torch.Tensor):
-                kw[name] = value[start:stop]
+                kw[name] = value[index]
         return Motion(**kw)
 
     @classmethod

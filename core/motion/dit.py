@@ -166,12 +166,8 @@ def _joyvasa(emb, source, path, guidance, seed, pose_strength, expression_streng
     total = -(-int(emb.audio_samples) * 25 // SAMPLE_RATE) if emb.audio_samples else int(emb.num_frames) - lead
     motion = joyvasa.to_motion(gen, source.motion, fps=emb.fps, pose_strength=pose_strength,
                                expression_strength=expression_strength)
-    n = len(motion)
-    keep = motion.frames(min(lead, n - 1), min(n, lead + max(total, 1)))
-    if len(keep) < total:  # pad with the last frame (the audio ends inside the last window's padding)
-        idx = torch.cat([torch.arange(len(keep)), torch.full((total - len(keep),), len(keep) - 1)])
-        keep = Motion(**{k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in keep.__dict__.items()})
-    return keep
+    # frames lead .. lead+total-1; the last frame repeats where the audio ends inside the last window's padding
+    return motion.take((torch.arange(max(total, 1)) + lead).clamp(max=len(motion) - 1))
 
 
 # --------------------------------------------------------------------------- JoyVASA as an audio encoder
