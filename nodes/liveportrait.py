@@ -19,6 +19,10 @@ from .portrait import PORTRAIT_TYPE
 
 MOTION_TYPE = "TALKINGHEAD_MOTION"
 CROP_CHOICES = ["detect face (one box for the video)", "as is (already face crops)"]
+#: the ``model`` input of every node that loads LivePortrait
+LP_MODEL_INPUT = (list(lp.VARIANTS), {"default": "human", "tooltip": "LivePortrait model set: human, or the animal "
+                                                                     "models (v1.1, or the first release v1.0). Animal "
+                                                                     "faces need the 'center' or 'none' crop."})
 
 
 @register("LivePortraitExtractMotion", "LivePortraitExtractMotion")
@@ -50,9 +54,7 @@ class LivePortraitExtractMotion:
             "optional": {
                 "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
                 "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing LivePortrait weights."}),
-                "model": (list(lp.VARIANTS), {"default": "human", "tooltip": "LivePortrait model set: human, or the "
-                                                                "animal models (v1.1, or the first release v1.0). "
-                                                                "Animal faces need the 'center' or 'none' crop."}),
+                "model": LP_MODEL_INPUT,
             },
         }
 
@@ -113,9 +115,7 @@ class LivePortraitRender:
                 "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
                 "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the networks cached afterwards."}),
                 "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing LivePortrait weights."}),
-                "model": (list(lp.VARIANTS), {"default": "human", "tooltip": "LivePortrait model set: human, or the "
-                                                                "animal models (v1.1, or the first release v1.0). "
-                                                                "Animal faces need the 'center' or 'none' crop."}),
+                "model": LP_MODEL_INPUT,
             },
         }
 

@@ -10,7 +10,7 @@ from ..core.motion import dit, procedural
 from ..core.motion.ditto.conditions import EMOTIONS
 from ..core.progress import check_cancel
 from .base import CATEGORY, progress, register
-from .liveportrait import MOTION_TYPE
+from .liveportrait import LP_MODEL_INPUT, MOTION_TYPE
 from .portrait import PORTRAIT_TYPE
 
 EMBEDS_TYPE = "TALKINGHEAD_AUDIO_EMBEDS"
@@ -33,9 +33,8 @@ def _cancellable(label: str):
     return report
 
 
-_LP_MODEL = ("model", (list(lp.VARIANTS), {"default": "human", "tooltip": "LivePortrait model set used to read "
-                                                                          "the portrait's own pose (use the "
-                                                                          "renderer's)."}))
+_LP_MODEL = ("model", (LP_MODEL_INPUT[0], {**LP_MODEL_INPUT[1], "tooltip": (
+    "LivePortrait model set used to read the portrait's own pose (use the renderer's).")}))
 
 
 def _source(portrait, device, precision, download, model):
