@@ -122,10 +122,8 @@ class JoinSegments:
         return {"required": required, "optional": seg}
 
     def run(self, images_1, images_2, fps, **optional):
-        segments = []
-        for i in range(1, 5):
-            frames = images_1 if i == 1 else images_2 if i == 2 else optional.get(f"images_{i}")
-            if frames is not None:
-                segments.append((frames, optional.get(f"audio_{i}")))
+        inputs = {"images_1": images_1, "images_2": images_2, **optional}
+        segments = [(inputs[f"images_{i}"], inputs.get(f"audio_{i}")) for i in range(1, 5)
+                    if inputs.get(f"images_{i}") is not None]
         frames, audio = core_audio.join_segments(segments, fps)
         return (frames, core_audio.to_comfy(audio))
