@@ -40,6 +40,7 @@ import copy
 import heapq
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -832,9 +833,10 @@ def _resolve_ui_link(link_id: Any, nodes: Dict[str, dict], links: Dict[Any, tupl
 def _ui_widget_values(node: dict, specs: List[InputSpec]) -> Dict[str, Any]:
     """Map a UI node's ``widgets_values`` (list or dict) onto its widget inputs.
 
-    In a list, a seed-like INT may be followed by its control value ("fixed", ...),
-    which is skipped, and an upload combo by the upload widget's value, skipped only
-    when there are more values left than the remaining widgets need.
+    The frontend saves one value per widget in the order it created them: the declared widget
+    inputs in ``INPUT_TYPES`` order, a seed-like INT followed by its "control after generate"
+    value (skipped here), then the widgets an upload option adds (the upload button, the audio
+    player), which come after every declared widget and are ignored.
     """
     widgets = [s for s in specs if s.is_widget]
     saved = node.get("widgets_values")
@@ -842,16 +844,13 @@ def _ui_widget_values(node: dict, specs: List[InputSpec]) -> Dict[str, Any]:
         return {s.name: saved[s.name] for s in widgets if s.name in saved}
     if not isinstance(saved, list):
         return {}
-    needed_after = [sum(1 + w.has_control for w in widgets[i + 1:]) for i in range(len(widgets))]
     values, pos = {}, 0
-    for i, spec in enumerate(widgets):
+    for spec in widgets:
         if pos >= len(saved):
             break
         values[spec.name] = saved[pos]
         pos += 1
         if spec.has_control and pos < len(saved) and saved[pos] in CONTROL_VALUES:
-            pos += 1
-        elif spec.upload_value and len(saved) - pos > needed_after[i]:
             pos += 1
     return values
 
@@ -920,6 +919,8 @@ _NOTE_WIDTH = 420          # notes above, below or beside the graph
 _NOTE_GAP = 60             # between those notes and the graph
 #: extra body height for the previews that upload widgets add (image/video preview, audio player)
 _PREVIEW_HEIGHT = {"image": 220, "video": 220, "audio": 60}
+#: the values ComfyUI's frontend (1.35) saves for the widgets an upload option adds, by upload kind
+_UPLOAD_WIDGETS = {"image": ["image"], "video": ["image"], "audio": [None, None]}
 #: litegraph's group colours (LGraphCanvas.node_colors[*].groupcolor), by name
 GROUP_COLORS = {
     "red": "#A88", "brown": "#b06634", "green": "#8A8", "blue": "#88A", "pale_blue": "#3f789e",
@@ -928,12 +929,15 @@ GROUP_COLORS = {
 #: the colours the editor gives Note nodes (LGraphCanvas.node_colors.yellow)
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"
 NOTE_PLACES = ("top", "bottom", "left", "right")
+#: the frontend grows a Note node to at least this body height when it loads it
+NOTE_MIN_HEIGHT = 88
 _META_KEYS = frozenset({"groups", "notes", "columns", "positions"})
 _GROUP_KEYS = frozenset({"title", "nodes", "color", "font_size"})
 _NOTE_KEYS = frozenset({"text", "title", "position", "column", "width", "height", "pos", "id"})
 
 
-def api_to_ui(prompt: Prompt, registry: Registry, meta: Optional[dict] = None) -> dict:
+def api_to_ui(prompt: Prompt, registry: Registry, meta: Optional[dict] = None,
+              sizes: Optional[Dict[str, Sequence[float]]] = None) -> dict:
     """Build a UI-format workflow from an API-format prompt (inverse of :func:`ui_to_api`).
 
     Nodes are laid out left to right in columns by dependency depth, stacked within a column.
@@ -950,7 +954,8 @@ def api_to_ui(prompt: Prompt, registry: Registry, meta: Optional[dict] = None) -
     are laid out as blocks (a group's members share a band of rows across the group's columns)
     and framed with padding, Note nodes (above, below, beside the graph or inside a group) and
     explicit node positions. Groups and notes do not change the prompt: :func:`ui_to_api`
-    ignores them.
+    ignores them. ``sizes`` (node id -> (width, height)) are the node sizes the frontend
+    computes (``tools/make_workflows.py`` measures them); a node is laid out at least that large.
     """
     problems: List[Problem] = []
     specs: Dict[str, List[InputSpec]] = {}
@@ -977,6 +982,10 @@ def api_to_ui(prompt: Prompt, registry: Registry, meta: Optional[dict] = None) -
         builder.add(node_id, specs[node_id])
     if builder.problems:
         raise GraphError.from_problems(builder.problems)
+    for node_id, size in (sizes or {}).items():  # sizes measured in the frontend, where known
+        node = builder.nodes.get(str(node_id))
+        if node is not None:
+            node["size"] = [max(node["size"][0], math.ceil(size[0])), max(node["size"][1], math.ceil(size[1]))]
     notes, groups = _Layout(builder, layout_meta).run()
     nodes = list(builder.nodes.values()) + notes
     return {
@@ -1010,7 +1019,7 @@ class _UiBuilder:
         cls = self.registry[class_type]
         title = _node_title(node, cls, class_type)
         given = dict(node.get("inputs") or {})
-        inputs, widgets, sources, preview = [], [], [], 0
+        inputs, widgets, sources, preview, uploads = [], [], [], 0, []
         for spec in specs:
             value = given.pop(spec.name, _MISSING)
             if isinstance(value, list):
@@ -1032,10 +1041,13 @@ class _UiBuilder:
                 if spec.has_control:
                     widgets.append("fixed")
                 elif spec.upload_value:
-                    widgets.append(spec.upload_value)
+                    uploads.extend(_UPLOAD_WIDGETS[spec.upload_value])
                     preview = max(preview, _PREVIEW_HEIGHT.get(spec.upload_value, 0))
-        for name in given:
-            self.problems.append(Problem(f"input '{name}' is not declared by the class", node_id, class_type, title))
+        widgets.extend(uploads)  # the frontend adds these after every declared widget
+        for name, value in given.items():  # literals the class does not declare are ignored, as ComfyUI does
+            if isinstance(value, list):      # (the frontend adds its preview widgets' values: audioUI, ...)
+                self.problems.append(Problem(f"input '{name}' is not declared by the class", node_id,
+                                             class_type, title))
         outputs = [{"name": self._output_name(cls, i, rtype), "type": _type_name(rtype), "links": [], "slot_index": i}
                    for i, rtype in enumerate(_return_types(cls))]
         self.sources[node_id] = list(dict.fromkeys(sources))
@@ -1295,7 +1307,7 @@ def note_height(text: str, width: float) -> int:
     lines = 0
     for paragraph in text.split("\n"):
         lines += max(1, -(-len(paragraph) // per_line))
-    return int(-(-(lines * 13 + 24) // 10) * 10)
+    return max(NOTE_MIN_HEIGHT, int(-(-(lines * 13 + 24) // 10) * 10))
 
 
 @dataclass
@@ -1341,7 +1353,8 @@ class _Layout:
                                         rank[node_id])
         self.note_items: Dict[int, _Item] = {}
         for rank, note in enumerate(meta.notes):
-            height = note.height if note.height is not None else note_height(note.text, note.width)
+            height = max(NOTE_MIN_HEIGHT, note.height) if note.height is not None \
+                else note_height(note.text, note.width)
             self.note_items[note.id] = _Item(f"note:{note.id}", note.width, height, 0, rank)
         self.members: Dict[str, List[_Item]] = {g.title: [self.items[n] for n in g.nodes] for g in meta.groups}
         for note in meta.notes:

@@ -283,7 +283,7 @@ def test_fom_workflow_headless_with_tiny_weights(tmp_path):
     (tmp_path / "models" / "fom").mkdir(parents=True)
     (tmp_path / "models" / "fom" / "tiny-cpk.pth.tar").write_bytes((FIXTURES / "fom" / "tiny-cpk.pth.tar").read_bytes())
     res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "fom_animate_video.json"),
-                          "--input-dir", str(ROOT / "examples"), "--models-dir", str(tmp_path / "models"),
+                          "--input-dir", str(ROOT / "example_inputs"), "--models-dir", str(tmp_path / "models"),
                           "--set", "animate.checkpoint=tiny-cpk.pth.tar", "--set", "portrait.detector=center",
                           "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

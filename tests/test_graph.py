@@ -627,7 +627,7 @@ def ui_node(node_id, class_type, inputs=(), outputs=(), widgets=None, mode=0, ti
 def test_ui_to_api_full_featured():
     workflow = {
         "nodes": [
-            ui_node(1, "LoadPicture", outputs=[("IMAGE", "IMAGE", [1])], widgets=["b.png", "image", 0.7],
+            ui_node(1, "LoadPicture", outputs=[("IMAGE", "IMAGE", [1])], widgets=["b.png", 0.7, "image"],
                     title="Face"),
             ui_node(2, "Reroute", inputs=[("", "*", 1)], outputs=[("", "IMAGE", [2])]),
             ui_node(3, "Sampler", inputs=[("image", "IMAGE", 2)], outputs=[("IMAGE", "IMAGE", [3])],
@@ -655,9 +655,12 @@ def test_ui_to_api_full_featured():
     }
 
 
-def test_ui_upload_value_only_skipped_when_extra():
-    workflow = {"nodes": [ui_node(1, "LoadPicture", widgets=["a.png", 0.25])], "links": []}
-    assert graph.ui_to_api(workflow, REGISTRY)["1"]["inputs"] == {"image": "a.png", "strength": 0.25}
+def test_ui_upload_widget_values_trail_the_declared_widgets():
+    """ComfyUI's frontend adds the upload button (and an audio player) after every declared widget:
+    a node saved by the frontend reads back right, with or without those trailing values."""
+    for saved in (["a.png", 0.25, "image"], ["a.png", 0.25]):
+        workflow = {"nodes": [ui_node(1, "LoadPicture", widgets=saved)], "links": []}
+        assert graph.ui_to_api(workflow, REGISTRY)["1"]["inputs"] == {"image": "a.png", "strength": 0.25}
 
 
 def test_ui_seed_without_control_value_and_list_widget():
@@ -714,7 +717,7 @@ def test_api_to_ui_structure():
     assert ui["version"] == 0.4 and ui["extra"] == {} and ui["groups"] == []
     assert ui["last_node_id"] == 10 and ui["last_link_id"] == len(ui["links"]) == 5
     nodes = {n["id"]: n for n in ui["nodes"]}
-    assert nodes[1]["widgets_values"] == ["b.png", "image", 0.7]
+    assert nodes[1]["widgets_values"] == ["b.png", 0.7, "image"]
     assert nodes[2]["widgets_values"] == [42, "fixed", 30, 3, "fixed", "l"]
     assert nodes[4]["inputs"][1] == {"name": "prefix", "type": "STRING", "link": 3, "widget": {"name": "prefix"}}
     assert nodes[4]["inputs"][2] == {"name": "audio", "type": "AUDIO", "link": None}

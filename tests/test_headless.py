@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import ROOT
 
 WORKFLOW = ROOT / "workflows" / "portrait_still_video.json"
-EXAMPLES = ROOT / "examples"
+EXAMPLES = ROOT / "example_inputs"
 
 
 def run_cli(tmp_path, *args, env=None):
@@ -43,7 +43,7 @@ def outputs(tmp_path):
 
 
 def test_readme_command_makes_the_video(tmp_path):
-    """`python run.py workflows/portrait_still_video.json --input-dir examples` (UI-format file)."""
+    """`python run.py workflows/portrait_still_video.json --input-dir example_inputs` (UI-format file)."""
     res = run_cli(tmp_path, WORKFLOW, "--input-dir", EXAMPLES)
     assert res.returncode == 0, res.stderr
     mp4 = Path(res.stdout.strip().splitlines()[-1])
@@ -167,8 +167,11 @@ def test_other_commands(tmp_path):
     assert res.returncode == 0 and "fom/vox-256" in res.stdout and "missing" in res.stdout
     res = run_cli(tmp_path, "convert", WORKFLOW, tmp_path / "api.json")
     assert res.returncode == 0
-    assert json.loads((tmp_path / "api.json").read_text()) == json.loads(
-        (ROOT / "workflows" / "api" / "portrait_still_video.api.json").read_text())
+    # the shipped API file is ComfyUI's frontend's export: it also holds the audio player's value
+    # ("audioUI"), which the server ignores and our converter leaves out
+    shipped = json.loads((ROOT / "workflows" / "api" / "portrait_still_video.api.json").read_text())
+    assert shipped["2"]["inputs"].pop("audioUI") == ""
+    assert json.loads((tmp_path / "api.json").read_text()) == shipped
     res = run_cli(tmp_path, "weights", "convert", ROOT / "tests" / "fixtures" / "fom" / "tiny-cpk.pth.tar",
                   tmp_path / "fom.safetensors")
     assert res.returncode == 0 and (tmp_path / "fom.safetensors").stat().st_size > 100_000
@@ -190,8 +193,18 @@ def test_shipped_workflows_are_consistent(cli, monkeypatch):
         ui_path = ROOT / "workflows" / api_path.name.replace(".api.json", ".json")
         assert ui_path.is_file(), f"{ui_path.name} (UI format) is missing"
         api = json.loads(api_path.read_text())
-        assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == api, ui_path.name
+        assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == declared(api, reg, graph), ui_path.name
         graph.validate(api, reg)
+
+
+def declared(api: dict, reg: dict, graph) -> dict:
+    """An API prompt as ComfyUI's frontend exports it, less the values of the frontend's own preview
+    widgets (audioUI, video-preview): the server and the headless runner ignore undeclared inputs."""
+    out = {}
+    for node_id, node in api.items():
+        names = {s.name for s in graph.input_specs(reg[node["class_type"]])}
+        out[node_id] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in names}}
+    return out
 
 
 SHIPPED = sorted(p.name[:-len(".api.json")] for p in (ROOT / "workflows" / "api").glob("*.api.json"))
@@ -269,38 +282,42 @@ def test_shipped_workflow_layout(name):
         assert nodes[src]["outputs"][src_slot]["type"] == link_type
 
 
-def test_shipped_ui_files_are_generated(cli, tmp_path):
-    """`run.py convert NAME.api.json NAME.json` (with NAME.meta.json) gives the shipped UI file."""
+def test_convert_round_trip(cli, tmp_path):
+    """`run.py convert` turns each shipped API file into a UI file (laid out with NAME.meta.json) and back
+    into the same prompt. The shipped UI files themselves are what ComfyUI's frontend saves
+    (tools/make_workflows.py); tests/test_frontend.py checks them in that frontend."""
     module, registry = cli
+    import importlib
+
+    graph = importlib.import_module(module.__name__.rsplit(".", 1)[0] + ".graph")
+    reg = registry()
     for name in SHIPPED:
         api = ROOT / "workflows" / "api" / f"{name}.api.json"
         assert (ROOT / "workflows" / "api" / f"{name}.meta.json").is_file(), f"{name}.meta.json is missing"
-        out = tmp_path / f"{name}.json"
-        assert module.main(["convert", str(api), str(out)], registry) == 0
-        assert json.loads(out.read_text()) == json.loads((ROOT / "workflows" / f"{name}.json").read_text()), \
-            f"{name}.json is out of date: python run.py convert workflows/api/{name}.api.json workflows/{name}.json"
-    # --meta picks another file; without a sidecar the graph is laid out bare
+        ui, back = tmp_path / f"{name}.json", tmp_path / f"{name}.back.json"
+        assert module.main(["convert", str(api), str(ui)], registry) == 0
+        assert json.loads(ui.read_text())["groups"], name
+        assert module.main(["convert", str(ui), str(back)], registry) == 0
+        assert json.loads(back.read_text()) == declared(json.loads(api.read_text()), reg, graph), name
+    # without a sidecar the graph is laid out bare; --meta picks one
     bare = tmp_path / "bare.api.json"
     bare.write_text((ROOT / "workflows" / "api" / "portrait_still_video.api.json").read_text())
     assert module.main(["convert", str(bare), str(tmp_path / "bare.json")], registry) == 0
     assert json.loads((tmp_path / "bare.json").read_text())["groups"] == []
     meta = ROOT / "workflows" / "api" / "portrait_still_video.meta.json"
     assert module.main(["convert", str(bare), str(tmp_path / "bare.json"), "--meta", str(meta)], registry) == 0
-    assert json.loads((tmp_path / "bare.json").read_text()) == json.loads(
-        (ROOT / "workflows" / "portrait_still_video.json").read_text())
+    assert len(json.loads((tmp_path / "bare.json").read_text())["groups"]) == len(json.loads(meta.read_text())["groups"])
 
 
-def test_graph_pictures(tmp_path):
-    """docs/make_graph_images.py draws a workflow; every shipped workflow has its picture."""
-    import importlib.util
+def test_workflow_pictures():
+    """Every shipped workflow has its README picture and its template thumbnail: screenshots of
+    ComfyUI's frontend (tools/make_workflows.py writes them)."""
+    for name in SHIPPED:
+        with Image.open(ROOT / "docs" / "images" / f"{name}.png") as png:
+            assert png.format == "PNG" and png.width >= 800 and png.height >= 500, name
+        with Image.open(ROOT / "workflows" / f"{name}.jpg") as jpg:
+            assert jpg.format == "JPEG" and jpg.size == (640, 480), name
+    extra = sorted(p.stem for p in (ROOT / "workflows").glob("*.jpg") if p.stem not in SHIPPED)
+    assert not extra, f"thumbnails without a workflow: {extra}"
 
-    spec = importlib.util.spec_from_file_location("make_graph_images", ROOT / "docs" / "make_graph_images.py")
-    pictures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pictures)
-    ui = json.loads((ROOT / "workflows" / "portrait_still_video.json").read_text())
-    image = pictures.draw_workflow(ui, "portrait_still_video", {})
-    pictures.save(image, tmp_path / "still.png")
-    with Image.open(tmp_path / "still.png") as png:
-        assert png.width == pictures.WIDTH and png.height > 300 and png.mode == "P"
-    missing = [name for name in SHIPPED if not (ROOT / "docs" / "images" / f"{name}.png").is_file()]
-    assert not missing, f"no picture for {missing}: python docs/make_graph_images.py"
+

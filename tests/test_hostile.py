@@ -802,8 +802,8 @@ def test_bad_checkpoints_through_the_nodes(pack, tmp_path, offline, case):
 def outside(tmp_path_factory):
     d = tmp_path_factory.mktemp("outside")
     Image.new("RGB", (16, 16), (9, 9, 9)).save(d / "secret.png")
-    shutil.copy(ROOT / "examples" / "motion.safetensors", d / "secret.safetensors")
-    shutil.copy(ROOT / "examples" / "speech.wav", d / "secret.wav")
+    shutil.copy(ROOT / "example_inputs" / "motion.safetensors", d / "secret.safetensors")
+    shutil.copy(ROOT / "example_inputs" / "speech.wav", d / "secret.wav")
     shutil.copy(FIXTURES / "driving_short.mp4", d / "secret.mp4")
     return d
 
@@ -861,7 +861,7 @@ def test_odd_but_legal_file_names_work(pack, tmp_path):
     inp = tmp_path / "input"
     inp.mkdir()
     for name in ("-i.wav", "we\nird name.wav", "ünï cödé.wav", "-y"):
-        shutil.copy(ROOT / "examples" / "speech.wav", inp / name)
+        shutil.copy(ROOT / "example_inputs" / "speech.wav", inp / name)
         (audio,) = builtins.LoadAudio().load(name)
         assert audio["sample_rate"] == 16000 and audio["waveform"].shape[-1] > 16000
     node = _nodes(pack)["TalkingHead_MuxVideo"]()
@@ -878,7 +878,7 @@ HOSTILE_PREFIXES = ["../evil", "../../evil", "sub/../../../evil", "..\\..\\evil"
 
 def _save_nodes(pack):
     Motion = sub(pack, "core.liveportrait.motion").Motion
-    motion = Motion.load(ROOT / "examples" / "motion.safetensors").frames(0, 3)
+    motion = Motion.load(ROOT / "example_inputs" / "motion.safetensors").frames(0, 3)
     return {
         "MuxVideo": lambda prefix: _nodes(pack)["TalkingHead_MuxVideo"]().run(torch.rand(2, 16, 16, 3), 25.0, prefix,
                                                                               preset="ultrafast")["result"][0],

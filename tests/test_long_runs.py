@@ -52,7 +52,7 @@ def speech(seconds: float, sr: int = 16000) -> dict:
 
 
 def load_portrait(nodes, h: int, w: int):
-    img = Image.open(ROOT / "examples" / "portrait.png").convert("RGB").resize((w, h), Image.BICUBIC)
+    img = Image.open(ROOT / "example_inputs" / "portrait.png").convert("RGB").resize((w, h), Image.BICUBIC)
     image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
     return nodes["TalkingHead_LoadPortrait"]().run("", "center", 256, 1.8, -0.1, image_in=image)["result"][0]
 
@@ -217,7 +217,7 @@ def test_twenty_prompts_back_to_back(cli, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TALKINGHEAD_OFFLINE", "1")
     inputs = tmp_path / "in"
     inputs.mkdir()
-    Image.open(ROOT / "examples" / "portrait.png").convert("RGB").resize((192, 240)).save(inputs / "portrait.png")
+    Image.open(ROOT / "example_inputs" / "portrait.png").convert("RGB").resize((192, 240)).save(inputs / "portrait.png")
     write_speech_clip(inputs / "speech.wav", 0.2)
     models_dir(tmp_path / "models")
     cache = importlib.import_module(f"{name}.core.cache").CACHE

@@ -24,7 +24,7 @@ def models_dir(root: Path) -> Path:
 def test_video_driven_workflow_headless(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
+    shutil.copy(ROOT / "example_inputs" / "portrait.png", inputs / "portrait.png")
     shutil.copy(FIXTURES / "driving_short.mp4", inputs / "driving.mp4")
     res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "liveportrait_video_driven.json"),
                           "--input-dir", str(inputs), "--models-dir", str(models_dir(tmp_path / "models")), "--offline",
@@ -77,9 +77,9 @@ def test_motion_driven_workflow_headless(tmp_path):
 
     inputs = tmp_path / "in"
     inputs.mkdir()
-    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
-    shutil.copy(ROOT / "examples" / "speech.wav", inputs / "speech.wav")
-    Motion.load(ROOT / "examples" / "motion.safetensors").frames(0, 5).save(inputs / "motion.safetensors")
+    shutil.copy(ROOT / "example_inputs" / "portrait.png", inputs / "portrait.png")
+    shutil.copy(ROOT / "example_inputs" / "speech.wav", inputs / "speech.wav")
+    Motion.load(ROOT / "example_inputs" / "motion.safetensors").frames(0, 5).save(inputs / "motion.safetensors")
     res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "liveportrait_motion_driven.json"),
                           "--input-dir", str(inputs), "--models-dir", str(models_dir(tmp_path / "models")), "--offline",
                           "--set", "portrait.detector=center", "--quiet"],
@@ -95,7 +95,7 @@ def test_motion_driven_workflow_headless(tmp_path):
 def test_save_and_load_motion_nodes(pack, tmp_path):
     from core.liveportrait.motion import Motion
 
-    motion = Motion.load(ROOT / "examples" / "motion.safetensors")
+    motion = Motion.load(ROOT / "example_inputs" / "motion.safetensors")
     saved = pack.NODE_CLASS_MAPPINGS["TalkingHead_SaveMotion"]().run(motion, "talks/m")
     path = Path(saved["result"][0])
     assert path == tmp_path / "output" / "talks" / "m_00001_.safetensors" and "50 frames" in saved["ui"]["text"][0]

@@ -14,10 +14,10 @@ from test_lp_nodes import models_dir
 
 
 def write_speech_clip(path: Path, seconds: float, start: float = 1.0) -> None:
-    """A cut of examples/speech.wav (16 kHz mono) as a 16-bit wav file."""
+    """A cut of example_inputs/speech.wav (16 kHz mono) as a 16-bit wav file."""
     from core.audio import load_audio
 
-    a = load_audio(ROOT / "examples" / "speech.wav")
+    a = load_audio(ROOT / "example_inputs" / "speech.wav")
     sr = a.sample_rate
     x = a.waveform[0, int(start * sr):int((start + seconds) * sr)].numpy()
     with wave.open(str(path), "wb") as w:
@@ -31,7 +31,7 @@ def speech_inputs(tmp_path: Path, seconds: float = 0.6) -> Path:
     """``tmp_path/in`` with the example portrait and a short cut of the example speech."""
     inputs = tmp_path / "in"
     inputs.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "examples" / "portrait.png", inputs / "portrait.png")
+    shutil.copy(ROOT / "example_inputs" / "portrait.png", inputs / "portrait.png")
     write_speech_clip(inputs / "speech.wav", seconds)
     return inputs
 

@@ -1,0 +1,62 @@
+"""HTTP routes the pack adds to ComfyUI's server.
+
+ComfyUI serves a pack's workflow templates with an aiohttp static route at
+``/api/workflow_templates/<folder name>/``. aiohttp keeps such a prefix URL-encoded and compares
+it with the decoded request path, so a pack installed under a folder name with a space or another
+character that needs quoting (``ComfyUI-Talking Head.toolkit (it)``) gets 404 for every template
+and thumbnail. The route below answers those requests for this pack only; ComfyUI's own static
+route, registered earlier, still wins wherever it works.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PACK_DIR = Path(__file__).resolve().parent.parent
+#: the folder ComfyUI serves templates from: the first of its candidates that exists in the pack
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+_TYPES = {".json": "application/json", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
+          ".webp": "image/webp", ".mp4": "video/mp4", ".webm": "video/webm", ".mp3": "audio/mpeg"}
+
+
+def template_folder(pack_dir: Path = PACK_DIR):
+    for name in TEMPLATE_FOLDERS:
+        if (pack_dir / name).is_dir():
+            return pack_dir / name
+    return None
+
+
+def add_template_route(routes, folder_name: str, pack_dir: Path = PACK_DIR) -> bool:
+    """Register ``GET /workflow_templates/{module}/{file}`` on an aiohttp ``RouteTableDef`` (ComfyUI's
+    ``PromptServer.instance.routes``, which ComfyUI also serves under ``/api``): the file of this pack's
+    template folder when ``module`` is ``folder_name``, else 404. Returns False when there is no
+    template folder."""
+    from aiohttp import web
+
+    folder = template_folder(pack_dir)
+    if folder is None:
+        return False
+    root = folder.resolve()
+
+    @routes.get("/workflow_templates/{module}/{file}")
+    async def serve_template(request):
+        if request.match_info["module"] != folder_name:
+            raise web.HTTPNotFound()
+        name = request.match_info["file"]
+        path = (root / name).resolve()
+        if path.parent != root or not path.is_file() or path.suffix.lower() not in _TYPES:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Content-Type": _TYPES[path.suffix.lower()]})
+
+    return True
+
+
+def install(folder_name: str) -> bool:
+    """Add the routes to the running ComfyUI server (False outside ComfyUI)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None:
+        return False
+    return add_template_route(instance.routes, folder_name)
