@@ -235,3 +235,26 @@ def test_template_browser(browser, name):
     assert got["loaded"] == len(json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]), got
     assert got["thumb_status"] == 200 and got["thumb_type"] == "image/jpeg", got
     assert page.page_errors(browser) == [], page.page_errors(browser)
+
+
+def test_pack_template_route_serves_only_its_own_files(server):
+    """The pack's template route (nodes/web_routes.py) answers for its own folder name only, serves only
+    files directly in workflows/, and with their media types."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    def get(module: str, file: str):
+        url = f"{server.url}/api/workflow_templates/{urllib.parse.quote(module)}/{urllib.parse.quote(file, safe='')}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return resp.status, resp.headers.get("Content-Type")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    assert get(FOLDER_NAME, "portrait_still_video.json") == (200, "application/json")
+    assert get(FOLDER_NAME, "portrait_still_video.jpg") == (200, "image/jpeg")
+    assert get("another pack", "portrait_still_video.json")[0] == 404
+    for bad in ("../README.md", "api/portrait_still_video.api.json", "../../etc/passwd", "missing.json",
+                "../example_inputs/portrait.png"):
+        assert get(FOLDER_NAME, bad)[0] == 404, bad

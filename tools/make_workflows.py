@@ -110,13 +110,18 @@ def author(browser: Browser, server: StandIn, name: str, registry, graph_mod) ->
         merged = {**measured, "nodes": nodes + notes, "groups": layout["groups"],
                   "last_node_id": max(n["id"] for n in nodes + notes)}
         merged["extra"] = {**measured.get("extra", {}), "ds": opening_view(bbox(merged))}
-        final = page.load_and_save(browser, merged, name)
+        final = page.load_and_save(browser, merged)
         grown = {str(n["id"]): n["size"] for n in final["nodes"]
-                 if any(n["size"][i] > placed[str(n["id"])]["size"][i] + 0.5 for i in (0, 1))}
-        if not grown:
+                 if n["type"] != "Note" and any(n["size"][i] > placed[str(n["id"])]["size"][i] + 0.5 for i in (0, 1))}
+        cramped = {text: extra for text, extra in page.note_overflow(browser).items() if extra > 0}
+        if not grown and not cramped:
             break
-        print(f"  the frontend made nodes {sorted(grown)} larger than laid out: laying out again")
+        print(f"  the frontend made nodes {sorted(grown)} larger than laid out, {len(cramped)} notes need "
+              "more room: laying out again")
         sizes.update(grown)
+        for note, node in ((m, n) for m in meta.get("notes", []) for n in notes if n["widgets_values"][0] == m["text"]):
+            if note["text"] in cramped:
+                note["height"] = int(node["size"][1] + cramped[note["text"]] + 4)
     else:
         raise SystemExit(f"{name}: node sizes do not settle")
     return {"workflow": final, "api": page.export_api(browser)}
@@ -133,17 +138,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         page.place_example_inputs(base / "input")
         with StandIn(base, folder_name=PACK_FOLDER) as server, Browser(*VIEW) as browser:
             graph_mod = __import__(f"{server.pack.__name__}.core.graph", fromlist=["api_to_ui"])
-            page.open_app(browser, server.url)
             for name in todo:
                 print(f"{name}:")
+                page.open_app(browser, server.url)  # a fresh page: one tab, named after the workflow
                 result = author(browser, server, name, server.registry, graph_mod)
                 (WORKFLOWS / f"{name}.json").write_text(json.dumps(result["workflow"], indent=1) + "\n")
                 (API / f"{name}.api.json").write_text(json.dumps(result["api"], indent=1) + "\n")
-                if not args.no_images:
+                if not args.no_images:  # on a fresh page, opened as a user opens a file: two tabs
+                    page.open_app(browser, server.url)
+                    page.open_workflow(browser, result["workflow"], name)
                     time.sleep(1.0)  # previews
                     shot = IMAGES / f"{name}.png"
                     page.screenshot_graph(browser, shot)
                     page.thumbnail(shot, WORKFLOWS / f"{name}.jpg", THUMB_SIZE)
+                    page.compress_png(shot)
                     print(f"  wrote {shot.relative_to(ROOT)} and workflows/{name}.jpg")
                 print(f"  wrote workflows/{name}.json and workflows/api/{name}.api.json")
     finally:

@@ -494,3 +494,102 @@ def test_cancel_running_prompt(comfy, stage):
     assert entry["status"]["status_str"] == "success", _errors(entry)
     assert comfy.output_files() - before == check_outputs(comfy, entry, video_nodes(again), case)
     assert not comfy.leftovers(), comfy.leftovers()
+
+
+# --------------------------------------------------------------------------- the web frontend, in a browser
+
+UI_WORKFLOWS = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+#: fields of an /object_info entry that the frontend builds widgets and sockets from (tooltips and
+#: descriptions aside, which only the pack's own nodes are required to match word for word)
+FRONTEND_FIELDS = ("input_order", "output", "output_is_list", "output_name", "name", "display_name",
+                   "python_module", "category", "output_node")
+
+
+def _browser_ready():
+    from test_frontend import _MISSING
+
+    if _MISSING:
+        pytest.skip(_MISSING)
+
+
+@pytest.fixture(scope="module")
+def frontend(comfy):
+    """ComfyUI's own web page, served by the real server, in headless Chromium."""
+    _browser_ready()
+    from frontend import page
+    from frontend.browser import Browser
+
+    with Browser(1600, 1000) as browser:
+        page.open_app(browser, comfy.url)
+        yield browser
+
+
+def _without_tooltips(spec):
+    if isinstance(spec, dict):
+        return {k: _without_tooltips(v) for k, v in spec.items() if k != "tooltip"}
+    if isinstance(spec, list):
+        return [_without_tooltips(v) for v in spec]
+    return spec
+
+
+def test_standin_object_info_matches_the_real_server(comfy):
+    """The stand-in that CI's browser test runs against describes every node the workflows use as the
+    real server does: the pack's nodes exactly, ComfyUI's own in every field the frontend reads."""
+    _browser_ready()
+    from frontend.standin import StandIn
+
+    stand_in = StandIn(comfy.base, folder_name=ODD_FOLDER_NAME)  # same input/ and models/ folders
+    try:
+        ours = stand_in.object_info_dict()
+    finally:
+        import importlib
+        importlib.import_module(f"{stand_in.pack.__name__}.core.host").HOST.reset()
+    status, real = comfy.get("/object_info")
+    assert status == 200
+    used = {n["class_type"] for name in API_WORKFLOWS
+            for n in json.loads((WORKFLOWS / f"{name}.api.json").read_text()).values()}
+    for node_type in sorted(used | {k for k in real if k.startswith("TalkingHead_")}):
+        assert node_type in ours, f"the stand-in has no {node_type}"
+        if node_type.startswith("TalkingHead_"):
+            assert ours[node_type] == real[node_type], node_type
+        else:
+            for key in FRONTEND_FIELDS:
+                assert ours[node_type][key] == real[node_type][key], (node_type, key)
+            assert _without_tooltips(ours[node_type]["input"]) == _without_tooltips(real[node_type]["input"]), node_type
+
+
+@pytest.mark.parametrize("name", UI_WORKFLOWS)
+def test_ui_workflow_in_the_real_frontend(comfy, frontend, name):
+    """workflows/NAME.json in ComfyUI's own page: opens cleanly, saves and exports to the shipped files,
+    and the Run button (tiny checkpoints set in the widgets) ends in success with the expected mp4."""
+    from frontend import page
+    from test_frontend import check_opens, check_round_trip, live_layout_problems
+
+    ui = check_opens(frontend, name)
+    page.settle(frontend, 1500)
+    assert live_layout_problems(frontend) == [], name
+    check_round_trip(frontend, name, ui)
+    case = WORKFLOW_CASES[name]
+    page.set_widgets(frontend, case.overrides)
+    queued = page.export_api(frontend)
+    before = comfy.output_files()
+    page.reset_events(frontend)
+    page.click_run(frontend)
+    event = page.wait_finished(frontend, PROMPT_TIMEOUT)
+    assert event["type"] == "execution_success", json.dumps(event)[:4000]
+    entry = comfy.wait(event["detail"]["prompt_id"])
+    assert entry["prompt"][2] == queued
+    assert comfy.output_files() - before == check_outputs(comfy, entry, video_nodes(queued), case)
+    assert page.page_errors(frontend) == [], page.page_errors(frontend)
+
+
+@pytest.mark.parametrize("name", UI_WORKFLOWS)
+def test_template_browser_in_the_real_frontend(comfy, frontend, name):
+    """The real server lists each workflow as a template of the pack, and serves its JSON and thumbnail
+    (the pack's own route where ComfyUI's static route cannot serve a folder name with spaces)."""
+    from frontend import page
+
+    got = page.template_check(frontend, ODD_FOLDER_NAME, name)
+    assert got["listed"] and got["json_status"] == 200, got
+    assert got["loaded"] == len(json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]), got
+    assert got["thumb_status"] == 200 and got["thumb_type"] == "image/jpeg", got

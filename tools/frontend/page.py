@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .browser import Browser, BrowserError
 
@@ -90,10 +91,11 @@ def import_api(browser: Browser, api: dict, name: str) -> dict:
     }""", api, name, timeout=60)
 
 
-def load_and_save(browser: Browser, workflow: dict, name: str) -> dict:
-    """Open a UI workflow with ``app.loadGraphData`` and return what the frontend saves of it."""
+def load_and_save(browser: Browser, workflow: dict, name: Optional[str] = None) -> dict:
+    """Open a UI workflow with ``app.loadGraphData`` (in the open tab when ``name`` is None) and return
+    what the frontend saves of it."""
     browser.call("""async (wf, name) => {
-        await app.loadGraphData(wf, true, true, name + '.json');
+        await app.loadGraphData(wf, true, true, name ? name + '.json' : null);
         await new Promise(r => setTimeout(r, 2000));
     }""", workflow, name, timeout=60)
     return browser.eval("app.graph.serialize()")
@@ -179,8 +181,9 @@ def reset_events(browser: Browser) -> None:
     browser.eval("window.__th.events = []")
 
 
-def screenshot_graph(browser: Browser, path: Path, max_size=(2400, 1500)) -> Path:
-    """A screenshot of the whole graph as the frontend draws it (window enlarged to fit, view restored)."""
+@contextmanager
+def whole_graph(browser: Browser, max_size=(2400, 1500)):
+    """Enlarge the window and zoom so the whole graph is on screen (at most 100 %), restore afterwards."""
     box = browser.eval("""(() => {
         const xs0 = [], ys0 = [], xs1 = [], ys1 = [];
         for (const n of app.graph.nodes) { xs0.push(n.pos[0]); ys0.push(n.pos[1] - 30);
@@ -204,7 +207,7 @@ def screenshot_graph(browser: Browser, path: Path, max_size=(2400, 1500)) -> Pat
             app.canvas.setDirty(true, true); app.canvas.draw(true, true);
             await new Promise(r => setTimeout(r, 800));
         }""", scale, (left + margin) / scale - x0, (top + margin) / scale - y0)
-        browser.screenshot(path)
+        yield scale
     finally:
         browser.send("Emulation.setDeviceMetricsOverride", width=browser.width, height=browser.height,
                      deviceScaleFactor=1, mobile=False)
@@ -214,6 +217,37 @@ def screenshot_graph(browser: Browser, path: Path, max_size=(2400, 1500)) -> Pat
             app.canvas.ds.scale = scale; app.canvas.ds.offset[0] = offset[0]; app.canvas.ds.offset[1] = offset[1];
             app.canvas.setDirty(true, true);
         }""", old_scale, old_offset)
+
+
+def screenshot_graph(browser: Browser, path: Path) -> Path:
+    """A screenshot of the whole graph as the frontend draws it."""
+    with whole_graph(browser):
+        browser.screenshot(path)
+    return path
+
+
+def note_overflow(browser: Browser) -> Dict[str, float]:
+    """Note text -> how much taller (canvas units) its text box must be to show all of its text."""
+    with whole_graph(browser):
+        return browser.eval("""(() => {
+            const out = {};
+            for (const n of app.graph.nodes) {
+                if (n.type !== 'Note' && n.type !== 'MarkdownNote') continue;
+                const w = (n.widgets || [])[0];
+                const el = w && (w.element || w.inputEl);
+                if (el && el.clientHeight > 0) out[w.value] = Math.max(0, el.scrollHeight - el.clientHeight);
+            }
+            return out;
+        })()""")
+
+
+def compress_png(path: Path) -> Path:
+    """Rewrite a screenshot as a 256-colour palette PNG (flat UI colours stay flat; a third of the size)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        small = img.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    small.save(path, optimize=True)
     return path
 
 

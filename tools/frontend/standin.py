@@ -102,7 +102,9 @@ def _v3_input(spec: Any) -> Any:
             opts = {"default": extra.pop("default"), **opts}
         opts.update(extra)
         return ["COMBO", opts]
-    return [kind, opts] if len(spec) > 1 else [kind]
+    if kind == "STRING":
+        opts.setdefault("multiline", False)  # V3's String input always says so
+    return [kind, opts]  # V3 always writes the options, empty or not
 
 
 def node_info(class_type: str, cls: type, display: Dict[str, str], module: str) -> dict:
