@@ -1,6 +1,7 @@
 """Shared fixtures.
 
-* The repo root goes on ``sys.path`` so unit tests can ``from core import resize``.
+* The repo root goes on ``sys.path`` so unit tests can ``from core import resize``, and ``tools/``
+  so the browser tests can ``from frontend import page``.
 * ``pack``: the whole pack imported the way ComfyUI imports it, from a folder whose name is
   not a Python identifier, headless (no ComfyUI modules importable).
 * ``comfy_pack``: the same inside a fake ComfyUI (``tests/fake_comfy``), so the bridge installs.
@@ -17,6 +18,8 @@ FIXTURES = ROOT / "tests" / "fixtures"
 FAKE_COMFY = ROOT / "tests" / "fake_comfy"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "tools") not in sys.path:  # the browser test's helpers: tools/frontend
+    sys.path.insert(0, str(ROOT / "tools"))
 
 #: a folder name ComfyUI users really produce (spaces, dots, dashes)
 ODD_FOLDER_NAME = "ComfyUI-Talking Head.toolkit (dev)"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -46,7 +45,6 @@ def _missing_requirement():
         import websockets  # noqa: F401
     except ImportError as exc:
         return f"{exc.name} is not installed (pip install -r requirements-dev.txt)"
-    sys.path.insert(0, str(ROOT / "tools"))
     from frontend.browser import find_chromium
 
     if not find_chromium():

@@ -44,6 +44,7 @@ from typing import Dict
 
 import pytest
 
+from frontend.browser import stop_process  # tools/frontend (on sys.path through conftest)
 from workflow_cases import (API_WORKFLOWS, DITTO, FOM, JOYVASA, LONG_SPEECH, SDA, WORKFLOW_CASES, Case,  # noqa: F401
                             check_mp4, load_workflow, place_inputs, place_models, saved_files, video_nodes)
 
@@ -188,14 +189,7 @@ def _errors(entry: dict) -> str:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=20)
+    stop_process(proc, 20)
 
 
 # --------------------------------------------------------------------------- the server

@@ -24,9 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from websockets.sync.client import connect
-
-__all__ = ["find_chromium", "Browser", "BrowserError"]
+__all__ = ["find_chromium", "stop_process", "Browser", "BrowserError"]
 
 
 class BrowserError(RuntimeError):
@@ -49,6 +47,18 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Terminate ``proc`` (kill it if it does not end within ``timeout`` seconds) and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
 
 
 class Browser:
@@ -83,6 +93,8 @@ class Browser:
         self.dialogs: List[str] = []      # alert/confirm/prompt messages (auto-dismissed)
         self._closed = False
         try:
+            from websockets.sync.client import connect
+
             ws_url = self._page_socket(port)
             self._ws_context = connect(ws_url, max_size=None, open_timeout=timeout)
             self._ws = self._ws_context.__enter__()
@@ -234,14 +246,8 @@ class Browser:
                 self._ws_context.__exit__(None, None, None)
         except Exception:
             pass
-        proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if getattr(self, "_proc", None) is not None:
+            stop_process(self._proc, 10)
         shutil.rmtree(self._profile, ignore_errors=True)
 
     def __enter__(self) -> "Browser":
