@@ -195,7 +195,8 @@ def test_ddim_sample_parity(lmdm, fx, steps):
     sched = S.make_schedule(lmdm.alphas_cumprod, steps)
     assert torch.equal(torch.tensor(sched.pairs), fx(p + "time_pairs"))
     for k in ("alpha_next_sqrt", "c", "sigma"):
-        assert err(getattr(sched, k), fx(p + k)) < 1e-7, k
+        # each entry is a few float32 operations on values in [0, 1]: a few ulps of 1 apart at most
+        assert err(getattr(sched, k), fx(p + k)) <= 4 * torch.finfo(torch.float32).eps, k
     traj = []
     out = S.ddim_sample(lmdm, fx("denoiser.cond_frame"), fx("denoiser.cond"), steps, fx(p + "x_T"),
                         fx(p + "step_noise"), trajectory=traj)

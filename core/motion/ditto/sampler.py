@@ -69,8 +69,10 @@ def make_schedule(alphas_cumprod: torch.Tensor, steps: int, eta: float = 1.0) ->
         if tn < 0:
             continue
         a, a_next = alphas_cumprod[t], alphas_cumprod[tn]
-        sigma = eta * ((1 - a / a_next) * (1 - a_next) / (1 - a)).sqrt()
-        cs.append((1 - a_next - sigma ** 2).sqrt())
+        # both radicands are >= 0 in exact arithmetic (with eta = 1 the second is 0 for some step pairs);
+        # float32 rounding can push them just below 0, where sqrt gives NaN
+        sigma = eta * ((1 - a / a_next) * (1 - a_next) / (1 - a)).clamp_min(0).sqrt()
+        cs.append((1 - a_next - sigma ** 2).clamp_min(0).sqrt())
         an.append(a_next.sqrt())
         sg.append(sigma)
     empty = alphas_cumprod.new_zeros(0)
