@@ -256,3 +256,14 @@ def test_pack_template_route_serves_only_its_own_files(server):
     for bad in ("../README.md", "api/portrait_still_video.api.json", "../../etc/passwd", "missing.json",
                 "../example_inputs/portrait.png"):
         assert get(FOLDER_NAME, bad)[0] == 404, bad
+
+
+def test_template_browser_dialog(browser, server):
+    """As a user: Templates in the side bar, the pack among the extensions, a click on its card opens each
+    (each on a freshly loaded page, as a user who opens the template browser once)."""
+    for name in SHIPPED:
+        page.open_app(browser, server.url)
+        got = page.open_template_dialog_card(browser, FOLDER_NAME, name)
+        shipped = json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
+        assert got["titles"] == sorted(n["title"] for n in shipped), (name, got)
+    assert page.page_errors(browser) == [], page.page_errors(browser)

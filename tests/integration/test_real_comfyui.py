@@ -587,3 +587,15 @@ def test_template_browser_in_the_real_frontend(comfy, frontend, name):
     assert got["listed"] and got["json_status"] == 200, got
     assert got["loaded"] == len(json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]), got
     assert got["thumb_status"] == 200 and got["thumb_type"] == "image/jpeg", got
+
+
+def test_template_browser_dialog_in_the_real_frontend(comfy, frontend):
+    """As a user in the real page: Templates, the pack among the extensions, a click on each card
+    opens the workflow."""
+    from frontend import page
+
+    for name in UI_WORKFLOWS:  # each on a freshly loaded page (a reopened browser may keep its placeholders)
+        page.open_app(frontend, comfy.url)
+        got = page.open_template_dialog_card(frontend, ODD_FOLDER_NAME, name)
+        shipped = json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
+        assert got["titles"] == sorted(n["title"] for n in shipped), (name, got)

@@ -286,5 +286,66 @@ def template_check(browser: Browser, module: str, name: str) -> dict:
     }""" % _API, module, name, timeout=60)
 
 
+def open_template_dialog_card(browser: Browser, module: str, name: str, timeout: float = 10.0) -> dict:
+    """Open the template browser (the Templates button of the side bar), pick the pack ``module`` among
+    the extensions, find the card of template ``name``, check its thumbnail picture loaded, click it,
+    and report the opened graph."""
+    def center(js: str):
+        """Scroll the element into view, let the scrolling settle, and return its centre."""
+        if not browser.eval("""(() => { const el = %s; if (!el) return false;
+                                       el.scrollIntoView({block: 'center', behavior: 'instant'}); return true; })()"""
+                            % js):
+            return None
+        settle(browser, 400)
+        return browser.eval("""(() => { const el = %s; if (!el) return null; const r = el.getBoundingClientRect();
+                                       return [r.x + r.width / 2, r.y + r.height / 2]; })()""" % js)
+
+    button = center("[...document.querySelectorAll('button')].find(b => b.getAttribute('aria-label') === 'Templates')")
+    if not button:
+        raise BrowserError("no Templates button")
+    browser.click(*button)
+    pack = None
+    deadline = time.monotonic() + timeout
+    while pack is None and time.monotonic() < deadline:
+        pack = center("""[...document.querySelectorAll('[role=dialog] *')].filter(e => e.innerText &&
+                         e.innerText.trim() === %s).sort((a, b) => a.children.length - b.children.length)[0]"""
+                      % json.dumps(module))
+        time.sleep(0.2)
+    if pack is None:
+        raise BrowserError(f"the template browser lists no {module}")
+    browser.click(*pack)
+    # the card: the clickable block around the heading that is the name (its picture loads lazily, once
+    # the card is scrolled into view)
+    find_card = ("""(() => { const name = %s;
+                       const cards = [...document.querySelectorAll(`[role=dialog] [data-testid="template-workflow-${name}"]`)]
+                                       .filter(c => c.offsetParent !== null);
+                       const shown = cards.find(c => { const i = c.querySelector('img'); return i && i.naturalWidth > 0; });
+                       if (shown || cards.length) return shown || cards[0];
+                       const h = [...document.querySelectorAll('[role=dialog] h3')].find(e => e.innerText.trim() === name);
+                       return h ? h.closest('.cursor-pointer') || h.parentElement : null; })()"""
+                 % json.dumps(name))
+    deadline = time.monotonic() + timeout
+    thumb = None
+    while time.monotonic() < deadline:
+        thumb = browser.eval("""(() => { const card = %s; if (!card) return null;
+            card.scrollIntoView({block: 'center'});
+            const img = card.querySelector('img');
+            if (!img) return {src: null, loaded: false, width: 0};
+            return {src: img.getAttribute('src'), loaded: img.complete && img.naturalWidth > 0,
+                    width: img.naturalWidth}; })()""" % find_card)
+        if thumb and thumb["loaded"]:
+            break
+        time.sleep(0.25)
+    if not thumb:  # (a card's picture can stay a placeholder in a headless window: its loading is lazy)
+        raise BrowserError(f"the template browser shows no card for {name}")
+    spot = center(find_card)
+    browser.click(*spot)
+    browser.wait_for("""(() => ![...document.querySelectorAll('[role=dialog]')].some(d => d.offsetParent !== null))()""",
+                     timeout=timeout)
+    settle(browser, 500)
+    titles = browser.eval("app.graph.nodes.map(n => n.title).sort()")
+    return {"thumbnail": thumb, "nodes": len(titles), "titles": titles}
+
+
 def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")

@@ -349,6 +349,9 @@ class StandIn:
         app.router.add_get("/internal/logs", _async(lambda r: _json("")))
         app.router.add_get("/internal/logs/raw", _async(lambda r: _json({"entries": [], "size": {}})))
         app.router.add_get("/internal/folder_paths", _async(lambda r: _json({})))
+        # ComfyUI's own templates come from the comfyui-workflow-templates package, which the stand-in
+        # does without: an empty index (no core templates), the pack's own still listed
+        app.router.add_get(r"/templates/{index:index(\.[a-zA-Z-]+)?\.json}", _async(lambda r: _json([])))
         app.router.add_get("/", self.index)
         app.router.add_static("/", self.static)
         return app
