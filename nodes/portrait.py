@@ -54,8 +54,13 @@ class LoadPortrait:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, image):
-        if not image:  # nothing chosen: fine if an IMAGE is connected (checked when running)
+    def VALIDATE_INPUTS(cls, image, input_types=None):
+        # nothing chosen, or an IMAGE connected to image_in (which replaces the file): no file to check
+        # (ComfyUI passes the types of the linked inputs as input_types; the headless runner does too)
+        linked = (input_types or {}).get("image_in")
+        if linked is not None:  # declaring input_types turns ComfyUI's own type check off: do it here
+            return True if linked == "IMAGE" else f"image_in needs an IMAGE, got {linked}"
+        if not image:
             return True
         return validate_input_file(image, "image")
 

@@ -321,3 +321,24 @@ def test_workflow_pictures():
     assert not extra, f"thumbnails without a workflow: {extra}"
 
 
+
+
+def test_portrait_file_is_not_required_when_an_image_is_connected(cli, monkeypatch, tmp_path):
+    """The README's photo command: LoadImage feeds LoadPortrait's image_in, so LoadPortrait's own file
+    name (portrait.png, absent from the user's input folder) must not fail validation; unconnected, it does."""
+    import importlib
+
+    module, registry = cli
+    base = module.__name__.rsplit(".", 1)[0]
+    graph = importlib.import_module(base + ".graph")
+    shutil.copy(EXAMPLES / "speech.wav", tmp_path / "speech.wav")
+    shutil.copy(EXAMPLES / "portrait.png", tmp_path / "me.png")
+    monkeypatch.setattr(importlib.import_module(base + ".host").HOST, "input_dirs", lambda: [tmp_path])
+    reg = registry()
+    prompt = json.loads((ROOT / "workflows" / "api" / "liveportrait_procedural.api.json").read_text())
+    prompt["6"]["inputs"]["image"] = "me.png"          # the photo, through LoadImage -> image_in
+    assert prompt["1"]["inputs"]["image"] == "portrait.png" and prompt["1"]["inputs"].get("image_in")
+    graph.validate(prompt, reg)
+    del prompt["1"]["inputs"]["image_in"]               # no IMAGE connected: the file must exist
+    with pytest.raises(graph.GraphError, match="portrait.png"):
+        graph.validate(prompt, reg)

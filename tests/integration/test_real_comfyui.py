@@ -599,3 +599,16 @@ def test_template_browser_dialog_in_the_real_frontend(comfy, frontend):
         got = page.open_template_dialog_card(frontend, ODD_FOLDER_NAME, name)
         shipped = json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
         assert got["titles"] == sorted(n["title"] for n in shipped), (name, got)
+
+
+def test_photo_through_image_in_needs_no_portrait_file(comfy):
+    """The README's photo command on the real server: LoadImage's photo feeds LoadPortrait's image_in, so
+    LoadPortrait's own file name may name a file that is not in input/ (it is not used)."""
+    case = WORKFLOW_CASES["liveportrait_procedural"]
+    prompt = load_workflow("liveportrait_procedural", {**case.overrides, "portrait": {"detector": "center",
+                                                                                       "image": "not-there.png"},
+                                                        "video": {"filename_prefix": "TalkingHead/photo"}})
+    before = comfy.output_files()
+    entry = comfy.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "success", _errors(entry)
+    assert comfy.output_files() - before == check_outputs(comfy, entry, video_nodes(prompt), case)
