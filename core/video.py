@@ -31,6 +31,22 @@ class VideoWriteError(TalkingHeadError):
     """ffmpeg failed or the destination cannot be written."""
 
 
+def write_hint(exc: BaseException, path: Union[str, os.PathLike]) -> str:
+    """What the user can do about a failed write of ``path``, from the error's errno."""
+    import errno
+
+    code = getattr(exc, "errno", None)
+    name = Path(path).name
+    if code == errno.ENAMETOOLONG or len(name.encode("utf-8", "surrogatepass")) > 255:
+        return (f"the file name is too long ({len(name)} characters; file systems allow about 255): "
+                "shorten filename_prefix")
+    if code == errno.ENOSPC:
+        return "the disk is full"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the output folder is not writable"
+    return "is the output folder writable?"
+
+
 # ------------------------------------------------------------------------ naming
 def output_path(output_dir: Union[str, os.PathLike], prefix: str, ext: str = "mp4") -> Tuple[Path, str, str]:
     """Next free ``<prefix>_<counter:05>_.<ext>`` inside ``output_dir`` (ComfyUI's naming).
@@ -157,7 +173,7 @@ class VideoWriter:
             os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get normal rights
         except OSError as exc:
             raise VideoWriteError(f"cannot write into {self.path.parent}: {exc.strerror or exc} "
-                                  f"(is the output folder writable?)") from exc
+                                  f"({write_hint(exc, self.path)})") from exc
         self._partial = Path(partial)
 
     # -- process

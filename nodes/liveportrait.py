@@ -233,12 +233,12 @@ class SaveMotion:
             motion.save(tmp)
             tmp.replace(path)
         except Exception as exc:  # safetensors' I/O errors are not OSErrors; nothing half-written may stay
-            from ..core.video import VideoWriteError
+            from ..core.video import VideoWriteError, write_hint
 
             if tmp.is_file():
                 tmp.unlink()
             raise VideoWriteError(f"cannot write {filename} into {path.parent}: {exc} "
-                                  f"(is the output folder writable?)") from exc
+                                  f"({write_hint(exc, path)})") from exc
         return {"ui": {"text": [f"saved {len(motion)} frames of motion to {subfolder + '/' if subfolder else ''}"
                                 f"{filename}"]}, "result": (str(path),)}
 

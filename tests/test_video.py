@@ -120,3 +120,24 @@ def test_output_naming_and_traversal(tmp_path):
     for bad in ["../evil", "/etc/evil", "a/../../evil", "C:/evil", "", "a\x00b"]:
         with pytest.raises(InputError):
             V.output_path(tmp_path, bad)
+
+
+def test_too_long_file_name_is_named_as_such(tmp_path):
+    """A 300-character name fails with a message that says so (not 'is the output folder writable?')."""
+    from core.video import VideoWriteError, write_video
+
+    frames = torch.zeros(2, 16, 16, 3)
+    with pytest.raises(VideoWriteError, match="too long") as info:
+        write_video(tmp_path / ("x" * 300 + ".mp4"), frames, fps=25)
+    assert "writable" not in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_hints():
+    import errno
+
+    from core.video import write_hint
+
+    assert "full" in write_hint(OSError(errno.ENOSPC, "no space"), "a.mp4")
+    assert "not writable" in write_hint(PermissionError(errno.EACCES, "denied"), "a.mp4")
+    assert "too long" in write_hint(OSError(errno.ENAMETOOLONG, "long"), "a.mp4")

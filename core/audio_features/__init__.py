@@ -92,7 +92,7 @@ def compute_embeddings(audio: AudioLike, encoder: Union[str, Callable] = HUBERT_
                          f"Trim or split it, or raise the limit (max_minutes).")
     if not allow_silent and src.is_silent():
         raise InputError("the audio is silent (peak below -80 dBFS): there is no speech to animate. "
-                         "Check the input, or allow silent audio.")
+                         "Check the recording (muted, the wrong channel, or the wrong file?).")
     mono = A.prepare(src, sample_rate=chunk.sample_rate, mono=True)
     samples = mono.waveform[0]
 
