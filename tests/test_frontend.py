@@ -62,7 +62,8 @@ if not _MISSING:
     from frontend.browser import Browser
     from frontend.standin import StandIn
 
-from workflow_cases import WORKFLOW_CASES, check_mp4, place_inputs, place_models, saved_files  # noqa: E402
+from workflow_cases import (WORKFLOW_CASES, check_mp4, declared, place_inputs, place_models,  # noqa: E402
+                            saved_files)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -98,14 +99,6 @@ def browser(server):
 @pytest.fixture(scope="module")
 def graph(server):
     return importlib.import_module(f"{server.pack.__name__}.core.graph")
-
-
-def _declared(prompt: dict, registry: dict, graph) -> dict:
-    out = {}
-    for node_id, node in prompt.items():
-        names = {s.name for s in graph.input_specs(registry[node["class_type"]])}
-        out[node_id] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in names}}
-    return out
 
 
 # --------------------------------------------------------------------------- checks shared with tests/integration
@@ -179,11 +172,10 @@ def test_object_info_is_complete(server):
             assert entry["python_module"] == f"custom_nodes.{FOLDER_NAME}"
 
 
-def test_template_folder_is_not_shadowed():
+def test_template_folder_is_not_shadowed(server):
     """ComfyUI serves a pack's templates from the first of these folders that exists: it must be workflows/."""
-    from frontend.standin import TEMPLATE_FOLDERS
-
-    first = next(f for f in TEMPLATE_FOLDERS if (ROOT / f).is_dir())
+    folders = importlib.import_module(f"{server.pack.__name__}.nodes.web_routes").TEMPLATE_FOLDERS
+    first = next(f for f in folders if (ROOT / f).is_dir())
     assert first == "workflows", f"{first}/ hides workflows/ from ComfyUI's template browser"
 
 
@@ -195,9 +187,9 @@ def test_workflow_in_the_frontend(browser, server, graph, name):
     page.screenshot_graph(browser, ARTIFACTS / f"{name}.png")
     exported = check_round_trip(browser, name, ui)
     # the pack's converter (run.py on a UI file) reads the same values as the frontend
-    assert graph.ui_to_api(ui, server.registry) == _declared(exported, server.registry, graph)
+    assert graph.ui_to_api(ui, server.registry) == declared(exported, server.registry, graph)
     # ... and writes widget values in the frontend's order
-    ours = {n["id"]: n for n in graph.api_to_ui(_declared(exported, server.registry, graph), server.registry)["nodes"]}
+    ours = {n["id"]: n for n in graph.api_to_ui(declared(exported, server.registry, graph), server.registry)["nodes"]}
     for node in ui["nodes"]:
         if node["type"] != "Note":
             assert ours[node["id"]]["widgets_values"] == node.get("widgets_values", []), (name, node["title"])

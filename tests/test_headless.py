@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
+from workflow_cases import declared
 
 WORKFLOW = ROOT / "workflows" / "portrait_still_video.json"
 EXAMPLES = ROOT / "example_inputs"
@@ -195,16 +196,6 @@ def test_shipped_workflows_are_consistent(cli, monkeypatch):
         api = json.loads(api_path.read_text())
         assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == declared(api, reg, graph), ui_path.name
         graph.validate(api, reg)
-
-
-def declared(api: dict, reg: dict, graph) -> dict:
-    """An API prompt as ComfyUI's frontend exports it, less the values of the frontend's own preview
-    widgets (audioUI, video-preview): the server and the headless runner ignore undeclared inputs."""
-    out = {}
-    for node_id, node in api.items():
-        names = {s.name for s in graph.input_specs(reg[node["class_type"]])}
-        out[node_id] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in names}}
-    return out
 
 
 SHIPPED = sorted(p.name[:-len(".api.json")] for p in (ROOT / "workflows" / "api").glob("*.api.json"))

@@ -64,8 +64,6 @@ BUILTINS: Dict[str, dict] = {
                   "description": "Saves the input images to your ComfyUI output directory."},
 }
 
-#: the folder names ComfyUI serves a custom node pack's workflow templates from (first one found)
-TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
 
 
 def frontend_root() -> Path:
@@ -387,10 +385,8 @@ class StandIn:
                                                   f"custom_nodes.{self.folder_name}")})
 
     def _template_dir(self) -> Optional[Path]:
-        for folder in TEMPLATE_FOLDERS:
-            if (ROOT / folder).is_dir():
-                return ROOT / folder
-        return None
+        """The folder ComfyUI serves the pack's templates from (the first of its candidates that exists)."""
+        return importlib.import_module(f"{self.pack.__name__}.nodes.web_routes").template_folder(ROOT)
 
     async def workflow_templates(self, request):
         folder = self._template_dir()
