@@ -52,7 +52,7 @@ from .errors import Cancelled, InputError, TalkingHeadError
 __all__ = [
     "GraphError", "Problem", "InputSpec", "input_specs", "describe_node",
     "validate", "execute", "apply_overrides", "ui_to_api", "api_to_ui",
-    "as_api", "load_workflow", "check_meta", "load_meta", "meta_path", "note_height",
+    "as_api", "load_workflow", "check_meta", "load_meta", "meta_path", "note_height", "declared_inputs",
     "GROUP_COLORS", "NOTE_PLACES",
 ]
 
@@ -1512,6 +1512,17 @@ def _title_band(font_size: int) -> int:
 def _num(value: float) -> Union[int, float]:
     """Whole numbers as ints, so the JSON stays tidy."""
     return int(value) if float(value).is_integer() else round(float(value), 1)
+
+
+def declared_inputs(prompt: Prompt, registry: Registry) -> Prompt:
+    """``prompt`` with only the inputs each node's class declares: without the values ComfyUI's frontend
+    exports for its own preview widgets (``audioUI``, ``video-preview``), which the server and this
+    runner ignore."""
+    out = {}
+    for node_id, node in prompt.items():
+        names = {s.name for s in input_specs(registry[node["class_type"]])}
+        out[node_id] = {**node, "inputs": {k: v for k, v in (node.get("inputs") or {}).items() if k in names}}
+    return out
 
 
 # --------------------------------------------------------------------------- loading

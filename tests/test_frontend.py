@@ -62,8 +62,7 @@ if not _MISSING:
     from frontend.browser import Browser
     from frontend.standin import StandIn
 
-from workflow_cases import (WORKFLOW_CASES, check_mp4, declared, place_inputs, place_models,  # noqa: E402
-                            saved_files)
+from workflow_cases import WORKFLOW_CASES, check_mp4, place_inputs, place_models, saved_files  # noqa: E402
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -157,6 +156,36 @@ def check_round_trip(browser, name: str, ui: dict) -> dict:
     return exported
 
 
+def run_from_the_ui(browser, case, timeout: float = PROMPT_TIMEOUT) -> tuple:
+    """Set the case's widget values, press Run and wait: ``(prompt id, the prompt graphToPrompt gave)``
+    once the page got ``execution_success``."""
+    page.set_widgets(browser, case.overrides)
+    queued = page.export_api(browser)
+    page.reset_events(browser)
+    page.click_run(browser)
+    event = page.wait_finished(browser, timeout)
+    assert event["type"] == "execution_success", json.dumps(event)[:4000]
+    return event["detail"]["prompt_id"], queued
+
+
+def check_template(browser, folder: str, name: str) -> None:
+    """The template browser's requests for ``name`` (list, JSON, thumbnail) are served; the JSON opens."""
+    got = page.template_check(browser, folder, name)
+    assert got["listed"] and got["json_status"] == 200, got
+    assert got["loaded"] == len(json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]), got
+    assert got["thumb_status"] == 200 and got["thumb_type"] == "image/jpeg", got
+
+
+def check_template_dialog(browser, url: str, folder: str) -> None:
+    """Each shipped workflow opens from its card in the Templates dialog (each on a freshly loaded page:
+    a reopened dialog may keep its lazy pictures' placeholders)."""
+    for name in SHIPPED:
+        page.open_app(browser, url)
+        got = page.open_template_dialog_card(browser, folder, name)
+        shipped = json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
+        assert got["titles"] == sorted(n["title"] for n in shipped), (name, got)
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -187,22 +216,17 @@ def test_workflow_in_the_frontend(browser, server, graph, name):
     page.screenshot_graph(browser, ARTIFACTS / f"{name}.png")
     exported = check_round_trip(browser, name, ui)
     # the pack's converter (run.py on a UI file) reads the same values as the frontend
-    assert graph.ui_to_api(ui, server.registry) == declared(exported, server.registry, graph)
+    assert graph.ui_to_api(ui, server.registry) == graph.declared_inputs(exported, server.registry)
     # ... and writes widget values in the frontend's order
-    ours = {n["id"]: n for n in graph.api_to_ui(declared(exported, server.registry, graph), server.registry)["nodes"]}
+    laid_out = graph.api_to_ui(graph.declared_inputs(exported, server.registry), server.registry)
+    ours = {n["id"]: n for n in laid_out["nodes"]}
     for node in ui["nodes"]:
         if node["type"] != "Note":
             assert ours[node["id"]]["widgets_values"] == node.get("widgets_values", []), (name, node["title"])
 
     # Run, as a user: the tiny checkpoints and short inputs set in the widgets, then the Run button
     case = WORKFLOW_CASES[name]
-    page.set_widgets(browser, case.overrides)
-    queued = page.export_api(browser)
-    page.reset_events(browser)
-    page.click_run(browser)
-    event = page.wait_finished(browser, PROMPT_TIMEOUT)
-    assert event["type"] == "execution_success", json.dumps(event)[:4000]
-    pid = event["detail"]["prompt_id"]
+    pid, queued = run_from_the_ui(browser, case)
     entry = server.history[pid]
     assert entry["prompt"][2] == queued  # what the Run button sent is what graphToPrompt gives
     writers = [i for i, n in queued.items() if "filename_prefix" in n["inputs"]]
@@ -220,10 +244,7 @@ def test_workflow_in_the_frontend(browser, server, graph, name):
 def test_template_browser(browser, name):
     """What the template browser fetches for a custom-node template (list, JSON, thumbnail) is served,
     and the template opens."""
-    got = page.template_check(browser, FOLDER_NAME, name)
-    assert got["listed"] and got["json_status"] == 200, got
-    assert got["loaded"] == len(json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]), got
-    assert got["thumb_status"] == 200 and got["thumb_type"] == "image/jpeg", got
+    check_template(browser, FOLDER_NAME, name)
     assert page.page_errors(browser) == [], page.page_errors(browser)
 
 
@@ -253,9 +274,5 @@ def test_pack_template_route_serves_only_its_own_files(server):
 def test_template_browser_dialog(browser, server):
     """As a user: Templates in the side bar, the pack among the extensions, a click on its card opens each
     (each on a freshly loaded page, as a user who opens the template browser once)."""
-    for name in SHIPPED:
-        page.open_app(browser, server.url)
-        got = page.open_template_dialog_card(browser, FOLDER_NAME, name)
-        shipped = json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
-        assert got["titles"] == sorted(n["title"] for n in shipped), (name, got)
+    check_template_dialog(browser, server.url, FOLDER_NAME)
     assert page.page_errors(browser) == [], page.page_errors(browser)

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from workflow_cases import declared
 
 WORKFLOW = ROOT / "workflows" / "portrait_still_video.json"
 EXAMPLES = ROOT / "example_inputs"
@@ -194,7 +193,7 @@ def test_shipped_workflows_are_consistent(cli, monkeypatch):
         ui_path = ROOT / "workflows" / api_path.name.replace(".api.json", ".json")
         assert ui_path.is_file(), f"{ui_path.name} (UI format) is missing"
         api = json.loads(api_path.read_text())
-        assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == declared(api, reg, graph), ui_path.name
+        assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == graph.declared_inputs(api, reg), ui_path.name
         graph.validate(api, reg)
 
 
@@ -289,7 +288,7 @@ def test_convert_round_trip(cli, tmp_path):
         assert module.main(["convert", str(api), str(ui)], registry) == 0
         assert json.loads(ui.read_text())["groups"], name
         assert module.main(["convert", str(ui), str(back)], registry) == 0
-        assert json.loads(back.read_text()) == declared(json.loads(api.read_text()), reg, graph), name
+        assert json.loads(back.read_text()) == graph.declared_inputs(json.loads(api.read_text()), reg), name
     # without a sidecar the graph is laid out bare; --meta picks one
     bare = tmp_path / "bare.api.json"
     bare.write_text((ROOT / "workflows" / "api" / "portrait_still_video.api.json").read_text())

@@ -176,12 +176,3 @@ def place_models(models: Path) -> None:
     tiny_joyvasa_models(models)
     classic_models(models)
 
-
-def declared(api: dict, reg: dict, graph) -> dict:
-    """An API prompt as ComfyUI's frontend exports it, less the values of the frontend's own preview
-    widgets (audioUI, video-preview): the server and the headless runner ignore undeclared inputs."""
-    out = {}
-    for node_id, node in api.items():
-        names = {s.name for s in graph.input_specs(reg[node["class_type"]])}
-        out[node_id] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in names}}
-    return out

@@ -28,13 +28,14 @@ Needs Chromium and the dev requirements (``comfyui-frontend-package``, ``aiohttp
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,16 +60,6 @@ def names(selected: List[str]) -> List[str]:
     if unknown:
         raise SystemExit(f"no workflows/api/{unknown[0]}.api.json (have: {', '.join(found)})")
     return selected or found
-
-
-def declared_only(prompt: dict, object_info: Dict[str, dict]) -> dict:
-    """The prompt without the frontend's extra widget values (audioUI, video-preview, ...)."""
-    out = {}
-    for node_id, node in prompt.items():
-        info = object_info[node["class_type"]]["input"]
-        known = set(info.get("required", {})) | set(info.get("optional", {}))
-        out[node_id] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in known}}
-    return out
 
 
 def bbox(workflow: dict) -> List[float]:
@@ -96,11 +87,10 @@ def opening_view(box: List[float]) -> dict:
 def author(browser: Browser, server: StandIn, name: str, registry, graph_mod) -> dict:
     api = json.loads((API / f"{name}.api.json").read_text())
     meta = json.loads((API / f"{name}.meta.json").read_text())
-    object_info = server.object_info_dict()
     measured = page.import_api(browser, api, name)
     sizes = {str(n["id"]): n["size"] for n in measured["nodes"]}
     for attempt in range(3):  # lay out again while the frontend grows a node (a video preview that loaded late)
-        layout = graph_mod.api_to_ui(declared_only(api, object_info), registry, meta, sizes=sizes)
+        layout = graph_mod.api_to_ui(graph_mod.declared_inputs(api, registry), registry, meta, sizes=sizes)
         placed = {str(n["id"]): n for n in layout["nodes"]}
         nodes = []
         for node in measured["nodes"]:
@@ -137,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         page.place_example_inputs(base / "input")
         with StandIn(base, folder_name=PACK_FOLDER) as server, Browser(*VIEW) as browser:
-            graph_mod = __import__(f"{server.pack.__name__}.core.graph", fromlist=["api_to_ui"])
+            graph_mod = importlib.import_module(f"{server.pack.__name__}.core.graph")
             for name in todo:
                 print(f"{name}:")
                 page.open_app(browser, server.url)  # a fresh page: one tab, named after the workflow

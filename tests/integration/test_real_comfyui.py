@@ -557,21 +557,16 @@ def test_ui_workflow_in_the_real_frontend(comfy, frontend, name):
     """workflows/NAME.json in ComfyUI's own page: opens cleanly, saves and exports to the shipped files,
     and the Run button (tiny checkpoints set in the widgets) ends in success with the expected mp4."""
     from frontend import page
-    from test_frontend import check_opens, check_round_trip, live_layout_problems
+    from test_frontend import check_opens, check_round_trip, live_layout_problems, run_from_the_ui
 
     ui = check_opens(frontend, name)
     page.settle(frontend, 1500)
     assert live_layout_problems(frontend) == [], name
     check_round_trip(frontend, name, ui)
     case = WORKFLOW_CASES[name]
-    page.set_widgets(frontend, case.overrides)
-    queued = page.export_api(frontend)
     before = comfy.output_files()
-    page.reset_events(frontend)
-    page.click_run(frontend)
-    event = page.wait_finished(frontend, PROMPT_TIMEOUT)
-    assert event["type"] == "execution_success", json.dumps(event)[:4000]
-    entry = comfy.wait(event["detail"]["prompt_id"])
+    pid, queued = run_from_the_ui(frontend, case, PROMPT_TIMEOUT)
+    entry = comfy.wait(pid)
     assert entry["prompt"][2] == queued
     assert comfy.output_files() - before == check_outputs(comfy, entry, video_nodes(queued), case)
     assert page.page_errors(frontend) == [], page.page_errors(frontend)
@@ -581,24 +576,17 @@ def test_ui_workflow_in_the_real_frontend(comfy, frontend, name):
 def test_template_browser_in_the_real_frontend(comfy, frontend, name):
     """The real server lists each workflow as a template of the pack, and serves its JSON and thumbnail
     (the pack's own route where ComfyUI's static route cannot serve a folder name with spaces)."""
-    from frontend import page
+    from test_frontend import check_template
 
-    got = page.template_check(frontend, ODD_FOLDER_NAME, name)
-    assert got["listed"] and got["json_status"] == 200, got
-    assert got["loaded"] == len(json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]), got
-    assert got["thumb_status"] == 200 and got["thumb_type"] == "image/jpeg", got
+    check_template(frontend, ODD_FOLDER_NAME, name)
 
 
 def test_template_browser_dialog_in_the_real_frontend(comfy, frontend):
     """As a user in the real page: Templates, the pack among the extensions, a click on each card
     opens the workflow."""
-    from frontend import page
+    from test_frontend import check_template_dialog
 
-    for name in UI_WORKFLOWS:  # each on a freshly loaded page (a reopened browser may keep its placeholders)
-        page.open_app(frontend, comfy.url)
-        got = page.open_template_dialog_card(frontend, ODD_FOLDER_NAME, name)
-        shipped = json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
-        assert got["titles"] == sorted(n["title"] for n in shipped), (name, got)
+    check_template_dialog(frontend, comfy.url, ODD_FOLDER_NAME)
 
 
 def test_photo_through_image_in_needs_no_portrait_file(comfy):

@@ -345,7 +345,3 @@ def open_template_dialog_card(browser: Browser, module: str, name: str, timeout:
     settle(browser, 500)
     titles = browser.eval("app.graph.nodes.map(n => n.title).sort()")
     return {"thumbnail": thumb, "nodes": len(titles), "titles": titles}
-
-
-def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n")

@@ -39,6 +39,8 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND_VERSION = "1.35.9"   # what ComfyUI 0.8.0's requirements pin
 COMFYUI_VERSION = "0.8.0"
+#: the features the server announces (GET /features and the socket's feature_flags reply)
+FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
 
 #: ComfyUI's own nodes that the headless runner stands in for: what their /object_info says
 #: besides the inputs (display name, category, module) and whether ComfyUI defines them with the
@@ -152,20 +154,16 @@ def node_info(class_type: str, cls: type, display: Dict[str, str], module: str) 
 # --------------------------------------------------------------------------- the server
 
 
-def _json(value: Any):
-    """A JSON reply (handlers below are ``async def`` wrappers around these)."""
-    return web.json_response(value)
-
-
 def _status(code: int, text: str = ""):
     async def handler(request):
         return web.Response(status=code, text=text)
     return handler
 
 
-def _async(fn):
+def _json(reply):
+    """A handler answering ``reply(request)`` as JSON."""
     async def handler(request):
-        return fn(request)
+        return web.json_response(reply(request))
     return handler
 
 
@@ -297,14 +295,13 @@ class StandIn:
         app = web.Application(client_max_size=100 * 1024 * 1024)
         api = web.RouteTableDef()
         api.get("/ws")(self.ws)
-        api.get("/embeddings")(_async(lambda r: _json([])))
+        api.get("/embeddings")(_json(lambda r: []))
         api.get("/extensions")(self.extensions)
         api.get("/system_stats")(self.system_stats)
-        api.get("/features")(_async(lambda r: _json({"supports_preview_metadata": True,
-                                                           "max_upload_size": 104857600})))
+        api.get("/features")(_json(lambda r: FEATURES))
         api.get("/object_info")(self.object_info)
         api.get("/object_info/{node_class}")(self.object_info_one)
-        api.get("/prompt")(_async(lambda r: _json(self.queue_info())))
+        api.get("/prompt")(_json(lambda r: self.queue_info()))
         api.post("/prompt")(self.post_prompt)
         api.get("/queue")(self.get_queue)
         api.post("/queue")(self.post_queue)
@@ -315,22 +312,22 @@ class StandIn:
         api.post("/history")(self.post_history)
         api.get("/view")(self.view)
         api.post("/upload/image")(self.upload)
-        api.get("/users")(_async(lambda r: _json({"storage": "server", "migrated": True})))
-        api.get("/settings")(_async(lambda r: _json(self.settings)))
-        api.get("/settings/{id}")(_async(lambda r: _json(self.settings.get(r.match_info["id"]))))
+        api.get("/users")(_json(lambda r: {"storage": "server", "migrated": True}))
+        api.get("/settings")(_json(lambda r: self.settings))
+        api.get("/settings/{id}")(_json(lambda r: self.settings.get(r.match_info["id"])))
         api.post("/settings")(self.post_settings)
         api.post("/settings/{id}")(self.post_setting)
         api.get("/userdata")(_status(404, "Directory not found"))
-        api.get("/v2/userdata")(_async(lambda r: _json([])))
+        api.get("/v2/userdata")(_json(lambda r: []))
         api.get("/userdata/{file}")(self.get_userdata)
         api.post("/userdata/{file}")(self.post_userdata)
-        api.get("/i18n")(_async(lambda r: _json({})))
+        api.get("/i18n")(_json(lambda r: {}))
         api.get("/workflow_templates")(self.workflow_templates)
-        api.get("/global_subgraphs")(_async(lambda r: _json({})))
-        api.get("/experiment/models")(_async(lambda r: _json([])))
-        api.get("/models")(_async(lambda r: _json([])))
-        api.get("/models/{folder}")(_async(lambda r: _json([])))
-        api.get("/jobs")(_async(lambda r: _json({"jobs": [], "pagination": {}})))
+        api.get("/global_subgraphs")(_json(lambda r: {}))
+        api.get("/experiment/models")(_json(lambda r: []))
+        api.get("/models")(_json(lambda r: []))
+        api.get("/models/{folder}")(_json(lambda r: []))
+        api.get("/jobs")(_json(lambda r: {"jobs": [], "pagination": {}}))
         # the pack's own routes, as its __init__ adds them to PromptServer.instance.routes
         web_routes = importlib.import_module(f"{self.pack.__name__}.nodes.web_routes")
         web_routes.add_template_route(api, self.folder_name)
@@ -344,12 +341,12 @@ class StandIn:
         for route in api:
             prefixed.route(route.method, "/api" + route.path)(route.handler)
         app.add_routes(prefixed)
-        app.router.add_get("/internal/logs", _async(lambda r: _json("")))
-        app.router.add_get("/internal/logs/raw", _async(lambda r: _json({"entries": [], "size": {}})))
-        app.router.add_get("/internal/folder_paths", _async(lambda r: _json({})))
+        app.router.add_get("/internal/logs", _json(lambda r: ""))
+        app.router.add_get("/internal/logs/raw", _json(lambda r: {"entries": [], "size": {}}))
+        app.router.add_get("/internal/folder_paths", _json(lambda r: {}))
         # ComfyUI's own templates come from the comfyui-workflow-templates package, which the stand-in
         # does without: an empty index (no core templates), the pack's own still listed
-        app.router.add_get(r"/templates/{index:index(\.[a-zA-Z-]+)?\.json}", _async(lambda r: _json([])))
+        app.router.add_get(r"/templates/{index:index(\.[a-zA-Z-]+)?\.json}", _json(lambda r: []))
         app.router.add_get("/", self.index)
         app.router.add_static("/", self.static)
         return app
@@ -370,9 +367,13 @@ class StandIn:
             "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 0, "vram_free": 0,
                          "torch_vram_total": 0, "torch_vram_free": 0}]})
 
+    @property
+    def module(self) -> str:
+        """The pack's ``python_module`` as ComfyUI reports it."""
+        return f"custom_nodes.{self.folder_name}"
+
     def object_info_dict(self) -> Dict[str, dict]:
-        module = f"custom_nodes.{self.folder_name}"
-        return {name: node_info(name, cls, self.display, module) for name, cls in self.registry.items()}
+        return {name: node_info(name, cls, self.display, self.module) for name, cls in self.registry.items()}
 
     async def object_info(self, request):
         return web.json_response(self.object_info_dict())
@@ -381,8 +382,7 @@ class StandIn:
         name = request.match_info["node_class"]
         if name not in self.registry:
             return web.json_response({})
-        return web.json_response({name: node_info(name, self.registry[name], self.display,
-                                                  f"custom_nodes.{self.folder_name}")})
+        return web.json_response({name: node_info(name, self.registry[name], self.display, self.module)})
 
     def _template_dir(self) -> Optional[Path]:
         """The folder ComfyUI serves the pack's templates from (the first of its candidates that exists)."""
@@ -454,8 +454,7 @@ class StandIn:
                     except ValueError:
                         continue
                     if data.get("type") == "feature_flags":
-                        await sock.send_str(json.dumps({"type": "feature_flags", "data": {
-                            "supports_preview_metadata": True, "max_upload_size": 104857600}}))
+                        await sock.send_str(json.dumps({"type": "feature_flags", "data": FEATURES}))
         finally:
             if self.sockets.get(sid) is sock:
                 self.sockets.pop(sid, None)
