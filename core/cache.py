@@ -27,7 +27,9 @@ class ModelManager(Protocol):
 
     def register(self, module: torch.nn.Module, device: torch.device) -> Any: ...
 
-    def load(self, handle: Any) -> None: ...
+    def load(self, handles: List[Any]) -> None:
+        """Make all of one model's parts resident together (one request, so loading one part can
+        never evict another part of the same model)."""
 
     def release(self, handle: Any) -> None: ...
 
@@ -93,8 +95,7 @@ class ModelCache:
                 self._entries[full_key] = entry
             manager = HOST.model_manager
             if manager is not None and entry.handle:
-                for h in entry.handle:
-                    manager.load(h)
+                manager.load(list(entry.handle))
             return entry.model
 
     def entries(self, family: Optional[str] = None) -> List[CachedModel]:

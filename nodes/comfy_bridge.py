@@ -28,8 +28,10 @@ class ComfyModelManager:
             module = _DeviceHolder(module, device)
         return self.patcher_cls(module, load_device=device, offload_device=self.mm.unet_offload_device())
 
-    def load(self, patcher) -> None:
-        self.mm.load_models_gpu([patcher])
+    def load(self, patchers) -> None:
+        # one call for all parts of a model: ComfyUI frees memory for the whole list and keeps the
+        # list's members loaded, where one call per part could evict the parts loaded just before
+        self.mm.load_models_gpu(list(patchers))
 
     def release(self, patcher) -> None:
         loaded = self.mm.current_loaded_models

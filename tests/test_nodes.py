@@ -165,6 +165,26 @@ def test_models_take_part_in_comfy_memory_management(comfy_pack):
     assert cache.entries() == []
 
 
+def test_all_parts_of_a_model_load_in_one_request(comfy_pack, monkeypatch):
+    """On a full GPU, loading one part of a model must not evict a part loaded just before it: the
+    parts go to ComfyUI in one load_models_gpu request, which evicts only models outside it."""
+    mm = comfy_pack.comfy
+    cache = sub(comfy_pack, "core.cache").CACHE
+    cpu = torch.device("cpu")
+    parts = {name: torch.nn.Linear(32, 32) for name in "abcd"}
+    part_bytes = sum(p.numel() * p.element_size() for p in parts["a"].parameters())
+    monkeypatch.setattr(mm, "device_memory", 4 * part_bytes)  # room for the model and nothing else
+    cache.get("liveportrait", "k", lambda: parts, cpu)
+    other = cache.get("sda", "o", lambda: torch.nn.Linear(32, 32), cpu)  # another model evicts one part
+    assert len(mm.current_loaded_models) == 4
+    cache.get("liveportrait", "k", lambda: None, cpu)  # the next use of the four parts
+    resident = [lm.model.model for lm in mm.current_loaded_models]
+    assert all(any(p is r for r in resident) for p in parts.values())
+    assert not any(other is r for r in resident)  # the other model made the room
+    patchers = cache.entries("liveportrait")[0].handle
+    assert all(h.loaded for h in patchers)
+
+
 def test_unload_node_spec(pack):
     cls = pack.NODE_CLASS_MAPPINGS["TalkingHead_UnloadModels"]
     fams = cls.INPUT_TYPES()["required"]["family"][0]

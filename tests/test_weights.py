@@ -274,3 +274,25 @@ def test_paths_of_another_os_load_as_pure_paths(tmp_path):
     (tmp_path / "args.pkl").write_bytes(raw.replace(b"pathlib._local\n", b"pathlib\n"))
     root = W.load_pickle(tmp_path / "args.pkl")["root"]
     assert isinstance(root, pathlib.PurePath) and root.name == "data"
+
+
+def test_liveportrait_folder_is_one_whole_set(isolated, monkeypatch):
+    """A folder given for LivePortrait is used whole: a missing file is an error naming it, never a
+    fallback to the models folders (which would mix two sets into one renderer) or a download."""
+    import shutil
+
+    from core import liveportrait as lp
+
+    src = FIXTURES / "liveportrait" / "weights"
+    shutil.copytree(src, isolated / "models" / "liveportrait")  # a complete set the fallback would find
+    monkeypatch.setattr(W, "download_file", lambda *a, **k: pytest.fail("a folder set must never download"))
+    folder = isolated / "my set"
+    shutil.copytree(src, folder)
+    paths = lp.resolve_paths("human", download=True, folder=folder)
+    assert sorted(paths) == sorted(lp.KINDS) and all(p.parent == folder.resolve() for p in paths.values())
+    (folder / "warping_module.safetensors").unlink()
+    with pytest.raises(WeightsMissingError) as err:
+        lp.resolve_paths("human", download=True, folder=folder)
+    msg = str(err.value)
+    assert "warping_module" in msg and str(folder) in msg and "1 of the five" in msg
+    assert "spade_generator" not in msg

@@ -25,7 +25,7 @@ import torch
 from .. import weights
 from ..cache import CACHE, file_key
 from ..device import resolve_device
-from ..errors import CheckpointError
+from ..errors import CheckpointError, WeightsMissingError
 from .load import KINDS, LivePortraitModels, load_liveportrait, load_module, load_retargeting, preset
 from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
 from .render import (MASK_TEMPLATE, LivePortraitSource, extract_motion, mask_template, motion_keypoints,
@@ -75,17 +75,32 @@ def detect_preset(appearance_path) -> dict:
 
 
 def resolve_paths(variant: str = "human", download: bool = True, folder: Optional[Path] = None) -> Dict[str, Path]:
-    """The five files: from ``folder`` if given, else through the weights manager."""
+    """The five files: all from ``folder`` if given, else through the weights manager.
+
+    A folder is one model set: when any of its five files is missing it is an error, never a fallback
+    to the models folders or a download, which could mix files of different sets (human and animal,
+    official and fine-tuned) into one renderer."""
     ids = file_ids(variant)
-    if folder is not None:
-        out = {}
-        for kind, fid in ids.items():
-            mf = weights.model_file(fid)
-            found = next((Path(folder) / n for n in mf.names if (Path(folder) / n).is_file()), None)
-            out[kind] = weights.resolve(fid, explicit=found, download=download) if found else \
-                weights.resolve(fid, download=download)
-        return out
-    return {kind: weights.resolve(fid, download=download) for kind, fid in ids.items()}
+    if folder is None:
+        return {kind: weights.resolve(fid, download=download) for kind, fid in ids.items()}
+    folder = Path(folder).expanduser()
+    out, missing = {}, []
+    for kind, fid in ids.items():
+        names = weights.model_file(fid).names
+        found = next((folder / n for n in names if (folder / n).is_file()), None)
+        if found is None:
+            missing.append(kind)
+        else:
+            out[kind] = found.resolve()
+    if missing:
+        raise WeightsMissingError(
+            f"The LivePortrait folder {folder} lacks {len(missing)} of the five files of the {variant!r} set: "
+            f"{', '.join(missing)} (as NAME.pth or NAME.safetensors, directly in the folder or under "
+            f"base_models/ and retargeting_models/ as the official release lays them out).\n"
+            f"A folder given for LivePortrait must hold the whole set (the files of one release, as listed "
+            f"in weights/README.md); nothing is taken from elsewhere, so sets are never mixed. Put the "
+            f"missing files there, or leave the folder unset to use the models folders.")
+    return out
 
 
 def get_liveportrait(variant: str = "human", device="auto", download: bool = True,

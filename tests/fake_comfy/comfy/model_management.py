@@ -83,9 +83,30 @@ def cleanup_models():
         current_loaded_models.remove(lm)
 
 
+#: the fake device's memory in bytes for memory-pressure tests; None is a device with room for all
+device_memory = None
+
+
+def _resident_bytes():
+    return sum(lm.model.model_size() for lm in current_loaded_models if lm.model is not None)
+
+
 def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
                     force_full_load=False):
+    """As ComfyUI: make room for the models of this one request by evicting other loaded models, never
+    a member of the request, in ComfyUI's order (the smallest first, then the most recently loaded:
+    ``free_memory`` sorts by memory, then list position), then load them."""
     cleanup_models()
+    models = list(dict.fromkeys(models))
+    if device_memory is not None:
+        need = sum(m.model_size() for m in models if not any(lm.model is m for lm in current_loaded_models))
+        others = [(lm.model.model_size(), i, lm) for i, lm in enumerate(current_loaded_models)
+                  if lm.model is not None and lm.model not in models]
+        for _, _, lm in sorted(others, key=lambda x: x[:2]):
+            if _resident_bytes() + need <= device_memory:
+                break
+            lm.model_unload()
+            current_loaded_models.remove(lm)
     for m in models:
         for lm in current_loaded_models:
             if lm.model is m:
