@@ -27,3 +27,11 @@ class Cancelled(TalkingHeadError):
 
 class MissingDependencyError(TalkingHeadError):
     """An optional package a chosen setting needs is not installed."""
+
+
+# The pack is imported under its install folder's name, so the classes' real module is something like
+# "/home/me/ComfyUI/custom_nodes/ComfyUI-Talking Head.core.errors", and ComfyUI shows an error's type as
+# "<module>.<class>". A short fixed name reads as what it is, wherever the pack is installed.
+for _cls in (TalkingHeadError, InputError, WeightsMissingError, CheckpointError, Cancelled, MissingDependencyError):
+    _cls.__module__ = "TalkingHead"
+del _cls

@@ -600,3 +600,22 @@ def test_photo_through_image_in_needs_no_portrait_file(comfy):
     entry = comfy.run_prompt(prompt)
     assert entry["status"]["status_str"] == "success", _errors(entry)
     assert comfy.output_files() - before == check_outputs(comfy, entry, video_nodes(prompt), case)
+
+
+def test_pack_errors_show_a_short_type_and_our_message(comfy):
+    """A user error (silent speech) reaches ComfyUI's error dialog as 'TalkingHead.InputError' with the
+    pack's message, not as '<install path>.core.errors.InputError', and leaves no file behind."""
+    import wave
+
+    with wave.open(str(comfy.base / "input" / "silence.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(b"\0\0" * 16000)
+    case = WORKFLOW_CASES["liveportrait_ditto"]
+    prompt = load_workflow("liveportrait_ditto", {**case.overrides, "audio": {"audio": "silence.wav"}})
+    before = comfy.output_files()
+    entry = comfy.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "error"
+    (error,) = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert error["exception_type"] == "TalkingHead.InputError", error
+    assert "silent" in error["exception_message"] and error["node_type"] == "TalkingHead_AudioToEmbedding"
+    assert comfy.output_files() == before and comfy.leftovers() == []
