@@ -14,6 +14,7 @@ import torch
 from . import face, weights
 from .cache import CACHE
 from .device import resolve_device
+from .errors import WeightsMissingError
 from .image import ensure_image
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,13 @@ def get_detector(name: str, device="auto", download: bool = True) -> face.FaceDe
     """A detector by UI name, cached (and unloadable) like every other model."""
     dev = resolve_device(device)
     resolver: Callable[[str], Any] = lambda fid: weights.resolve(fid, download=download)  # noqa: E731
-    return CACHE.get("face", name, lambda: face.make_detector(name, resolver, dev), dev,
-                     info={"file": name})
+    try:
+        return CACHE.get("face", name, lambda: face.make_detector(name, resolver, dev), dev,
+                         info={"file": name})
+    except WeightsMissingError as exc:
+        # offline, the detector is often the only thing between a user and a first video
+        raise WeightsMissingError(f"{exc}\nOr use a detector that needs no weights: 'center' (a photo with the "
+                                  f"face near the middle) or 'none (already cropped)' (a face crop).") from exc
 
 
 def load_portrait(image: torch.Tensor, detector: str = "face-alignment sfd",
