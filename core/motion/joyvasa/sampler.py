@@ -28,6 +28,18 @@ def cpu_noise(generator: Optional[torch.Generator], shape) -> NoiseFn:
     return draw
 
 
+def step_coefficients(sched, t):
+    """``(c0, c1, sigma_t)`` of the step from ``t`` (an int, or a LongTensor of steps for all at once).
+
+    Unlike Ditto's DDIM radicands these need no clamp: every schedule :class:`.model.DiffusionSchedule`
+    builds has ``1e-4 <= beta_t <= 0.999`` for t >= 1, so ``1 - ab_t >= ~1e-4`` and ``a_t >= 1e-3`` stay far
+    from 0 (tests/test_numerics.py sweeps 1..60 steps and more up to 1000)."""
+    alpha, alpha_bar, alpha_bar_prev = sched.alphas[t], sched.alpha_bars[t], sched.alpha_bars[t - 1]
+    c0 = (1 - alpha_bar_prev) * torch.sqrt(alpha) / (1 - alpha_bar)
+    c1 = (1 - alpha) * torch.sqrt(alpha_bar_prev) / (1 - alpha_bar)
+    return c0, c1, sched.get_sigmas(t, 0)
+
+
 @torch.no_grad()
 def sample_window(model, audio_feat: torch.Tensor, x_T: torch.Tensor, noise: NoiseFn,
                   prev_motion_feat: Optional[torch.Tensor] = None, prev_audio_feat: Optional[torch.Tensor] = None,
@@ -54,14 +66,11 @@ def sample_window(model, audio_feat: torch.Tensor, x_T: torch.Tensor, noise: Noi
     x = x_T.to(device=device, dtype=audio_feat.dtype)
     for t in range(sched.num_steps, 0, -1):
         z = noise(t).to(device=device, dtype=x.dtype) if t > 1 else torch.zeros_like(x)
-        alpha, alpha_bar, alpha_bar_prev = sched.alphas[t], sched.alpha_bars[t], sched.alpha_bars[t - 1]
-        sigma = sched.get_sigmas(t, 0)
+        c0, c1, sigma = step_coefficients(sched, t)
         step = torch.full((2 * n,), t, dtype=torch.long, device=device)
         res = net(torch.cat([x] * 2, dim=0), audio_in, prev_motion_in, prev_audio_in, step, indicator_in)
         uncond, cond = res[:n, -length:], res[n:, -length:]
         x0 = uncond + cfg_scale * (cond - uncond)
-        c0 = (1 - alpha_bar_prev) * torch.sqrt(alpha) / (1 - alpha_bar)
-        c1 = (1 - alpha) * torch.sqrt(alpha_bar_prev) / (1 - alpha_bar)
         x = c0 * x + c1 * x0 + sigma * z
         if t - 1 in keep:
             out[t - 1] = x.clone()
@@ -71,4 +80,4 @@ def sample_window(model, audio_feat: torch.Tensor, x_T: torch.Tensor, noise: Noi
     return out
 
 
-__all__ = ["NoiseFn", "cpu_noise", "sample_window"]
+__all__ = ["NoiseFn", "cpu_noise", "sample_window", "step_coefficients"]
