@@ -3,9 +3,15 @@ resampling (python-soxr, the resampler librosa uses by default), length fitting,
 
 Internally audio is an :class:`Audio`: ``waveform`` float32 ``[C, T]`` in -1..1 on the CPU
 plus ``sample_rate``. ComfyUI's AUDIO is ``{"waveform": [B, C, T], "sample_rate": int}``.
+
+A decoded file with NaN/inf samples is refused (naming the file and the count); one shorter than
+its header declares (an interrupted download or copy: WAV and FLAC, whose headers are exact) is
+used with a logged warning saying how much was read. :func:`require_one_frame` refuses audio
+shorter than one video frame where the frame rate is known.
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import subprocess
@@ -16,10 +22,21 @@ from typing import Mapping, Optional, Union
 import numpy as np
 import torch
 
+from .checks import bad_audio
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: refuse to decode more than this many seconds unless asked (about 40 MB a minute at 48 kHz stereo)
 DEFAULT_MAX_SECONDS = 3 * 3600
+
+
+class NonFiniteAudioError(InputError):
+    """A decoded file holds NaN/inf samples (its own type, so that a caller which treats an unusable
+    audio track as "no audio", like the headless LoadVideo, still refuses this one)."""
+
+
+NonFiniteAudioError.__module__ = "TalkingHead"  # as the pack's other errors show in ComfyUI
 
 
 @dataclass
@@ -131,7 +148,96 @@ def load_audio(path: Union[str, os.PathLike], max_seconds: Optional[float] = DEF
     audio = Audio(torch.from_numpy(samples.T.copy()), rate)
     if audio.num_samples == 0:
         raise InputError(f"audio file '{path.name}' contains no samples (0 s long)")
+    bad = bad_audio(audio)
+    if bad:
+        raise NonFiniteAudioError(f"audio file '{path.name}' has {bad}: the file is damaged or was written with "
+                         f"invalid values. Re-export it, e.g. as a 16-bit PCM WAV, or check its source.")
+    _warn_if_truncated(path, audio)
     return audio
+
+
+# ------------------------------------------------------------------------ truncated files
+#: a file counts as cut short when more than this much of the length its header declares is missing
+#: (writers that round their size fields are off by a few samples, never by this much)
+TRUNCATION_TOLERANCE_S = 0.01
+
+
+def _wav_declared_seconds(path: Path) -> Optional[float]:
+    """Seconds the RIFF header's data chunk declares, when the file holds fewer bytes than that
+    (a download or copy that stopped early); None when the file is whole or the size is unknown.
+
+    Only the chunk headers are read (a seek per chunk). A size of 0 or 0xFFFFFFFF means "unknown"
+    (a WAV written to a pipe or a stream) and RF64 files keep theirs elsewhere: no claim then.
+    """
+    try:
+        total = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = 0
+            pos = 12
+            while pos + 8 <= total:
+                f.seek(pos)
+                cid, size = f.read(4), struct.unpack("<I", f.read(4))[0]
+                if cid == b"fmt " and size >= 16:
+                    byte_rate = struct.unpack("<HHII", f.read(12))[3]
+                elif cid == b"data":
+                    present = total - (pos + 8)
+                    if size in (0, 0xFFFFFFFF) or byte_rate <= 0 or present >= size:
+                        return None
+                    return size / byte_rate
+                pos += 8 + size + (size & 1)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _flac_declared_seconds(path: Path) -> Optional[float]:
+    """Seconds a FLAC file's STREAMINFO declares (total samples / rate), or None when unknown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8 + 34)
+    except OSError:
+        return None
+    # "fLaC", then the first metadata block, which must be STREAMINFO (type 0, 34 bytes)
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return None
+    bits = int.from_bytes(head[18:26], "big")  # rate 20 bits, channels 3, bits per sample 5, samples 36
+    rate, total = bits >> 44, bits & ((1 << 36) - 1)
+    return total / rate if rate and total else None
+
+
+def declared_seconds(path: Union[str, os.PathLike]) -> Optional[float]:
+    """How long the file's own header says its audio is, where that is exact: a WAV's data chunk size
+    (returned only when the file holds fewer bytes than that) and a FLAC's sample count. None otherwise.
+
+    Other containers are not asked: an MP3 without a Xing header has only a bitrate estimate, a
+    video's duration can be its picture's, and an Ogg's comes from its last page (so a cut file
+    agrees with itself); comparing there would warn about whole files or never fire.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return None
+    if magic == b"RIFF":
+        return _wav_declared_seconds(path)
+    if magic == b"fLaC":
+        return _flac_declared_seconds(path)
+    return None
+
+
+def _warn_if_truncated(path: Path, audio: Audio) -> None:
+    """Log a warning when the decoded audio is shorter than the file's header declares: the file
+    was cut short (an interrupted download or copy). The audio that is there is still used."""
+    declared = declared_seconds(path)
+    if declared is None or audio.duration >= declared - TRUNCATION_TOLERANCE_S:
+        return
+    log.warning("audio file '%s' is cut short: read %.2f s of the %.2f s its header declares (%.0f %%). "
+                "The part that is there is used; copy or export the file again for the whole audio.",
+                path.name, audio.duration, declared, 100.0 * audio.duration / declared)
 
 
 # ------------------------------------------------------------------------ processing
@@ -168,6 +274,22 @@ def prepare(audio: Union[Audio, Mapping], sample_rate: int = 16000, mono: bool =
     if mono:
         audio = to_mono(audio)
     return resample(audio, sample_rate)
+
+
+def require_one_frame(audio: Union[Audio, Mapping], fps: float, where: str = "the audio") -> Audio:
+    """Refuse audio shorter than one video frame at ``fps`` (it would make an empty or 1-frame
+    video of nothing); ``where`` names the input in the message. Returns the :class:`Audio`."""
+    audio = from_comfy(audio)
+    if audio.num_samples == 0:
+        raise InputError(f"{where} is empty (0 samples): there is no speech to animate")
+    frame = 1.0 / float(fps)
+    if audio.num_samples * float(fps) < audio.sample_rate * (1 - 1e-9):
+        count = f"{audio.num_samples} sample{'' if audio.num_samples == 1 else 's'}"
+        raise InputError(f"{where} is only {audio.duration:.4f} s long ({count} at "
+                         f"{audio.sample_rate} Hz), shorter than one video frame at {float(fps):g} fps "
+                         f"({frame:.3f} s): give at least {frame:.3f} s of speech (was the file cut or "
+                         f"exported wrongly?)")
+    return audio
 
 
 def samples_for_frames(num_frames: int, fps: float, sample_rate: int) -> int:

@@ -21,6 +21,10 @@ class CheckpointError(TalkingHeadError):
     """A model file exists but is corrupt, unsafe, or does not match the model."""
 
 
+class NonFiniteOutputError(TalkingHeadError):
+    """A model produced NaN/inf from finite inputs (an overflow, usually in fp16)."""
+
+
 class Cancelled(TalkingHeadError):
     """The user cancelled the run (Ctrl-C headless, the cancel button in ComfyUI)."""
 
@@ -32,6 +36,7 @@ class MissingDependencyError(TalkingHeadError):
 # The pack is imported under its install folder's name, so the classes' real module is something like
 # "/home/me/ComfyUI/custom_nodes/ComfyUI-Talking Head.core.errors", and ComfyUI shows an error's type as
 # "<module>.<class>". A short fixed name reads as what it is, wherever the pack is installed.
-for _cls in (TalkingHeadError, InputError, WeightsMissingError, CheckpointError, Cancelled, MissingDependencyError):
+for _cls in (TalkingHeadError, InputError, WeightsMissingError, CheckpointError, NonFiniteOutputError, Cancelled,
+             MissingDependencyError):
     _cls.__module__ = "TalkingHead"
 del _cls

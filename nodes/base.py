@@ -1,15 +1,28 @@
-"""Shared helpers of the ComfyUI adapters: registration, file-name inputs, progress."""
+"""Shared helpers of the ComfyUI adapters: registration (with the finite-input guard every node gets), file-name
+inputs, progress."""
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
+from ..core import checks
 from ..core.errors import InputError
 from ..core.host import HOST
 from ..core.image import safe_join
 
 PREFIX = "TalkingHead_"
 CATEGORY = "TalkingHead"
+
+#: the pack's own socket types (LoadPortrait's output, the motion producers', AudioToEmbedding's)
+PORTRAIT_TYPE = "TALKINGHEAD_PORTRAIT"
+MOTION_TYPE = "TALKINGHEAD_MOTION"
+EMBEDS_TYPE = "TALKINGHEAD_AUDIO_EMBEDS"
+#: socket type -> the :mod:`core.checks` kind its values are checked as (finite or refused)
+FINITE_CHECKS = {"AUDIO": "audio", "IMAGE": "image", "FLOAT": "number", PORTRAIT_TYPE: "portrait",
+                 MOTION_TYPE: "motion", EMBEDS_TYPE: "embeddings"}
+
 
 class AnyType(str):
     """A socket type that connects to every other one.
@@ -34,15 +47,83 @@ AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".aac", ".
 
 
 def register(name: str, display: str):
-    """Class decorator: publish a node as ``<PREFIX><name>`` with a plain display name."""
+    """Class decorator: publish a node as ``<PREFIX><name>`` with a plain display name, its
+    FUNCTION guarded by :func:`finite_guard`."""
     def wrap(cls):
         node_id = PREFIX + name
         cls.NODE_ID = node_id
         cls.DISPLAY_NAME = display
+        finite_guard(cls)
         NODE_CLASS_MAPPINGS[node_id] = cls
         NODE_DISPLAY_NAME_MAPPINGS[node_id] = display
         return cls
     return wrap
+
+
+def _checked_inputs(cls) -> Dict[str, str]:
+    """``{input name: check kind}`` for the inputs whose socket type is in :data:`FINITE_CHECKS`.
+    Read from INPUT_TYPES once per class (the types never change, only the combo choices)."""
+    found = cls.__dict__.get("_FINITE_INPUTS")
+    if found is None:
+        spec = cls.INPUT_TYPES()
+        found = {name: FINITE_CHECKS[decl[0]] for section in ("required", "optional")
+                 for name, decl in spec.get(section, {}).items()
+                 if isinstance(decl[0], str) and decl[0] in FINITE_CHECKS}
+        cls._FINITE_INPUTS = found
+    return found
+
+
+def _arguments(signature: inspect.Signature, args, kwargs) -> Dict[str, object]:
+    """The call's arguments by input name (``**optional`` spread out); {} when they do not bind
+    (the call itself then fails with Python's own message)."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return {}
+    values = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            values.update(value)
+        else:
+            values[name] = value
+    return values
+
+
+def check_outputs(cls, result) -> None:
+    """Refuse non-finite values among a node's outputs (by RETURN_TYPES), naming the node and output."""
+    values = result.get("result", ()) if isinstance(result, dict) else result
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    for rtype, name, value in zip(cls.RETURN_TYPES, names, values or ()):
+        kind = FINITE_CHECKS.get(rtype) if isinstance(rtype, str) else None
+        if kind is not None:
+            checks.require_finite_output(kind, value, f"{cls.DISPLAY_NAME}'s {name.lower()} output")
+
+
+def finite_guard(cls):
+    """Wrap the node's FUNCTION so that every AUDIO, IMAGE, FLOAT, portrait, motion and embeddings
+    input is checked once as it enters (NaN/inf refused with a message naming the node and input),
+    and, for nodes with ``CHECK_OUTPUTS = True`` (those whose models can overflow on finite input),
+    the outputs as they leave. Done here rather than in each ``run`` so that no node can forget it;
+    inside ComfyUI the values often come from other packs' nodes, which check nothing."""
+    function = getattr(cls, cls.FUNCTION)
+    if getattr(function, "_finite_guard", False):
+        return cls
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def guarded(*args, **kwargs):
+        kinds = _checked_inputs(cls)
+        for name, value in _arguments(signature, args, kwargs).items():
+            if name in kinds:
+                checks.require_finite(kinds[name], value, f"{cls.DISPLAY_NAME}'s {name} input")
+        result = function(*args, **kwargs)
+        if getattr(cls, "CHECK_OUTPUTS", False):
+            check_outputs(cls, result)
+        return result
+
+    guarded._finite_guard = True
+    setattr(cls, cls.FUNCTION, guarded)
+    return cls
 
 
 def list_input_files(extensions: Iterable[str]) -> List[str]:

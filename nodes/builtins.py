@@ -151,6 +151,8 @@ class LoadVideo:
         frames, fps = core_video.load_video(path)
         try:
             audio = core_audio.to_comfy(core_audio.load_audio(path))
+        except core_audio.NonFiniteAudioError:  # a track that is there but damaged is not silently dropped
+            raise
         except InputError:  # no audio track
             audio = None
         return (HeadlessVideo(frames, audio, Fraction(fps).limit_denominator(1001)),)

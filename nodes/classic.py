@@ -35,6 +35,7 @@ class FOMAnimate:
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
     OUTPUT_TOOLTIPS = ("The animated portrait, 256x256, one frame per driving frame.",)
+    CHECK_OUTPUTS = True  # the networks run in fp16 on a GPU
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -97,6 +98,7 @@ class SDABase:
     OUTPUT_TOOLTIPS = ("The talking face, one frame per 40 ms of speech (128x96 for GRID).",
                        "The speech as the model heard it (mono, at the model's sample rate).",
                        "The frame rate (25 for GRID).")
+    CHECK_OUTPUTS = True  # a GAN generator (its own noise)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -125,6 +127,7 @@ class SDABase:
     def run(self, face, audio, face_alignment, seed, checkpoint, chunk_frames=core_sda.DEFAULT_CHUNK_FRAMES,
             device="auto", keep_model_loaded=True, auto_download=True):
         model = core_sda.get_sda(checkpoint, device, download=auto_download)
+        core_audio.require_one_frame(audio, model.fps, "SDABase's audio input")
         try:
             aligned = face_alignment == ALIGN_CHOICES[1]
             landmark_fn = None if aligned else core_sda.face_alignment_landmarks(device, auto_download)

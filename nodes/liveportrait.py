@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core import checks
 from ..core import face as core_face
 from ..core import liveportrait as lp
 from ..core import video as core_video
@@ -13,11 +14,9 @@ from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import InputError
 from ..core.liveportrait.crop import DRIVING_SCALE, DRIVING_VY, record_from_box
 from ..core.portrait import get_detector
-from .base import (CATEGORY, file_metadata, list_input_files, progress, register, resolve_input_file, save_path,
-                   validate_input_file, video_preview)
-from .portrait import PORTRAIT_TYPE
+from .base import (CATEGORY, MOTION_TYPE, PORTRAIT_TYPE, file_metadata, list_input_files, progress, register,
+                   resolve_input_file, save_path, validate_input_file, video_preview)
 
-MOTION_TYPE = "TALKINGHEAD_MOTION"
 CROP_CHOICES = ["detect face (one box for the video)", "as is (already face crops)"]
 #: the ``model`` input of every node that loads LivePortrait
 LP_MODEL_INPUT = (list(lp.VARIANTS), {"default": "human", "tooltip": "LivePortrait model set: human, or the animal "
@@ -35,6 +34,7 @@ class LivePortraitExtractMotion:
     RETURN_TYPES = (MOTION_TYPE,)
     RETURN_NAMES = ("motion",)
     OUTPUT_TOOLTIPS = ("Per-frame LivePortrait motion (pose, expression, translation, scale).",)
+    CHECK_OUTPUTS = True  # the extractor runs in fp16 on a GPU
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -89,6 +89,7 @@ class LivePortraitRender:
     RETURN_NAMES = ("frames", "face_frames")
     OUTPUT_TOOLTIPS = ("The animated portrait at its full size (faces pasted back), or the face crops when "
                        "paste_back is off.", "The rendered face crops (512x512).")
+    CHECK_OUTPUTS = True  # the warping and decoding networks run in fp16 on a GPU
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -198,7 +199,14 @@ class LivePortraitRenderVideo:
             with core_video.VideoWriter(path, fps=fps, audio=audio, crf=crf, preset=preset,
                                         expected_frames=int(x_d.shape[0]),
                                         metadata=file_metadata(prompt, extra_pnginfo)) as writer:
-                lp.render_to_video(models, source, x_d, writer, portrait.full if paste_back else None,
+                def write(frames):
+                    # no IMAGE output to check here: each batch is checked before it is encoded, and
+                    # an error aborts the writer, so no video with black frames is left behind
+                    checks.require_finite_output("image", frames, "a batch of frames rendered by "
+                                                                   "LivePortraitRenderVideo")
+                    writer.write(frames)
+
+                lp.render_to_video(models, source, x_d, write, portrait.full if paste_back else None,
                                    batch_size=batch_size, device=device, precision=precision,
                                    progress=progress("LivePortraitRenderVideo"))
         finally:
@@ -262,5 +270,7 @@ class LoadMotion:
         return validate_input_file(motion_file, "motion file")
 
     def run(self, motion_file):
-        motion = lp.Motion.load(resolve_input_file(motion_file, "motion file"))
+        path = resolve_input_file(motion_file, "motion file")
+        motion = lp.Motion.load(path)
+        checks.require_finite("motion", motion, f"motion file '{path.name}'")
         return (motion, float(motion.fps))

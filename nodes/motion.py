@@ -2,6 +2,7 @@
 MotionDiT (Ditto LMDM / JoyVASA)."""
 from __future__ import annotations
 
+from ..core import audio as core_audio
 from ..core import audio_features as af
 from ..core import liveportrait as lp
 from ..core.cache import CACHE
@@ -9,11 +10,9 @@ from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.motion import dit, procedural
 from ..core.motion.ditto.conditions import EMOTIONS
 from ..core.progress import check_cancel
-from .base import CATEGORY, progress, register
-from .liveportrait import LP_MODEL_INPUT, MOTION_TYPE
-from .portrait import PORTRAIT_TYPE
+from .base import CATEGORY, EMBEDS_TYPE, MOTION_TYPE, PORTRAIT_TYPE, progress, register
+from .liveportrait import LP_MODEL_INPUT
 
-EMBEDS_TYPE = "TALKINGHEAD_AUDIO_EMBEDS"
 #: AudioToEmbedding's choices -> (encoder, chunking) of core.audio_features
 ENCODER_CHOICES = {
     "HuBERT-large (Ditto)": ("hubert-large-ls960-ft", "ditto-offline"),
@@ -55,6 +54,7 @@ class ProceduralMotion:
     RETURN_NAMES = ("motion", "fps")
     OUTPUT_TOOLTIPS = ("Per-frame motion for this portrait (one frame per video frame of the audio).",
                        "The frame rate (connect it to MuxVideo).")
+    CHECK_OUTPUTS = True  # the portrait's own motion comes from a network (fp16 on a GPU)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -82,6 +82,7 @@ class ProceduralMotion:
 
     def run(self, portrait, audio, fps, seed, lip_strength, head_strength, blinks, precision="auto", device="auto",
             auto_download=True, model="human"):
+        core_audio.require_one_frame(audio, fps, "ProceduralMotion's audio input")
         source = _source(portrait, device, precision, auto_download, model)
         motion = procedural.procedural_motion(
             audio, source.motion, seed=seed, lip_strength=lip_strength, head_strength=head_strength, fps=fps,
@@ -99,6 +100,7 @@ class AudioToEmbedding:
     RETURN_TYPES = (EMBEDS_TYPE,)
     RETURN_NAMES = ("embeddings",)
     OUTPUT_TOOLTIPS = ("Audio features at 25 fps with a record of how they were made (MotionDiT checks it).",)
+    CHECK_OUTPUTS = True  # HuBERT runs in fp16 on a GPU
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -123,6 +125,7 @@ class AudioToEmbedding:
 
     def run(self, audio, encoder, joyvasa_checkpoint="", precision="auto", device="auto", auto_download=True):
         name, chunking = ENCODER_CHOICES[encoder]
+        core_audio.require_one_frame(audio, af.chunking_info(chunking).fps, "AudioToEmbedding's audio input")
         kwargs = {}
         if name == "joyvasa":
             kwargs["model_path"] = dit.resolve_checkpoint(joyvasa_checkpoint, auto_download)[1]
@@ -141,6 +144,7 @@ class MotionDiT:
     RETURN_TYPES = (MOTION_TYPE, "FLOAT")
     RETURN_NAMES = ("motion", "fps")
     OUTPUT_TOOLTIPS = ("Per-frame motion for this portrait.", "The frame rate (25; connect it to MuxVideo).")
+    CHECK_OUTPUTS = True  # a diffusion model: large guidance or fp16 can overflow
 
     @classmethod
     def INPUT_TYPES(cls):

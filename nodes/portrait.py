@@ -7,10 +7,8 @@ from ..core import face, image as core_image
 from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
 from ..core.portrait import load_portrait
-from .base import (CATEGORY, IMAGE_EXTENSIONS, list_input_files, register, resolve_input_file,
+from .base import (CATEGORY, IMAGE_EXTENSIONS, PORTRAIT_TYPE, list_input_files, register, resolve_input_file,
                    validate_input_file)
-
-PORTRAIT_TYPE = "TALKINGHEAD_PORTRAIT"
 
 
 @register("LoadPortrait", "LoadPortrait")

@@ -1,6 +1,7 @@
 import math
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +100,85 @@ def test_energy_envelope_follows_loudness():
     assert env.shape == (25,)
     assert env[:12].max() < 0.01 and env[13:].min() > 0.9
     assert torch.all(A.energy_envelope(A.Audio(torch.zeros(1, 1600), 16000)) == 0)
+
+
+# ------------------------------------------------------------------------ damaged files
+def float_wav(path, samples, sr=16000, declared_bytes=None):
+    """A 32-bit float WAV (the one common format that can store NaN/inf) of ``samples`` [T] or [T, C];
+    ``declared_bytes`` overrides the data chunk's size field (a cut file, or 0xFFFFFFFF for a streamed one)."""
+    import struct
+
+    x = np.asarray(samples, dtype="<f4")
+    ch = 1 if x.ndim == 1 else x.shape[1]
+    data = x.tobytes()
+    fmt = struct.pack("<HHIIHH", 3, ch, sr, sr * 4 * ch, 4 * ch, 32)
+    size = len(data) if declared_bytes is None else declared_bytes
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", size) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body)) + body)
+    return path
+
+
+def test_non_finite_samples_are_refused_naming_the_file_and_count(tmp_path):
+    x = 0.3 * tone(seconds=1.0).waveform[0].numpy()
+    x[100:112] = float("nan")
+    x[5000] = float("inf")
+    with pytest.raises(InputError) as err:
+        A.load_audio(float_wav(tmp_path / "broken take.wav", x))
+    msg = str(err.value)
+    assert "'broken take.wav'" in msg and "13 NaN/inf samples of 16000" in msg and "Re-export" in msg
+    # stereo: every channel's samples count
+    st = np.stack([x, np.zeros_like(x)], axis=1)
+    with pytest.raises(InputError, match=r"13 NaN/inf samples of 32000"):
+        A.load_audio(float_wav(tmp_path / "stereo.wav", st))
+    x[:] = 0.1  # the same file format with finite values loads
+    assert A.load_audio(float_wav(tmp_path / "fine.wav", x)).num_samples == 16000
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "cut short" in r.getMessage()]
+
+
+def test_truncated_wav_is_used_with_a_warning_saying_how_much_was_read(tmp_path, caplog):
+    caplog.set_level("WARNING")
+    whole = ffmpeg_encode(tmp_path, tone(seconds=2.0), "whole.wav")  # 16-bit PCM, as most files are
+    data = whole.read_bytes()
+    header = len(data) - 2 * 16000 * 2
+    (tmp_path / "cut.wav").write_bytes(data[:header + 16000 * 2])  # the body cut at 50 %
+    got = A.load_audio(tmp_path / "cut.wav")
+    assert got.duration == pytest.approx(1.0)
+    (msg,) = _warnings(caplog)
+    assert "'cut.wav'" in msg and "read 1.00 s of the 2.00 s its header declares (50 %)" in msg
+    caplog.clear()
+    assert A.load_audio(whole).duration == pytest.approx(2.0) and _warnings(caplog) == []
+    # a WAV written to a pipe declares no size (0xFFFFFFFF): nothing to compare, no warning
+    A.load_audio(float_wav(tmp_path / "piped.wav", np.zeros(800) + 0.1, declared_bytes=0xFFFFFFFF))
+    assert _warnings(caplog) == []
+
+
+def test_truncated_flac_warns_and_other_formats_are_not_guessed(tmp_path, caplog):
+    caplog.set_level("WARNING")
+    flac = ffmpeg_encode(tmp_path, tone(seconds=2.0), "whole.flac")
+    assert A.declared_seconds(flac) == pytest.approx(2.0)
+    data = flac.read_bytes()
+    (tmp_path / "cut.flac").write_bytes(data[:len(data) // 2])
+    got = A.load_audio(tmp_path / "cut.flac")
+    (msg,) = _warnings(caplog)
+    assert f"read {got.duration:.2f} s of the 2.00 s" in msg and got.duration < 1.5
+    caplog.clear()
+    A.load_audio(flac)
+    mp3 = ffmpeg_encode(tmp_path, tone(seconds=2.0), "whole.mp3")
+    assert A.declared_seconds(mp3) is None  # a bitrate estimate at best: not compared
+    assert _warnings(caplog) == []
+
+
+def test_audio_shorter_than_one_video_frame_is_refused():
+    where = "SomeNode's audio input"
+    with pytest.raises(InputError, match=r"only 0\.0001 s long \(1 sample at 16000 Hz\), shorter than one video "
+                                         r"frame at 25 fps \(0\.040 s\)"):
+        A.require_one_frame(A.Audio(torch.ones(1, 1) * 0.1, 16000), 25.0, where)
+    with pytest.raises(InputError, match="SomeNode's audio input is empty"):
+        A.require_one_frame(A.Audio(torch.zeros(1, 0), 16000), 25.0, where)
+    assert A.require_one_frame(A.to_comfy(A.Audio(torch.zeros(1, 640), 16000)), 25.0, where).num_samples == 640
+    with pytest.raises(InputError, match="SomeNode"):
+        A.require_one_frame(A.Audio(torch.zeros(1, 639), 16000), 25.0, where)
+    assert A.require_one_frame(A.Audio(torch.zeros(1, 534), 16000), 30.0, where).num_samples == 534  # 533.3 needed

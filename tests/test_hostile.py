@@ -35,6 +35,24 @@ silent audio
     test_motion_nodes::test_procedural_node_drives_mouth_and_eyes;
     hostile::test_audio_to_embedding_refuses_bad_audio_before_loading_a_model,
     hostile::test_silent_and_empty_audio_in_the_other_nodes
+1-sample audio (shorter than one video frame)
+    test_audio::test_audio_shorter_than_one_video_frame_is_refused (core);
+    test_finite_inputs::test_audio_shorter_than_one_frame_is_refused_by_the_nodes_that_make_frames (AudioToEmbedding,
+    ProceduralMotion, SDABase), test_finite_inputs::test_one_sample_speech_file_fails_the_classic_run (headless)
+NaN/inf audio samples (a damaged float WAV; ComfyUI's own LoadAudio passes them on)
+    test_audio::test_non_finite_samples_are_refused_naming_the_file_and_count (load_audio);
+    test_finite_inputs::test_nan_audio_is_refused_by_the_audio_nodes_before_a_model_loads,
+    test_finite_inputs::test_nan_speech_file_fails_the_run_and_writes_no_video (classic and Ditto, headless),
+    test_finite_inputs::test_nan_audio_from_comfyuis_load_audio_is_refused (inside ComfyUI),
+    test_finite_inputs::test_headless_load_video_refuses_a_nan_sound_track_instead_of_dropping_it
+NaN/inf images, motion, speech features, portraits and FLOATs at any node input; a model overflowing into NaN
+    test_finite_inputs::test_every_node_refuses_non_finite_inputs_naming_node_and_input (every node, every such
+    input), test_finite_inputs::test_nan_image_refused_by_load_portrait, test_nan_motion_file_refused_by_load_motion,
+    test_model_output_with_nan_is_stopped_naming_the_node, test_liveportrait_renderers_never_hand_on_nan_frames
+audio file cut short (WAV, FLAC): used, with a warning saying how much was read
+    test_audio::test_truncated_wav_is_used_with_a_warning_saying_how_much_was_read,
+    test_audio::test_truncated_flac_warns_and_other_formats_are_not_guessed;
+    test_finite_inputs::test_cut_speech_file_makes_the_video_and_says_how_much_was_read (headless)
 8 kHz and 48 kHz stereo audio
     test_audio::test_prepare_checks_and_converts (8 kHz),
     test_audio_features::test_resamples_44k_stereo_like_core_audio,
