@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tolerance as tol
 from conftest import FIXTURES, ROOT, sub
 from test_motion_nodes import speech_inputs
 
@@ -63,11 +64,13 @@ def test_sda_node(pack, tmp_path, monkeypatch):
     face = torch.rand(1, 40, 30, 3, generator=torch.Generator().manual_seed(0))
     frames, used, fps = node.run(face, audio, "already aligned", 3, "tiny-grid.dat", chunk_frames=4)
     assert frames.shape == (12, 16, 12, 3) and fps == 25.0  # (25000 + 8000 - 10000) // 2000 + 1 at 50 kHz
-    assert fps == 25.0 and 0 <= frames.min() and frames.max() <= 250 / 255 + 1e-6
+    assert fps == 25.0 and 0 <= frames.min() and frames.max() <= 250 / 255 + tol.elementwise_bound(2, 1.0)
     assert used["sample_rate"] == 50000 and used["waveform"].shape[-1] == 25000
     again, _, _ = node.run(face, audio, "already aligned", 3, "tiny-grid.dat", chunk_frames=12)
     other, _, _ = node.run(face, audio, "already aligned", 4, "tiny-grid.dat")
-    assert torch.allclose(frames, again, atol=1e-5) and not torch.allclose(frames, other, atol=1e-3)
+    # chunking changes only the GRU's matmul blocking (float rounding of the same network)
+    tol.close_network(frames, again, tol.SDA)
+    assert not torch.allclose(frames, other, atol=1e-3)
     core_sda = sub(pack, "core.sda")
     monkeypatch.setattr(core_sda, "face_alignment_landmarks", lambda *a, **k: (lambda img: None))
     errors = sub(pack, "core.errors")

@@ -7,6 +7,8 @@ the stitched keypoints. The full-size model is checked structurally against the 
 released checkpoint.
 """
 import json
+import math
+import os
 import pickle
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import tolerance as tol
 from conftest import FIXTURES
 
 from core.errors import Cancelled, CheckpointError, InputError
@@ -23,13 +26,33 @@ from core.motion.ditto import compose as CO
 from core.motion.ditto import sampler as S
 
 FIX = FIXTURES / "ditto"
-ATOL = 1e-5
 HEADS = 4  # the tiny fixture (released: 8)
 RAW_KEYS = ("pitch", "yaw", "roll", "t", "exp", "scale", "kp")
+GUIDANCE = 2.0
+#: stages of one denoiser pass shallower than the whole network
+STAGES = {"x_tokens": tol.Net("Ditto input projection (2 x 265 in)", 1, 530),
+          "t_hidden": tol.Net("Ditto step MLP (sinusoid, Linear 64 in, Mish)", 1, 64),
+          "cond_tokens_encoded": tol.DITTO_COND, "memory": tol.DITTO_COND}
+#: the fixture's streams (config.json "meta"): 3 offline and 7 online windows of 10 steps
+OFFLINE, ONLINE = tol.ditto_sampler(10, 3), tol.ditto_sampler(10, 7)
+#: a 265-d motion vector -> degrees (66-bin expectations), rotation, keypoint transform; the angles err on
+#: the 195-degree scale (3.4 rad) and move kp @ R by as much
+COMPOSE = tol.Net("Ditto motion -> 66-bin expectations, rotation, keypoint transform", 3, tol.DEGREE_BINS)
+COMPOSE_STITCH = COMPOSE.then(tol.LP_STITCH)
 
 
 def err(a, b):
     return (torch.as_tensor(a).float() - torch.as_tensor(b).float()).abs().max().item()
+
+
+def guided_magnitude(cond, uncond, w=GUIDANCE):
+    """The size of the terms of ``u + w (c - u)`` (u, w c, w u): its roundings and the passes' errors scale
+    with them."""
+    return w * float(torch.as_tensor(cond).abs().max()) + (1 + w) * float(torch.as_tensor(uncond).abs().max())
+
+
+def kp_magnitude(raw):
+    return math.radians(tol.DEGREE_TERMS) * tol.lp_kp_magnitude(raw["kp"], raw["exp"], raw["scale"], raw["t"])
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +136,7 @@ def test_official_pth_and_safetensors_load_identically(tmp_path, lmdm_state, fx)
     assert not a.training and a.config["num_heads"] == HEADS and c.config["num_heads"] == HEADS
     out = _forward(a, fx)
     assert torch.equal(out, _forward(b, fx)) and torch.equal(out, _forward(c, fx))
-    assert err(out, fx("denoiser.out_cond")) < ATOL
+    tol.close_network(out, fx("denoiser.out_cond"), tol.DITTO)
 
 
 def test_reduced_precision_keeps_float32_schedule(tmp_path, lmdm_state, fx):
@@ -122,8 +145,16 @@ def test_reduced_precision_keeps_float32_schedule(tmp_path, lmdm_state, fx):
     m = ditto.load_lmdm(path, num_heads=HEADS, dtype=torch.bfloat16)
     assert m.final_layer.weight.dtype == torch.bfloat16
     assert m.alphas_cumprod.dtype == torch.float32 and m.rotary.freqs.dtype == torch.float32
-    out = S.ddim_sample(m, fx("denoiser.cond_frame"), fx("denoiser.cond"), 10, fx("sample10.x_T"),
-                        fx("sample10.step_noise"))
+    try:
+        out = S.ddim_sample(m, fx("denoiser.cond_frame"), fx("denoiser.cond"), 10, fx("sample10.x_T"),
+                            fx("sample10.step_noise"))
+    except RuntimeError as e:
+        # ATEN_CPU_CAPABILITY=avx2/default on an AVX-512 machine (the CI's older-CPU pass): torch's bf16
+        # attention asks cpuinfo (AVX-512: yes) whether to pack for VNNI, then runs the AVX2 kernel, which
+        # cannot. A real AVX2 CPU answers no and never takes that path, so nothing here is ours to fix.
+        if "pack_vnni2" in str(e) and os.environ.get("ATEN_CPU_CAPABILITY") in ("avx2", "default"):
+            pytest.skip("torch's bf16 attention under a forced older-CPU kernel set on an AVX-512 machine")
+        raise
     ref = fx("sample10.out")
     assert out.dtype == torch.float32 and ((out - ref).norm() / ref.norm()).item() < 0.05
 
@@ -172,15 +203,20 @@ def test_denoiser_parity(lmdm, fx):
     args = (fx("denoiser.x_t"), fx("denoiser.cond_frame"), fx("denoiser.cond"), fx("denoiser.t"))
     with torch.inference_mode():
         ic, iu = {}, {}
-        assert err(lmdm(*args, intermediates=ic), fx("denoiser.out_cond")) < ATOL
-        assert err(lmdm(*args, uncond=True, intermediates=iu), fx("denoiser.out_uncond")) < ATOL
+        tol.close_network(lmdm(*args, intermediates=ic), fx("denoiser.out_cond"), tol.DITTO)
+        tol.close_network(lmdm(*args, uncond=True, intermediates=iu), fx("denoiser.out_uncond"), tol.DITTO)
         for k in ("x_tokens", "cond_tokens_encoded", "t_hidden", "memory", "film_t", "decoder_out"):
-            assert err(ic[k], fx(f"denoiser.cond_pass.{k}")) < ATOL, k
+            tol.close_network(ic[k], fx(f"denoiser.cond_pass.{k}"), STAGES.get(k, tol.DITTO), what=k)
         for k in ("memory", "film_t"):
-            assert err(iu[k], fx(f"denoiser.uncond_pass.{k}")) < ATOL, k
-        pred_noise, x_start = lmdm.predict(*args, guidance=2.0)
-    assert err(x_start, fx("denoiser.x_start")) < ATOL
-    assert err(pred_noise, fx("denoiser.pred_noise")) < ATOL
+            tol.close_network(iu[k], fx(f"denoiser.uncond_pass.{k}"), STAGES.get(k, tol.DITTO), what=k)
+        pred_noise, x_start = lmdm.predict(*args, guidance=GUIDANCE)
+    # x0 = u + w (c - u): both passes' errors, scaled by the guidance
+    x0_mag = guided_magnitude(fx("denoiser.out_cond"), fx("denoiser.out_uncond"))
+    tol.close_network(x_start, fx("denoiser.x_start"), tol.DITTO, magnitude=x0_mag)
+    # noise = (x_t / sqrt(a) - x0) / sqrt(1 / a - 1) at the fixture's step: x0's error, divided by sqrt(1 / a - 1)
+    a = float(lmdm.alphas_cumprod[int(fx("denoiser.t"))])
+    noise_mag = (float(fx("denoiser.x_t").abs().max()) / math.sqrt(a) + x0_mag) / math.sqrt(1 / a - 1)
+    tol.close_network(pred_noise, fx("denoiser.pred_noise"), tol.DITTO, magnitude=noise_mag)
 
 
 def test_schedule(lmdm):
@@ -195,36 +231,43 @@ def test_ddim_sample_parity(lmdm, fx, steps):
     sched = S.make_schedule(lmdm.alphas_cumprod, steps)
     assert torch.equal(torch.tensor(sched.pairs), fx(p + "time_pairs"))
     for k in ("alpha_next_sqrt", "c", "sigma"):
-        # each entry is a few float32 operations on values in [0, 1]: a few ulps of 1 apart at most
-        assert err(getattr(sched, k), fx(p + k)) <= 4 * torch.finfo(torch.float32).eps, k
+        # each entry is a few float32 operations (a ratio, two differences, a product, a root) on values in [0, 1]
+        tol.close_elementwise(getattr(sched, k), fx(p + k), ops=4, magnitude=1, what=k)
     traj = []
     out = S.ddim_sample(lmdm, fx("denoiser.cond_frame"), fx("denoiser.cond"), steps, fx(p + "x_T"),
                         fx(p + "step_noise"), trajectory=traj)
-    assert err(out, fx(p + "out")) < ATOL
+    # every step runs the denoiser twice (conditional, unconditional)
+    tol.close_network(out, fx(p + "out"), tol.ditto_sampler(steps))
     if steps == 10:
-        assert err(torch.stack(traj), fx(p + "x_traj")) < ATOL
+        tol.close_network(torch.stack(traj), fx(p + "x_traj"), tol.ditto_sampler(steps))
         lmdm.batch_cfg = True  # one batch-2 pass instead of two batch-1 passes: same up to rounding
         try:
             out_b = S.ddim_sample(lmdm, fx("denoiser.cond_frame"), fx("denoiser.cond"), steps, fx(p + "x_T"),
                                   fx(p + "step_noise"))
         finally:
             lmdm.batch_cfg = False
-        assert err(out_b, fx(p + "out")) < ATOL
+        tol.close_network(out_b, fx(p + "out"), tol.ditto_sampler(steps))
 
 
 # --------------------------------------------------------------------------- conditions
 def test_conditions(io, fx, raw):
-    assert err(ditto.emo_vector(4)[None], fx("emo.label4")) < 1e-7
-    assert err(ditto.emo_vector([3, 4])[None], fx("emo.labels3_4")) < 1e-7
+    # softmax over 8 logits: exp, a sum of 8 terms, a division (relative to the result)
+    tol.close_elementwise(ditto.emo_vector(4)[None], fx("emo.label4"), ops=1 + 8 + 1)
+    tol.close_elementwise(ditto.emo_vector([3, 4])[None], fx("emo.labels3_4"), ops=1 + 8 + 1)
     assert err(ditto.emo_vector("neutral"), ditto.emo_vector(4)) == 0
     eye_open, eye_ball = ditto.eye_features(fx("eye.lmk478"))
-    assert err(eye_open, fx("eye.eye_open")) < 1e-6 and err(eye_ball, fx("eye.eye_ball")) < 1e-6
+    # per 3-D distance: 3 differences, 3 squares, a 3-term sum, a root (5 roundings relative to it); the opening
+    # sums 3 distances over a 4th; the ball subtracts two unit directions (distance + division each) and scales
+    eye_ops = 4 * 5 + 3 + 1
+    tol.close_elementwise(eye_open, fx("eye.eye_open"), ops=eye_ops)
+    tol.close_elementwise(eye_ball, fx("eye.eye_ball"), ops=eye_ops)
     assert err(ditto.source_vector(raw)[None], fx("source.kp_cond")) == 0
     cond = ditto.Conditions(emo=4, eye_open=eye_open, eye_ball=eye_ball, sc=raw["kp"])
     assert cond.dim == 1103
-    assert err(cond.extra(0, 1), fx("stream_offline.cond_extra")) < 1e-6
+    tol.close_elementwise(cond.extra(0, 1), fx("stream_offline.cond_extra"), ops=eye_ops)
     rows = cond(torch.zeros(3, 1024), start=-2)
-    assert rows.shape == (3, 1103) and err(rows[:, 1024:], fx("stream_offline.cond_extra").expand(3, -1)) < 1e-6
+    assert rows.shape == (3, 1103)
+    tol.close_elementwise(rows[:, 1024:], fx("stream_offline.cond_extra").expand(3, -1), ops=eye_ops)
     track = ditto.Conditions(emo=torch.eye(8)[:3], eye_open=eye_open, eye_ball=eye_ball, sc=raw["kp"])
     assert track.extra(-2, 6)[:, :8].argmax(1).tolist() == [0, 0, 0, 1, 2, 0]  # max(i, 0) % m
     with pytest.raises(InputError):
@@ -239,12 +282,13 @@ def test_stream_offline_parity(lmdm, fx):
                          noise=(fx(p + "step_noise"), fx(p + "x_T")), overlap=10, smooth=3, trace=trace)
     assert [[w["start"], w["n_real"]] for w in trace] == fx(p + "window_start_nreal").tolist()
     for i, w in enumerate(trace):
-        assert err(w["kp_cond"], fx(p + "window_kp_cond")[i, 0]) < ATOL
-        assert err(w["pred"], fx(p + "window_pred")[i, 0]) < ATOL
-    assert seq.shape == (150, 265) and err(seq, fx(p + "res_kp_seq")[0]) < ATOL
+        tol.close_network(w["kp_cond"], fx(p + "window_kp_cond")[i, 0], OFFLINE)
+        tol.close_network(w["pred"], fx(p + "window_pred")[i, 0], OFFLINE)
+    assert seq.shape == (150, 265)
+    tol.close_network(seq, fx(p + "res_kp_seq")[0], OFFLINE)
     parts = CO.split_vector(seq)
     for k in ("scale", "pitch", "yaw", "roll", "t", "exp"):
-        assert err(parts[k], fx(p + f"x_d_info.{k}")[:, 0]) < ATOL, k
+        tol.close_network(parts[k], fx(p + f"x_d_info.{k}")[:, 0], OFFLINE, what=k)
 
 
 def _online(lmdm, fx, chunks, noise=True):
@@ -273,14 +317,14 @@ def test_stream_online_parity(lmdm, fx):
     ref = fx(p + "window_start_nreal_condidx").tolist()
     assert [[w["start"], w["n_real"], w["cond_idx"]] for w in gen.trace] == ref
     for i, w in enumerate(gen.trace):
-        assert err(w["kp_cond"], fx(p + "window_kp_cond")[i, 0]) < ATOL
-        assert err(w["pred"], fx(p + "window_pred")[i, 0]) < ATOL
+        tol.close_network(w["kp_cond"], fx(p + "window_kp_cond")[i, 0], ONLINE)
+        tol.close_network(w["pred"], fx(p + "window_pred")[i, 0], ONLINE)
     seq = torch.cat(blocks)
     assert seq.shape == (70, 265)
     parts, d0 = CO.split_vector(seq), CO.split_vector(gen.d0)
     for k in ("scale", "pitch", "yaw", "roll", "t", "exp"):
-        assert err(parts[k], fx(p + f"x_d_info.{k}")[:, 0]) < ATOL, k
-        assert err(d0[k], fx(p + f"d0.{k}")) < ATOL, k
+        tol.close_network(parts[k], fx(p + f"x_d_info.{k}")[:, 0], ONLINE, what=k)
+        tol.close_network(d0[k], fx(p + f"d0.{k}"), ONLINE, what=k)
 
 
 def test_stream_online_any_chunking_and_trim(lmdm, fx):
@@ -290,7 +334,7 @@ def test_stream_online_any_chunking_and_trim(lmdm, fx):
     for a, b in ((0, 3), (3, 13), (13, 30)):  # windows run whenever 80 buffer frames exist
         blocks += gen.push(feats[a:b])
     assert [blk.shape[0] for blk in blocks] == [10, 10]
-    assert err(torch.cat(blocks), _reference_online_seq(fx)[:20]) < ATOL
+    tol.close_network(torch.cat(blocks), _reference_online_seq(fx)[:20], ONLINE)
     tail = gen.flush(trim=True)  # the padded last window's slice, cut to the pushed audio
     assert [blk.shape[0] for blk in tail] == [10] and gen.pushed == gen.emitted == 30
     assert gen.flush() == []
@@ -337,9 +381,9 @@ def test_stitch_default(fx, raw, stitch_net):
     motion = ditto.to_motion(fx("stream_offline.res_kp_seq")[0, :60], raw, fps=25)
     assert motion.composed and len(motion) == 60
     x_s, x_d_pre, x_d = ditto.driving_keypoints(motion, raw, stitch_net)
-    assert err(x_s, fx(p + "x_s")) < ATOL
-    assert err(x_d_pre, fx(p + "x_d_no_stitch")) < ATOL
-    assert err(x_d, fx(p + "x_d_stitched")) < ATOL
+    tol.close_network(x_s, fx(p + "x_s"), COMPOSE, magnitude=kp_magnitude(raw))
+    tol.close_network(x_d_pre, fx(p + "x_d_no_stitch"), COMPOSE, magnitude=kp_magnitude(raw))
+    tol.close_network(x_d, fx(p + "x_d_stitched"), COMPOSE_STITCH, magnitude=kp_magnitude(raw))
 
 
 def test_stitch_online_like(fx, raw, stitch_net):
@@ -349,9 +393,9 @@ def test_stitch_online_like(fx, raw, stitch_net):
     motion = ditto.to_motion(fx("stream_offline.res_kp_seq")[0, :60], raw, blink_template=fx(p + "delta_eye_arr"),
                              blink_idx=blink_idx, delta_pitch=2)
     x_s, x_d_pre, x_d = ditto.driving_keypoints(motion, raw, stitch_net)
-    assert err(x_s, fx(p + "x_s")) < ATOL
-    assert err(x_d_pre, fx(p + "x_d_no_stitch")) < ATOL
-    assert err(x_d, fx(p + "x_d_stitched")) < ATOL
+    tol.close_network(x_s, fx(p + "x_s"), COMPOSE, magnitude=kp_magnitude(raw))
+    tol.close_network(x_d_pre, fx(p + "x_d_no_stitch"), COMPOSE, magnitude=kp_magnitude(raw))
+    tol.close_network(x_d, fx(p + "x_d_stitched"), COMPOSE_STITCH, magnitude=kp_magnitude(raw))
 
 
 def test_strengths_and_blinks(fx, raw):

@@ -9,6 +9,7 @@ structurally (every key and shape, parameter count) without weights.
 """
 import argparse
 import json
+import math
 import pathlib
 import pickle
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import tolerance as tol
 from conftest import FIXTURES
 from core.errors import Cancelled, CheckpointError, InputError
 from core.liveportrait import kinematics as K
@@ -29,24 +31,38 @@ from core.motion.joyvasa.compose import euler_degrees, rotation_power
 from core.motion.joyvasa.load import infer_config, map_weight_norm, prepare_state
 from core.motion.joyvasa.model import JoyVASA, DiffusionSchedule, make_config, pad_audio
 from core.motion.joyvasa.sampler import sample_window
+from core.motion.joyvasa.template import LAYOUT
 
 FIX = FIXTURES / "joyvasa"
-#: float32 rounding, relative to the magnitude compared: the outputs go through a 50-step sampler whose
-#: every step re-associates sums of a few hundred float32 terms (threads, kernel choice), so results may
-#: differ by tens of ulps of their magnitude between machines (pose angles reach ~75 degrees, where one
-#: ulp is 7.6e-6). A real bug (a wrong scale, window or step) moves them by orders of magnitude more.
-F32 = torch.finfo(torch.float32).eps
-SAMPLER_ULPS = 64
 POSE = ("exp", "scale", "t", "pitch", "yaw", "roll", "R")
+CFG_SCALE = 2.8
+#: the fixture's stream: 2 windows of the 50-step sampler (two passes per step), each window's audio encoded
+STREAM = tol.joyvasa_sampler(50, windows=2)
+#: the HuBERT feature extractor's first conv and its group norm (a mean over all 12815 frames of the window)
+CNN = tol.JOYVASA_GROUP_NORM.then(tol.Net("JoyVASA HuBERT convs 1-6 (32 ch x 3 taps)", 6, 96))
+#: the denoiser's input tokens: feature projection (73 in), positional table, step MLP (32 in)
+TOKENS = tol.Net("JoyVASA token embedding", 3, 73)
+#: the source / generated motion -> degrees (66-bin expectations), rotation, keypoints (and the tiny
+#: fixture's retargeting MLPs); the angles err on the 195-degree scale (3.4 rad) and move kp @ R by as much
+COMPOSE = tol.Net("JoyVASA motion -> 66-bin expectations, rotation, keypoint transform", 3, tol.DEGREE_BINS)
 
 
-def close(a, b, atol=None, rtol=0.0):
-    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float().reshape(torch.as_tensor(a).shape)
-    if atol is None:
-        atol = SAMPLER_ULPS * F32 * max(1.0, float(b.abs().max()))
-    err = float((a - b).abs().max())
-    assert torch.allclose(a, b, atol=atol, rtol=rtol), f"max abs error {err:.3g}"
-    return err
+def pose_magnitude(template, motion, key):
+    """The size of the terms of the de-normalisation ``m * (max - min) + min`` (``m * std + mean`` for exp)
+    for normalised ``motion``: the sampler's error on ``m`` arrives scaled by the template's range. The
+    rotation's entries move by the angles' error in radians."""
+    if key == "R":
+        return math.radians(max(pose_magnitude(template, motion, k) for k in ("pitch", "yaw", "roll")))
+    a, b = LAYOUT[key]
+    m = float(torch.as_tensor(motion).reshape(-1, motion.shape[-1])[:, a:b].abs().max())
+    if key == "exp":
+        return m * float(template["std_exp"].abs().max()) + float(template["mean_exp"].abs().max())
+    lo, hi = template[f"min_{key}"], template[f"max_{key}"]
+    return m * float((hi - lo).abs().max()) + float(lo.abs().max())
+
+
+def source_kp_magnitude(raw):
+    return math.radians(tol.DEGREE_TERMS) * tol.lp_kp_magnitude(raw["kp"], raw["exp"], raw["scale"], raw["t"])
 
 
 # The fixtures were made with 1 torch thread; at 1 thread this implementation reproduces them (nearly) bit for
@@ -110,12 +126,13 @@ def test_audio_encoder(model, io):
         steps = model.encode_audio(io["audio_enc.audio"], return_all=True)
         cnn = model.audio_encoder.feature_extractor(steps["padded"])
     assert steps["padded"].shape == (1, 64080)
-    close(steps["padded"], io["audio_enc.padded"], atol=0)
-    close(cnn, io["audio_enc.cnn_features"])
+    assert torch.equal(steps["padded"], io["audio_enc.padded"])
+    tol.close_network(cnn, io["audio_enc.cnn_features"], CNN)
     for key in ("last_hidden_state", "interp_25fps", "audio_feat"):
-        close(steps[key], io[f"audio_enc.{key}"])
+        tol.close_network(steps[key], io[f"audio_enc.{key}"], tol.JOYVASA_AUDIO, what=key)
     h = steps["last_hidden_state"]
-    close(steps["interp_25fps"], (h[:, 0::2] + h[:, 1::2]) / 2, atol=1e-6)  # linear resampling = pair mean
+    # linear resampling = pair mean: a sum and a halving
+    tol.close_elementwise(steps["interp_25fps"], (h[:, 0::2] + h[:, 1::2]) / 2, ops=2)
 
 
 def test_pad_audio_general_lengths():
@@ -135,20 +152,22 @@ def test_denoiser(model, io, mode):
         args = (io["denoiser.motion_feat"], io["denoiser.audio_feat"], io["denoiser.prev_motion_feat"],
                 io["denoiser.prev_audio_feat"], io["denoiser.step"])
         with torch.no_grad():
-            close(net.tokens(args[0], args[2], args[4]), io[f"denoiser.{mode}.tokens_in"])
-            close(net(*args), io[f"denoiser.{mode}.out"])
+            tol.close_network(net.tokens(args[0], args[2], args[4]), io[f"denoiser.{mode}.tokens_in"], TOKENS)
+            tol.close_network(net(*args), io[f"denoiser.{mode}.out"], tol.JOYVASA_DENOISER)
     finally:
         net.pe_mode = "constant_row"
     # the conditional half of the batch is the audio encoder's output, the other the null feature
-    close(io["denoiser.audio_feat"][1], io["audio_enc.audio_feat"][0])
-    close(io["denoiser.audio_feat"][0], model.null_audio_feat[0].expand(100, -1).detach())
+    tol.close_network(io["denoiser.audio_feat"][1], io["audio_enc.audio_feat"][0], tol.JOYVASA_AUDIO)
+    assert torch.equal(io["denoiser.audio_feat"][0], model.null_audio_feat[0].expand(100, -1).detach())
 
 
 def test_schedule(model, io):
     fresh = DiffusionSchedule(50, "cosine")
+    # values in [0, 1]: a cosine, a square, two ratios, a difference and a clip per beta; alpha_bar is the exp of
+    # a running sum of 50 logs (each entry |log alpha_bar| <= 10 times alpha_bar <= 1 / e); sigma a ratio and root
     for key in ("betas", "alphas", "alpha_bars", "sigmas_inflex"):
-        close(getattr(fresh, key), io[f"schedule.{key}"], atol=1e-7)
-        close(getattr(model.diffusion_sched, key), io[f"schedule.{key}"], atol=1e-7)
+        tol.close_sum(getattr(fresh, key), io[f"schedule.{key}"], terms=50 + 6, magnitude=1, what=key)
+        tol.close_sum(getattr(model.diffusion_sched, key), io[f"schedule.{key}"], terms=50 + 6, magnitude=1, what=key)
     assert float(fresh.betas[0]) == 0.0 and fresh.betas.shape == (51,)
 
 
@@ -157,31 +176,31 @@ def test_sample(model, io, mode):
     model.pe_mode = mode
     try:
         feat = model.encode_audio(io["audio_enc.audio"])
-        res = sample_window(model, feat, io["sample.x_T"], _fixture_noise(io["sample.z"]), cfg_scale=2.8,
+        res = sample_window(model, feat, io["sample.x_T"], _fixture_noise(io["sample.z"]), cfg_scale=CFG_SCALE,
                             keep=(49, 25, 1))
     finally:
         model.pe_mode = "constant_row"
-    close(res["x0"], io[f"sample.{mode}.out"])
+    tol.close_network(res["x0"], io[f"sample.{mode}.out"], tol.joyvasa_sampler(50))
     for t, key in ((49, "x_t49"), (25, "x_t25"), (1, "x_t01")):
-        close(res[t], io[f"sample.{mode}.{key}"])
+        tol.close_network(res[t], io[f"sample.{mode}.{key}"], tol.joyvasa_sampler(50 - t), what=key)
 
 
 @pytest.mark.parametrize("mode", PE_MODES)
 def test_stream(model, io, template, mode):
     model.pe_mode = mode
     try:
-        res = generate_normalized(model, io["stream.audio"], cfg_scale=2.8, x_T=io["stream.x_T"],
+        res = generate_normalized(model, io["stream.audio"], cfg_scale=CFG_SCALE, x_T=io["stream.x_T"],
                                   noise=_fixture_noise(io["stream.z"]), return_windows=True)
     finally:
         model.pe_mode = "constant_row"
-    close(res["window_motion"], io[f"stream.{mode}.window_motion"][:, 0])
-    close(res["window_audio_feat"], io[f"stream.{mode}.window_audio_feat"][:, 0])
+    tol.close_network(res["window_motion"], io[f"stream.{mode}.window_motion"][:, 0], STREAM)
+    tol.close_network(res["window_audio_feat"], io[f"stream.{mode}.window_audio_feat"][:, 0], tol.JOYVASA_AUDIO)
     assert res["n_pad_frames"] == 60 and res["motion"].shape == (140, 73)
     from core.motion.joyvasa.template import to_pose_sequence
     out = to_pose_sequence(template, res["motion"], smooth=True)
     for key in POSE:
         ref = io[f"stream.{mode}.motion.{key}"]
-        close(out[key], ref)
+        tol.close_network(out[key], ref, STREAM, magnitude=pose_magnitude(template, res["motion"], key), what=key)
 
 
 def test_window_plan():
@@ -189,7 +208,7 @@ def test_window_plan():
     assert (plan.n_windows, plan.n_pad_frames, plan.n_frames) == (2, 60, 140)
     audio = torch.randn(88000)
     ref = torch.nn.functional.pad(torch.nn.functional.pad(audio, (1280, 640)), (0, plan.n_pad_samples))
-    close(padded_audio(audio), ref, atol=0)
+    assert torch.equal(padded_audio(audio).reshape(ref.shape), ref)
     # the official clip_len rule: a window boundary hit exactly keeps one window; the tail is dropped
     p = plan_windows(64000 - 1920 + 300)
     assert (p.n_windows, p.n_pad_frames, p.n_frames) == (1, 0, 100) and p.n_pad_samples == -300
@@ -205,13 +224,15 @@ def test_window_plan():
 def test_audio_features_and_generate(model, io, template):
     feats, n_pad = audio_features(model, io["stream.audio"])
     assert feats.shape == (200, 32) and feats.dtype == torch.float32 and n_pad == 60
-    close(feats.reshape(2, 100, 32), io["stream.constant_row.window_audio_feat"][:, 0])
-    kw = dict(cfg_scale=2.8, x_T=io["stream.x_T"])
+    tol.close_network(feats.reshape(2, 100, 32), io["stream.constant_row.window_audio_feat"][:, 0], tol.JOYVASA_AUDIO)
+    kw = dict(cfg_scale=CFG_SCALE, x_T=io["stream.x_T"])
     from_audio = generate(model, io["stream.audio"], template, noise=_fixture_noise(io["stream.z"]), **kw)
     from_feats = generate(model, (feats, n_pad), template, noise=_fixture_noise(io["stream.z"]), **kw)
+    motion = io["stream.constant_row.window_motion"]
     for key in POSE:
         torch.testing.assert_close(from_audio[key], from_feats[key], atol=0, rtol=0)
-        close(from_audio[key], io[f"stream.constant_row.motion.{key}"])
+        tol.close_network(from_audio[key], io[f"stream.constant_row.motion.{key}"], STREAM,
+                          magnitude=pose_magnitude(template, motion, key), what=key)
     assert from_audio["exp"].shape == (140, 21, 3) and from_audio["R"].shape == (140, 3, 3)
 
 
@@ -252,14 +273,16 @@ def _generated(io, mode="constant_row"):
 @pytest.mark.parametrize("preset", ["cli", "gradio"])
 def test_compose(io, retarget, preset):
     info, src = _source(io)
-    close(src.x_s, io[f"compose_{preset}.x_s"])
+    raw = {k: io[f"source.raw.{k}"] for k in ("kp", "exp", "scale", "t")}
+    tol.close_network(src.x_s, io[f"compose_{preset}.x_s"], COMPOSE, magnitude=source_kp_magnitude(raw))
     assert abs(float(src.lip) - 0.12) < 1e-3
     gen = _generated(io)
     for source in (info, src):  # motion-extractor info (degrees) or a SourceMotion
         motion = to_motion(gen, source)
         assert motion.composed and len(motion) == 140 and motion.R is not None
         x_d = driving_keypoints(src, motion, drive_options(preset), retarget["stitching"], retarget["lip"])
-        close(x_d, io[f"compose_{preset}.x_d"])
+        tol.close_network(x_d, io[f"compose_{preset}.x_d"], COMPOSE.then(tol.LP_STITCH).then(tol.LP_STITCH),
+                          magnitude=source_kp_magnitude(raw))
     opts = drive_options(preset)
     assert isinstance(opts, DriveOptions) and opts.multiplier == (1.1 if preset == "cli" else 1.0)
 
@@ -268,29 +291,36 @@ def test_compose_strengths_and_angles(io, retarget):
     info, src = _source(io)
     gen = _generated(io)
     m1 = to_motion(gen, info)
-    # the stored Euler angles describe R
-    close(K.rotation_matrix(m1.pitch, m1.yaw, m1.roll), m1.R, atol=1e-6)
+    rot_ops = tol.LP_ROT_OPS
+    # the stored Euler angles describe R: R -> angles (float64, one rounding to float32 of up to 180 degrees,
+    # i.e. pi rad) -> R again, on top of R's own products
+    tol.close_elementwise(K.rotation_matrix(m1.pitch, m1.yaw, m1.roll), m1.R, ops=2 * rot_ops + 4, magnitude=1)
     # strength 0: the source's own pose and expression in every frame
     m0 = to_motion(gen, info, pose_strength=0.0, expression_strength=0.0)
-    close(m0.R, src.R.expand(140, 3, 3), atol=1e-6)
-    close(m0.exp, src.exp.expand(140, 21, 3), atol=1e-7)
-    close(m0.scale, src.scale.reshape(1).expand(140), atol=1e-7)
-    close(m0.t[:, :2], src.t[:, :2].expand(140, 2), atol=1e-7)
+    tol.close_elementwise(m0.R, src.R.expand(140, 3, 3), ops=2 * rot_ops, magnitude=1)
+    tol.close_elementwise(m0.exp, src.exp.expand(140, 21, 3), ops=1)
+    tol.close_elementwise(m0.scale, src.scale.reshape(1).expand(140), ops=1)
+    tol.close_elementwise(m0.t[:, :2], src.t[:, :2].expand(140, 2), ops=1)
     x_d = driving_keypoints(src, m0, DriveOptions(relative=False, stitching=False))
-    close(x_d, src.x_s.expand(140, 21, 3), atol=1e-5)
-    # half strength twice = full rotation; monotone expression scaling
+    kp_mag = tol.lp_kp_magnitude(src.kp, src.exp, src.scale, src.t)
+    tol.close_elementwise(x_d, src.x_s.expand(140, 21, 3), ops=2 * rot_ops + tol.LP_KP_OPS, magnitude=kp_mag)
+    # half strength twice = full rotation; monotone expression scaling (float64 axis-angle: the float32
+    # inputs' and outputs' roundings and two 3-term products)
     R_rel = m1.R @ src.R.transpose(1, 2)
     half = rotation_power(R_rel, 0.5)
-    close(half @ half, R_rel, atol=1e-5)
+    tol.close_elementwise(half @ half, R_rel, ops=2 * rot_ops + 2 * 3, magnitude=1)
     big = K.rotation_matrix(torch.tensor([150.0, 0.0, 179.9, 180.0, 0.001]), torch.tensor([20.0, 180.0, 0.0, 0.0, 0.0]),
                             torch.tensor([-30.0, 0.0, 0.0, 0.0, 0.0]))
     third = rotation_power(big, 1 / 3)
-    close(third @ third @ third, big, atol=1e-6)
-    close(rotation_power(big, 0.0), torch.eye(3).expand(5, 3, 3), atol=0)
+    tol.close_elementwise(third @ third @ third, big, ops=rot_ops + 3 * 3, magnitude=1)
+    assert torch.equal(rotation_power(big, 0.0), torch.eye(3).expand(5, 3, 3))
     mh = to_motion(gen, info, expression_strength=0.5)
-    close(mh.exp - src.exp, (m1.exp - src.exp) * 0.5, atol=1e-6)
+    exp_mag = float(m1.exp.abs().max() + src.exp.abs().max())
+    tol.close_elementwise(mh.exp - src.exp, (m1.exp - src.exp) * 0.5, ops=4, magnitude=exp_mag)
     p, y, r = euler_degrees(K.rotation_matrix(torch.tensor([10.0]), torch.tensor([-20.0]), torch.tensor([30.0])))
-    close(torch.stack([p, y, r]).reshape(3), torch.tensor([10.0, -20.0, 30.0]), atol=1e-4)
+    # an error in R's unit-size entries moves an angle by as much in radians, by 1 / cos(yaw) more for asin
+    tol.close_elementwise(torch.stack([p, y, r]).reshape(3), torch.tensor([10.0, -20.0, 30.0]), ops=rot_ops + 1,
+                          magnitude=math.degrees(1) / math.cos(math.radians(20)))
 
 
 # --------------------------------------------------------------------------- loading
@@ -404,7 +434,8 @@ def test_template_sources(tmp_path, io, template):
         out = load_template(src).denormalize(motion)
         for key in ref:
             torch.testing.assert_close(out[key], ref[key], atol=0, rtol=0)
-    close(ref["exp"].reshape(5, 63), motion[:, :63] * io["template.std_exp"] + io["template.mean_exp"], atol=1e-7)
+    tol.close_elementwise(ref["exp"].reshape(5, 63), motion[:, :63] * io["template.std_exp"] + io["template.mean_exp"],
+                          ops=2)
     bad = tmp_path / "bad.pkl"
     with open(bad, "wb") as fh:
         pickle.dump({"mean_exp": np.zeros(63, np.float32)}, fh)

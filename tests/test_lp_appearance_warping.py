@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tolerance as tol
 from core.liveportrait.appearance import AppearanceFeatureExtractor
 from core.liveportrait.warping import WarpingNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "liveportrait"
 CONFIGS = ROOT / "core" / "liveportrait" / "configs"
-ATOL = 1e-5
 
 
 def _params(config, key):
@@ -45,15 +45,11 @@ def warping():
     return m.eval()
 
 
-def _maxerr(a, b):
-    return (a - b).abs().max().item()
-
-
 def test_appearance_matches_reference(appearance, io):
     with torch.no_grad():
         f = appearance(io["input.I_s"])
     assert f.shape == io["F.feature_3d"].shape == (1, 4, 8, 16, 16)
-    assert _maxerr(f, io["F.feature_3d"]) <= ATOL
+    tol.close_network(f, io["F.feature_3d"], tol.LP_F)
 
 
 def test_appearance_channels_last_input(appearance, io):
@@ -63,7 +59,7 @@ def test_appearance_channels_last_input(appearance, io):
     with torch.no_grad():
         f = appearance(x_nhwc)
     assert f.shape == (1, 4, 8, 16, 16)
-    assert _maxerr(f, io["input.pipeline_f_s"]) <= ATOL
+    tol.close_network(f, io["input.pipeline_f_s"], tol.LP_F)
 
 
 _W_OUTPUTS = [("occlusion_map", "W.occlusion_map"), ("deformation", "W.deformation"),
@@ -79,7 +75,7 @@ def test_warping_matches_reference(warping, io, broadcast):
         out = warping(f, io["W.in_kp_driving"], io["W.in_kp_source"])
     for key, ref in _W_OUTPUTS:
         assert out[key].shape == io[ref].shape, key
-        assert _maxerr(out[key], io[ref]) <= ATOL, key
+        tol.close_network(out[key], io[ref], tol.LP_W, what=key)
 
 
 def test_warping_rejects_bad_batches(warping, io):

@@ -7,12 +7,14 @@ keypoints, stitching and eye/lip retargeting. Full-size modules are checked stru
 """
 import io as _io
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import tolerance as tol
 from core.liveportrait import kinematics as K
 from core.liveportrait.motion_extractor import MotionExtractor
 from core.liveportrait.stitching import StitchingRetargetingNetwork, build_networks, split_state_dict
@@ -20,7 +22,7 @@ from core.liveportrait.stitching import StitchingRetargetingNetwork, build_netwo
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "liveportrait"
 CONFIGS = ROOT / "core" / "liveportrait" / "configs"
-ATOL = 1e-5
+ROT_OPS, KP_OPS = tol.LP_ROT_OPS, tol.LP_KP_OPS
 
 
 def _config(name):
@@ -64,17 +66,15 @@ def _ref_info(io):
     return {k[len("M.info."):]: v for k, v in io.items() if k.startswith("M.info.")}
 
 
-def _close(a, b, atol=ATOL):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert a.dtype == torch.float32
-    err = (a - b).abs().max().item()
-    assert err <= atol, err
+def _kp_magnitude(info):
+    return tol.lp_kp_magnitude(info["kp"], info["exp"], info["scale"], info["t"])
 
 
 # --------------------------------------------------------------------------- motion extractor
 @pytest.mark.parametrize("head", ["kp", "pitch", "yaw", "roll", "t", "exp", "scale"])
 def test_raw_heads(io, raw, head):
-    _close(raw[head], io[f"M.raw.{head}"])
+    assert raw[head].dtype == torch.float32
+    tol.close_network(raw[head], io[f"M.raw.{head}"], tol.LP_M)
 
 
 def test_raw_head_set(raw):
@@ -85,66 +85,84 @@ def test_batch_independent(io, motion, raw):
     with torch.no_grad():
         one = motion(io["input.I_d"][1:2])
     for k in raw:
-        _close(one[k], raw[k][2:3])
+        tol.close_network(one[k], raw[k][2:3], tol.LP_M, what=k)
 
 
 # --------------------------------------------------------------------------- kinematics
 @pytest.mark.parametrize("field", ["kp", "exp", "pitch", "yaw", "roll", "t", "scale"])
 def test_kp_info(io, raw, field):
     ref_raw = {k[len("M.raw."):]: v for k, v in io.items() if k.startswith("M.raw.")}
-    atol = 1e-4 if field in ("pitch", "yaw", "roll") else ATOL
-    _close(K.kp_info(ref_raw)[field], io[f"M.info.{field}"], atol)
-    _close(K.kp_info(raw)[field], io[f"M.info.{field}"], atol)
+    ours, from_network = K.kp_info(ref_raw)[field], K.kp_info(raw)[field]
+    assert ours.shape == io[f"M.info.{field}"].shape and ours.dtype == torch.float32
+    if field in ("pitch", "yaw", "roll"):
+        tol.close_degrees(ours, io[f"M.info.{field}"])
+        tol.close_degrees(from_network, io[f"M.info.{field}"], tol.LP_M)
+    else:  # reshaped or passed through: the official values themselves
+        assert torch.equal(ours, io[f"M.info.{field}"])
+        tol.close_network(from_network, io[f"M.info.{field}"], tol.LP_M)
 
 
 def test_degree_from_logits(io):
-    _close(K.headpose_to_degree(io["M.raw.pitch"]), io["M.degree_from_logits.pitch"], 1e-4)
+    tol.close_degrees(K.headpose_to_degree(io["M.raw.pitch"]), io["M.degree_from_logits.pitch"])
     # uniform logits -> the middle of the range: 32.5 * 3 - 97.5 = 0
-    _close(K.headpose_to_degree(torch.zeros(2, 66)), torch.zeros(2), 1e-4)
+    tol.close_degrees(K.headpose_to_degree(torch.zeros(2, 66)), torch.zeros(2))
 
 
 def test_rotation_matrix(io):
     info = _ref_info(io)
     rot = K.rotation_matrix(info["pitch"], info["yaw"], info["roll"])
-    _close(rot, io["M.rot"])
-    _close(K.rotation_matrix(info["pitch"][:, 0], info["yaw"][:, 0], info["roll"][:, 0]), io["M.rot"])
-    # logits are accepted in place of degrees
-    _close(K.rotation_matrix(io["M.raw.pitch"], io["M.raw.yaw"], io["M.raw.roll"]), io["M.rot"])
-    _close(rot @ rot.transpose(1, 2), torch.eye(3).expand(3, 3, 3))
+    tol.close_elementwise(rot, io["M.rot"], ops=ROT_OPS, magnitude=1)
+    tol.close_elementwise(K.rotation_matrix(info["pitch"][:, 0], info["yaw"][:, 0], info["roll"][:, 0]), io["M.rot"],
+                          ops=ROT_OPS, magnitude=1)
+    # logits are accepted in place of degrees: the angles' error (on the 195-degree scale, in radians) moves
+    # the unit-size entries by as much
+    tol.close_network(K.rotation_matrix(io["M.raw.pitch"], io["M.raw.yaw"], io["M.raw.roll"]), io["M.rot"],
+                      tol.Net("66-bin expectation and rotation", 2, tol.DEGREE_BINS),
+                      magnitude=math.radians(tol.DEGREE_TERMS))
+    # orthonormal: twice the entries' error plus one 3-term product
+    tol.close_elementwise(rot @ rot.transpose(1, 2), torch.eye(3).expand(3, 3, 3), ops=2 * ROT_OPS + 3, magnitude=1)
 
 
 def test_rotation_convention():
     # pure yaw of +90 deg: x' = Ry x (column vectors), i.e. row vector x @ Ry^T
     r = K.rotation_matrix(torch.zeros(1), torch.full((1,), 90.0), torch.zeros(1))
     out = torch.tensor([[1.0, 0.0, 0.0]]) @ r[0]
-    _close(out, torch.tensor([[0.0, 0.0, -1.0]]), 1e-6)
+    tol.close_elementwise(out, torch.tensor([[0.0, 0.0, -1.0]]), ops=ROT_OPS)
 
 
 def test_transform_keypoint(io, raw):
     info = _ref_info(io)
-    _close(K.transform_keypoint(info), io["kp.transformed"])
-    _close(K.transform_keypoint(info["kp"], info["pitch"], info["yaw"], info["roll"], info["exp"], info["t"],
-                                info["scale"]), io["kp.transformed"])
-    _close(K.transform_keypoint(K.kp_info(raw)), io["kp.transformed"])
+    mag = _kp_magnitude(info)
+    tol.close_elementwise(K.transform_keypoint(info), io["kp.transformed"], ops=KP_OPS, magnitude=mag)
+    one_by_one = K.transform_keypoint(info["kp"], info["pitch"], info["yaw"], info["roll"], info["exp"], info["t"],
+                                      info["scale"])
+    tol.close_elementwise(one_by_one, io["kp.transformed"], ops=KP_OPS, magnitude=mag)
+    # from our own network's heads: the angles err on the 195-degree scale (3.4 rad), moving kp @ R by as much
+    tol.close_network(K.transform_keypoint(K.kp_info(raw)), io["kp.transformed"], tol.LP_M_KP,
+                      magnitude=math.radians(tol.DEGREE_TERMS) * mag)
     # t_z is ignored
     info2 = dict(info, t=info["t"] + torch.tensor([0.0, 0.0, 5.0]))
-    _close(K.transform_keypoint(info2), io["kp.transformed"])
+    tol.close_elementwise(K.transform_keypoint(info2), io["kp.transformed"], ops=KP_OPS, magnitude=mag)
 
 
 # --------------------------------------------------------------------------- stitching / retargeting
 def test_stitching(io, nets):
     with torch.no_grad():
-        _close(K.stitch_delta(nets["stitching"], io["S.in_x_s"], io["S.in_x_d"]), io["S.delta"])
-        _close(K.stitching(nets["stitching"], io["S.in_x_s"], io["S.in_x_d"]), io["S.out"])
+        tol.close_network(K.stitch_delta(nets["stitching"], io["S.in_x_s"], io["S.in_x_d"]), io["S.delta"],
+                          tol.LP_STITCH)
+        tol.close_network(K.stitching(nets["stitching"], io["S.in_x_s"], io["S.in_x_d"]), io["S.out"], tol.LP_STITCH)
         # one source broadcast over the driving batch
-        _close(K.stitching(nets["stitching"], io["S.in_x_s"][:1], io["S.in_x_d"]), io["S.out"])
+        tol.close_network(K.stitching(nets["stitching"], io["S.in_x_s"][:1], io["S.in_x_d"]), io["S.out"],
+                          tol.LP_STITCH)
 
 
 def test_retarget_eye_lip(io, nets):
     with torch.no_grad():
-        _close(K.retarget_eye(nets["eye"], io["R.in_x_s"], io["R.eye_ratio"]), io["R.eye_delta"])
-        _close(K.retarget_lip(nets["lip"], io["R.in_x_s"], io["R.lip_ratio"]), io["R.lip_delta"])
-        _close(K.retarget_lip(nets["lip"], io["R.in_x_s"][:1], io["R.lip_ratio"]), io["R.lip_delta"])
+        tol.close_network(K.retarget_eye(nets["eye"], io["R.in_x_s"], io["R.eye_ratio"]), io["R.eye_delta"], tol.LP_EYE)
+        tol.close_network(K.retarget_lip(nets["lip"], io["R.in_x_s"], io["R.lip_ratio"]), io["R.lip_delta"],
+                          tol.LP_STITCH)
+        tol.close_network(K.retarget_lip(nets["lip"], io["R.in_x_s"][:1], io["R.lip_ratio"]), io["R.lip_delta"],
+                          tol.LP_STITCH)
 
 
 def test_pipeline_retarget_calls(io, nets):
@@ -154,20 +172,23 @@ def test_pipeline_retarget_calls(io, nets):
         for part in ("eye", "lip"):
             ratio = io[f"pipe.rel_retarget_eye_lip_stitch.{part}_ratio"]
             fn = K.retarget_eye if part == "eye" else K.retarget_lip
-            _close(fn(nets[part], x_s, ratio), io[f"pipe.rel_retarget_eye_lip_stitch.{part}_delta"])
-        _close(K.retarget_lip(nets["lip"], io["pipe.rel_expr_stitch_lipnorm_mult.x_s"],
-                              io["pipe.rel_expr_stitch_lipnorm_mult.lip_ratio"]),
-               io["pipe.rel_expr_stitch_lipnorm_mult.lip_delta"])
+            tol.close_network(fn(nets[part], x_s, ratio), io[f"pipe.rel_retarget_eye_lip_stitch.{part}_delta"],
+                              tol.LP_EYE if part == "eye" else tol.LP_STITCH, what=part)
+        tol.close_network(K.retarget_lip(nets["lip"], io["pipe.rel_expr_stitch_lipnorm_mult.x_s"],
+                                         io["pipe.rel_expr_stitch_lipnorm_mult.lip_ratio"]),
+                          io["pipe.rel_expr_stitch_lipnorm_mult.lip_delta"], tol.LP_STITCH)
 
 
 def test_landmark_ratios(io):
     lmk = io["input.source_lmk203"]
     eyes, lip = K.eye_ratio(lmk), K.lip_ratio(lmk)
     assert eyes.shape == (2,) and lip.shape == (1,)
-    # the source ratios the reference pipeline computed from these landmarks
-    _close(eyes, io["pipe.rel_retarget_eye_lip_stitch.eye_ratio"][0, :2], 1e-6)
-    _close(lip, io["pipe.rel_retarget_eye_lip_stitch.lip_ratio"][0, :1], 1e-6)
-    _close(lip, io["pipe.rel_expr_stitch_lipnorm_mult.lip_ratio"][0, :1], 1e-6)
+    # the source ratios the reference pipeline computed from these landmarks: per distance a difference,
+    # two squares, a sum and a root (each rounding relative to the result), then + 1e-6 and a division
+    ratio_ops = 2 * 5 + 2
+    tol.close_elementwise(eyes, io["pipe.rel_retarget_eye_lip_stitch.eye_ratio"][0, :2], ops=ratio_ops)
+    tol.close_elementwise(lip, io["pipe.rel_retarget_eye_lip_stitch.lip_ratio"][0, :1], ops=ratio_ops)
+    tol.close_elementwise(lip, io["pipe.rel_expr_stitch_lipnorm_mult.lip_ratio"][0, :1], ops=ratio_ops)
     # batched input
     assert K.eye_ratio(lmk[None].repeat(3, 1, 1)).shape == (3, 2)
     assert K.lip_ratio(lmk[None].repeat(3, 1, 1)).shape == (3, 1)

@@ -2,21 +2,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tolerance as tol
 from conftest import FIXTURES
 from core.resize import resize_pad, square_geometry
 
 
-def test_deepstory_resize_pad_256_is_exact():
-    """SDA-sized 128x96 frames -> 256x256 exactly as the classic pipeline computed them."""
+def test_deepstory_resize_pad_256_matches_the_classic_pipeline():
+    """SDA-sized 128x96 frames -> 256x256 as the classic pipeline computed them: bit for bit on the kernel
+    that made the fixture, within float32 rounding elsewhere (ATEN_CPU_CAPABILITY=default or one OpenMP
+    thread move ~1 % of the pixels by one ulp)."""
     io = load_file(str(FIXTURES / "fom" / "io.safetensors"))
     frames = io["deepstory.sda_frames"] / 255.0  # (T,3,128,96), as deepstory divides first
     expected = io["deepstory.driving_256.frame0"]  # (1,3,256,256)
     out = resize_pad(frames.permute(0, 2, 3, 1), 256)  # ComfyUI IMAGE layout
     assert out.shape == (2, 256, 256, 3)
-    assert torch.equal(out[:1].permute(0, 3, 1, 2), expected)
+    # bilinear: per axis two taps with rounded weights summing to 1 (3 roundings), two axes; the padding is 0
+    tol.close_sum(out[:1].permute(0, 3, 1, 2), expected, terms=2 * 3)
+    assert torch.equal(out[:1, :, :32], torch.zeros(1, 256, 32, 3))
     # the same in channels-first layout
     out_nchw = resize_pad(frames, 256, channels_last=False)
-    assert torch.equal(out_nchw[:1], expected)
+    tol.close_sum(out_nchw[:1], expected, terms=2 * 3)
 
 
 def test_geometry_modes():
@@ -37,8 +42,9 @@ def test_geometry_modes():
 def test_pad_keeps_content_centred_and_pads_with_value():
     img = torch.full((1, 50, 100, 3), 0.5)
     out = resize_pad(img, 64, pad_value=0.25)
-    # 100 wide -> 64, 50 high -> 32, padded 16 rows top and bottom
-    assert torch.allclose(out[0, 16:48], torch.full((32, 64, 3), 0.5))
+    # 100 wide -> 64, 50 high -> 32, padded 16 rows top and bottom; bilinear: 2 taps per axis whose weights sum
+    # to 1 (each weight one rounding), so a constant comes back up to a 4-term sum of 0.5 x weights
+    tol.close_sum(out[0, 16:48], torch.full((32, 64, 3), 0.5), terms=4 + 4, magnitude=0.5)
     assert torch.all(out[0, :16] == 0.25) and torch.all(out[0, 48:] == 0.25)
 
 
