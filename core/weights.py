@@ -255,13 +255,16 @@ def _safe_globals() -> list:
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core.multiarray import _reconstruct, scalar
     allowed += [_reconstruct, scalar]
-    # np.dtype subclasses as pickled by numpy >= 1.25 (np.dtypes.Float32DType, ...)
+    # the np.dtype subclasses pickled dtypes are built as (np.dtypes.Float32DType, ...)
     dtypes_mod = getattr(np, "dtypes", None)
     if dtypes_mod is not None:
         allowed += [getattr(dtypes_mod, n) for n in dir(dtypes_mod) if n.endswith("DType")]
-    # the legacy names numpy 1.x wrote into pickles, mapped to the same functions
+    else:  # numpy 1.24 has the same classes, only no np.dtypes module that names them
+        allowed += list({type(np.dtype(c)) for c in np.typecodes["All"]})
+    # both names the helpers have in pickles, mapped to the same functions whichever numpy runs:
+    # numpy 1.x writes numpy.core.multiarray (2019-era grid.dat), numpy 2 writes numpy._core.multiarray
     extra = []
-    for modname in ("numpy.core.multiarray",):
+    for modname in ("numpy.core.multiarray", "numpy._core.multiarray"):
         extra.append((_reconstruct, f"{modname}._reconstruct"))
         extra.append((scalar, f"{modname}.scalar"))
     return allowed + extra

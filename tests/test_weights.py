@@ -232,14 +232,17 @@ def test_weights_readme_lists_the_manifest():
     assert W.manifest_table() in (ROOT / "weights" / "README.md").read_text(encoding="utf-8")
 
 
-def test_numpy_arrays_pickled_by_numpy_1x_load(tmp_path):
-    """2019-era files (grid.dat) name numpy.core.multiarray, which numpy 2 moved to numpy._core."""
+@pytest.mark.parametrize("module", [b"numpy.core.multiarray", b"numpy._core.multiarray"])
+def test_numpy_arrays_pickled_by_either_numpy_load(tmp_path, module):
+    """2019-era files (grid.dat) name numpy.core.multiarray, files numpy 2 writes name numpy._core:
+    both load whichever numpy is installed (requirements.txt allows 1.x and 2.x)."""
     torch.save({"mean_face": np.arange(6, dtype=np.float32).reshape(3, 2)}, tmp_path / "new.dat",
                _use_new_zipfile_serialization=False)
     data = (tmp_path / "new.dat").read_bytes()
-    assert b"numpy._core.multiarray" in data
-    (tmp_path / "old.dat").write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
-    got = W.load_checkpoint(tmp_path / "old.dat")["mean_face"]
+    written = [m for m in (b"numpy.core.multiarray", b"numpy._core.multiarray") if m + b"\n" in data]
+    assert len(written) == 1
+    (tmp_path / "x.dat").write_bytes(data.replace(written[0] + b"\n", module + b"\n"))
+    got = W.load_checkpoint(tmp_path / "x.dat")["mean_face"]
     assert np.array_equal(got, np.arange(6, dtype=np.float32).reshape(3, 2))
 
 

@@ -86,7 +86,10 @@ def similarity_transform(src, dst) -> np.ndarray:
             d[dim - 1] = keep
     else:
         t[:dim, :dim] = u @ np.diag(d) @ v
-    scale = 1.0 / src_demean.var(axis=0).sum() * (s @ d)
+    # numpy 2 (NEP 50) keeps 1.0 / <float32 scalar> in float32, numpy 1.x went to float64; with 2D-FAN's
+    # float32 landmarks that flipped the truncation of some pixels: take numpy 2's path on both
+    var_sum = src_demean.var(axis=0).sum()
+    scale = np.divide(1.0, var_sum, dtype=var_sum.dtype) * (s @ d)
     t[:dim, dim] = dst_mean - scale * (t[:dim, :dim] @ src_mean.T)
     t[:dim, :dim] *= scale
     return t
