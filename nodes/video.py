@@ -89,6 +89,8 @@ class MuxVideo:
 
     def run(self, images, fps, filename_prefix, audio=None, crf=19, preset="medium", extend_to_audio=False,
             save_output=True, prompt=None, extra_pnginfo=None):
+        if audio is not None:  # a sound track shorter than one frame is a broken file, not speech
+            core_audio.require_one_frame(audio, fps, "MuxVideo's audio input")
         h, w = int(images.shape[1]), int(images.shape[2])
         path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=w, height=h)
         total = int(images.shape[0])

@@ -197,6 +197,12 @@ def test_audio_shorter_than_one_frame_is_refused_by_the_nodes_that_make_frames(p
     frame = {"waveform": 0.3 * torch.randn(1, 1, 640), "sample_rate": 16000}
     frames, _, _ = nodes["TalkingHead_SDABase"]().run(face, frame, "already aligned", 0, "tiny-grid.dat")
     assert frames.shape[0] == 1
+    # the still-face workflow muxes the speech straight away: MuxVideo refuses it too, and writes nothing
+    with pytest.raises(errors.InputError, match="MuxVideo's audio input " + minimum):
+        nodes["TalkingHead_MuxVideo"]().run(torch.rand(1, 32, 32, 3), 25.0, "one", audio=one, extend_to_audio=True)
+    assert _files(tmp_path / "output") == []
+    nodes["TalkingHead_MuxVideo"]().run(torch.rand(1, 32, 32, 3), 25.0, "one", audio=frame, extend_to_audio=True)
+    assert len(_files(tmp_path / "output")) == 1
 
 
 def test_nan_image_refused_by_load_portrait(pack):
