@@ -89,7 +89,9 @@ class MuxVideo:
 
     def run(self, images, fps, filename_prefix, audio=None, crf=19, preset="medium", extend_to_audio=False,
             save_output=True, prompt=None, extra_pnginfo=None):
-        if audio is not None:  # a sound track shorter than one frame is a broken file, not speech
+        # no samples at all is a video without sound (written without an audio track); a few samples,
+        # less than one frame, is a broken file, not speech
+        if audio is not None and core_audio.from_comfy(audio).num_samples > 0:
             core_audio.require_one_frame(audio, fps, "MuxVideo's audio input")
         h, w = int(images.shape[1]), int(images.shape[2])
         path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=w, height=h)
