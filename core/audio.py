@@ -23,20 +23,12 @@ import numpy as np
 import torch
 
 from .checks import bad_audio
-from .errors import InputError
+from .errors import InputError, NonFiniteAudioError
 
 log = logging.getLogger(__name__)
 
 #: refuse to decode more than this many seconds unless asked (about 40 MB a minute at 48 kHz stereo)
 DEFAULT_MAX_SECONDS = 3 * 3600
-
-
-class NonFiniteAudioError(InputError):
-    """A decoded file holds NaN/inf samples (its own type, so that a caller which treats an unusable
-    audio track as "no audio", like the headless LoadVideo, still refuses this one)."""
-
-
-NonFiniteAudioError.__module__ = "TalkingHead"  # as the pack's other errors show in ComfyUI
 
 
 @dataclass
@@ -151,7 +143,7 @@ def load_audio(path: Union[str, os.PathLike], max_seconds: Optional[float] = DEF
     bad = bad_audio(audio)
     if bad:
         raise NonFiniteAudioError(f"audio file '{path.name}' has {bad}: the file is damaged or was written with "
-                         f"invalid values. Re-export it, e.g. as a 16-bit PCM WAV, or check its source.")
+                                  f"invalid values. Re-export it, e.g. as a 16-bit PCM WAV, or check its source.")
     _warn_if_truncated(path, audio)
     return audio
 

@@ -141,12 +141,12 @@ MOTION_FIELDS = ("exp", "pitch", "yaw", "roll", "t", "scale", "R", "eyes", "lip"
 
 def bad_motion(motion) -> Optional[str]:
     """For a :class:`core.liveportrait.motion.Motion`: every per-frame tensor, and its frame rate."""
-    problem = _bad_fields(_fields(motion, MOTION_FIELDS))
+    found = _bad_fields(_fields(motion, MOTION_FIELDS))
     fps = getattr(motion, "fps", None)
     if isinstance(fps, (int, float)) and not math.isfinite(fps):
-        problem = f"{problem}; " if problem else ""
-        problem += f"a frame rate of {fps}"
-    return problem
+        found = f"{found}; " if found else ""
+        found += f"a frame rate of {fps}"
+    return found
 
 
 def bad_portrait(portrait) -> Optional[str]:

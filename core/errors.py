@@ -13,6 +13,11 @@ class InputError(TalkingHeadError, ValueError):
     """Bad user input: missing or unreadable file, unsafe name, empty audio, no face..."""
 
 
+class NonFiniteAudioError(InputError):
+    """A decoded file holds NaN/inf samples (its own type, so that a caller which treats an unusable
+    audio track as "no audio", like the headless LoadVideo, still refuses this one)."""
+
+
 class WeightsMissingError(TalkingHeadError, FileNotFoundError):
     """A model file is not on disk and could not (or may not) be downloaded."""
 
@@ -36,7 +41,7 @@ class MissingDependencyError(TalkingHeadError):
 # The pack is imported under its install folder's name, so the classes' real module is something like
 # "/home/me/ComfyUI/custom_nodes/ComfyUI-Talking Head.core.errors", and ComfyUI shows an error's type as
 # "<module>.<class>". A short fixed name reads as what it is, wherever the pack is installed.
-for _cls in (TalkingHeadError, InputError, WeightsMissingError, CheckpointError, NonFiniteOutputError, Cancelled,
-             MissingDependencyError):
+for _cls in (TalkingHeadError, InputError, NonFiniteAudioError, WeightsMissingError, CheckpointError,
+             NonFiniteOutputError, Cancelled, MissingDependencyError):
     _cls.__module__ = "TalkingHead"
 del _cls

@@ -89,15 +89,16 @@ class MuxVideo:
 
     def run(self, images, fps, filename_prefix, audio=None, crf=19, preset="medium", extend_to_audio=False,
             save_output=True, prompt=None, extra_pnginfo=None):
+        track = core_audio.from_comfy(audio) if audio is not None else None
         # no samples at all is a video without sound (written without an audio track); a few samples,
         # less than one frame, is a broken file, not speech
-        if audio is not None and core_audio.from_comfy(audio).num_samples > 0:
-            core_audio.require_one_frame(audio, fps, "MuxVideo's audio input")
+        if track is not None and track.num_samples > 0:
+            core_audio.require_one_frame(track, fps, "MuxVideo's audio input")
         h, w = int(images.shape[1]), int(images.shape[2])
         path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=w, height=h)
         total = int(images.shape[0])
-        if extend_to_audio and audio is not None:
-            total = max(total, core_audio.num_video_frames(core_audio.from_comfy(audio), fps))
+        if extend_to_audio and track is not None:
+            total = max(total, core_audio.num_video_frames(track, fps))
         video.write_video(path, images, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
                           metadata=file_metadata(prompt, extra_pnginfo),
                           progress=progress("MuxVideo"))

@@ -133,13 +133,11 @@ def _videos(items):
 
 
 def cmd_build(args) -> int:
+    from core.errors import InputError
     from core.motion.ditto import train as T
 
-    from core.errors import InputError
-
     # the videos first: a wrong path should not wait for (or download) the models
-    videos = _videos(args.videos)
-    found = T.find_videos(videos)
+    found = T.find_videos(_videos(args.videos))
     absent = [str(v) for v, _ in found if not v.is_file()]
     if absent or not found:
         raise InputError(f"no video at {', '.join(absent)}" if absent else
@@ -151,7 +149,7 @@ def cmd_build(args) -> int:
                               folder=Path(args.liveportrait_dir) if args.liveportrait_dir else None)
     dev = next(models.motion.parameters()).device
     features_fn = T.hubert_features_fn(device=dev, model_path=args.hubert, download=download)
-    res = T.build_dataset(videos, args.out, models, features_fn, fps=args.fps, crop=not args.no_crop,
+    res = T.build_dataset(found, args.out, models, features_fn, fps=args.fps, crop=not args.no_crop,
                           detector=args.detector, crop_scale=args.crop_scale, crop_vy=args.crop_vy,
                           batch_size=args.batch_size, precision=args.precision, flip=args.flip, device=dev,
                           download=download)
