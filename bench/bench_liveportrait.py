@@ -29,7 +29,7 @@ def random_models(device) -> LivePortraitModels:
                            mods["spade_generator"], nets["stitching"], nets["lip"], nets["eye"], cfg)
     for module in m.modules_for_cache():
         module.eval().to(device)
-    return m
+    return m.optimize_for_inference()  # as get_liveportrait hands the models to inference
 
 
 def sync(device):

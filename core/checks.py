@@ -150,7 +150,7 @@ def bad_motion(motion) -> Optional[str]:
 
 
 def bad_portrait(portrait) -> Optional[str]:
-    """For a :class:`core.portrait.Portrait`: its face crop and full picture."""
+    """For a :class:`core.face.Portrait`: its face crop and full picture."""
     return _bad_fields(_fields(portrait, ("crop", "full")))
 
 

@@ -52,6 +52,20 @@ class Host:
         #: save-path naming hook (ComfyUI: folder_paths.get_save_image_path), None = core naming
         self.save_path: Optional[Callable] = None
 
+    def configure(self, **hooks) -> None:
+        """Install several hooks at once, by name: what a host does when it plugs in (the ComfyUI
+        bridge, the headless command line, the frontend stand-in, each with its own values)::
+
+            HOST.configure(output_dir=lambda: out, progress_factory=make_bar)
+
+        A name that is not a hook of :meth:`reset` is refused (a misspelt one would otherwise leave
+        the default silently in place); nothing is set then."""
+        unknown = sorted(set(hooks) - HOOKS)
+        if unknown:
+            raise TypeError(f"unknown host hook(s) {', '.join(unknown)}; the hooks are {', '.join(sorted(HOOKS))}")
+        for name, value in hooks.items():
+            setattr(self, name, value)
+
     def progress(self, label: str = ""):
         """A progress callback ``f(done, total, preview=None)`` for one loop (None when nobody listens)."""
         return self.progress_factory(label) if self.progress_factory is not None else None
@@ -62,4 +76,6 @@ class Host:
         return [self.models_dir / key]
 
 
+#: the names :meth:`Host.configure` takes: every attribute :meth:`Host.reset` sets
+HOOKS = frozenset(vars(Host()))
 HOST = Host()

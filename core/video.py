@@ -22,6 +22,7 @@ import torch
 
 from .audio import Audio, ffmpeg_exe, fit_length, from_comfy, samples_for_frames
 from .errors import InputError, TalkingHeadError
+from .files import atomic_write, new_file_mode
 from .progress import Progress, ProgressFn
 
 _NAME_RE = re.compile(r"^(?P<base>.+)_(?P<n>\d{5,})_\.(?P<ext>[A-Za-z0-9]+)$")
@@ -126,12 +127,6 @@ def _ffmetadata(meta: Mapping[str, str]) -> str:
     return ";FFMETADATA1\n" + "".join(f"{esc(k)}={esc(v)}\n" for k, v in meta.items())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 # ------------------------------------------------------------------------ writer
 class VideoWriter:
     """Append frames as they come; ``close()`` finishes the mp4 and renames it into place.
@@ -170,7 +165,7 @@ class VideoWriter:
             fd, partial = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4",
                                            dir=self.path.parent)
             os.close(fd)
-            os.chmod(partial, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get normal rights
+            os.chmod(partial, new_file_mode())  # mkstemp makes 0600; outputs get normal rights
         except OSError as exc:
             raise VideoWriteError(f"cannot write into {self.path.parent}: {exc.strerror or exc} "
                                   f"({write_hint(exc, self.path)})") from exc
@@ -215,23 +210,19 @@ class VideoWriter:
 
     def _mux_audio(self) -> None:
         """Replace the partial file by one with the video stream copied and the audio fitted to
-        the frames actually written."""
-        muxed = self._partial.with_name(self._partial.name.replace(".partial.mp4", ".mux.partial.mp4"))
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error",
-               "-i", str(self._partial), "-i", str(self._audio_wav(self.frames_written))]
-        cmd += self._metadata_args(2)
-        cmd += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"] + self._AAC
-        cmd += ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(muxed)]
-        try:
+        the frames actually written (a failed or cancelled mux leaves no second temporary file)."""
+        with atomic_write(self._partial, suffix=".mux.partial.mp4") as muxed:
+            os.chmod(muxed, new_file_mode())  # ffmpeg keeps mkstemp's 0600; outputs get normal rights
+            cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error",
+                   "-i", str(self._partial), "-i", str(self._audio_wav(self.frames_written))]
+            cmd += self._metadata_args(2)
+            cmd += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"] + self._AAC
+            cmd += ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(muxed)]
             proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             if proc.returncode != 0:
                 err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
                 raise VideoWriteError(f"ffmpeg failed adding the audio to {self.path.name}: "
                                       f"{err[-1] if err else proc.returncode}")
-            os.replace(muxed, self._partial)
-        finally:
-            if muxed.exists():
-                muxed.unlink()
 
     def _ffmpeg_error(self) -> str:
         if self._log is None:

@@ -32,6 +32,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 import torch
 
 from .errors import CheckpointError, WeightsMissingError
+from .files import atomic_write
 from .host import ENV_MODELS, ENV_OFFLINE, HOST
 
 PACK_DIR = Path(__file__).resolve().parent.parent
@@ -200,9 +201,8 @@ def download_file(mf: ModelFile, target_dir: Path,
             shutil.rmtree(tmp_dir, ignore_errors=True)
         return final
     if "url" in src:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=target_dir)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(src["url"], timeout=60) as resp:
+        with atomic_write(final) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(src["url"], timeout=60) as resp:
                 total = int(resp.headers.get("Content-Length") or 0)
                 done = 0
                 while True:
@@ -213,11 +213,7 @@ def download_file(mf: ModelFile, target_dir: Path,
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total or done)
-            _verify(mf, Path(tmp))
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            _verify(mf, tmp)
         return final
     raise WeightsMissingError(missing_message(mf, "It has no automatic download source."))
 
@@ -469,15 +465,8 @@ def convert_to_safetensors(src: os.PathLike, dst: Optional[os.PathLike] = None,
             flat[k] = v.clone()
         elif ptr is not None:
             seen.add(ptr)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata={"converted_from": src.name})
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(dst) as tmp:
+        save_file(flat, str(tmp), metadata={"converted_from": src.name})
     return dst
 
 

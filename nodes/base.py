@@ -1,24 +1,22 @@
-"""Shared helpers of the ComfyUI adapters: registration (with the finite-input guard every node gets), file-name
-inputs, progress."""
+"""Shared helpers of the ComfyUI adapters: registration (declared inputs, the finite-input guard every node
+gets), loading a model for the length of a node, file-name inputs, progress."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from pathlib import Path
-from typing import Dict, Iterable, List, Tuple
+from typing import Callable, Dict, Iterator, Optional, TypeVar
 
 from ..core import checks
-from ..core.errors import InputError
+from ..core.cache import CACHE
 from ..core.host import HOST
-from ..core.image import safe_join
+from ..core.host_files import (IMAGE_EXTENSIONS, file_metadata, list_input_files,  # noqa: F401 (re-exported)
+                               resolve_input_file, save_path, validate_input_file, video_preview)
+from .specs import EMBEDS_TYPE, LIVEPORTRAIT_TYPE, MOTION_TYPE, PORTRAIT_TYPE, input_types  # noqa: F401 (re-exported)
 
 PREFIX = "TalkingHead_"
 CATEGORY = "TalkingHead"
-
-#: the pack's own socket types (LoadPortrait's output, the motion producers', AudioToEmbedding's)
-PORTRAIT_TYPE = "TALKINGHEAD_PORTRAIT"
-MOTION_TYPE = "TALKINGHEAD_MOTION"
-EMBEDS_TYPE = "TALKINGHEAD_AUDIO_EMBEDS"
+T = TypeVar("T")
 #: socket type -> the :mod:`core.checks` kind its values are checked as (finite or refused)
 FINITE_CHECKS = {"AUDIO": "audio", "IMAGE": "image", "FLOAT": "number", PORTRAIT_TYPE: "portrait",
                  MOTION_TYPE: "motion", EMBEDS_TYPE: "embeddings"}
@@ -27,8 +25,9 @@ FINITE_CHECKS = {"AUDIO": "audio", "IMAGE": "image", "FLOAT": "number", PORTRAIT
 class AnyType(str):
     """A socket type that connects to every other one.
 
-    ComfyUI's server compares socket types with ``!=`` (a plain ``"*"`` is only a wildcard in the
-    editor and fails validation on the server); this type is never unequal to anything.
+    ComfyUI's server first compares socket types with ``!=``, and this type is never unequal to
+    anything. ComfyUI 0.8.0 also takes a plain ``"*"`` on either side as "any"; servers from before
+    that rule only know this ``__ne__`` override, which is why the pack's wildcard sockets use it.
     """
 
     def __ne__(self, other):
@@ -42,14 +41,21 @@ ANY = AnyType("*")
 NODE_CLASS_MAPPINGS: Dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: Dict[str, str] = {}
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".aac", ".mp4", ".webm", ".mkv", ".mov")
-
 
 def register(name: str, display: str):
-    """Class decorator: publish a node as ``<PREFIX><name>`` with a plain display name, its
-    FUNCTION guarded by :func:`finite_guard`."""
+    """Class decorator: publish a node as ``<PREFIX><name>`` with a plain display name, its inputs
+    read from its ``INPUTS`` declaration (see :mod:`nodes.specs`), its outputs from ``OUTPUTS``
+    (``(name, type, tooltip)`` each), its FUNCTION (``run`` unless it says otherwise) guarded by
+    :func:`finite_guard`."""
     def wrap(cls):
+        if "INPUTS" in cls.__dict__ and "INPUT_TYPES" not in cls.__dict__:
+            cls.INPUT_TYPES = classmethod(lambda c: input_types(c.INPUTS))
+        if "OUTPUTS" in cls.__dict__:  # ((name, type, tooltip), ...) -> ComfyUI's three tuples
+            cls.RETURN_NAMES = tuple(name for name, _, _ in cls.OUTPUTS)
+            cls.RETURN_TYPES = tuple(kind for _, kind, _ in cls.OUTPUTS)
+            cls.OUTPUT_TOOLTIPS = tuple(tip for _, _, tip in cls.OUTPUTS)
+        if not hasattr(cls, "FUNCTION"):
+            cls.FUNCTION = "run"
         node_id = PREFIX + name
         cls.NODE_ID = node_id
         cls.DISPLAY_NAME = display
@@ -126,89 +132,20 @@ def finite_guard(cls):
     return cls
 
 
-def list_input_files(extensions: Iterable[str]) -> List[str]:
-    """Files directly in the input folders, for combo widgets (like ComfyUI's LoadImage; a name
-    with a sub-folder, ``sub/face.png``, is still accepted when typed or sent through the API)."""
-    exts = tuple(e.lower() for e in extensions)
-    names = set()
-    for root in HOST.input_dirs():
-        root = Path(root)
-        if root.is_dir():
-            names.update(p.name for p in root.iterdir()
-                         if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
-    return sorted(names)
-
-
-def _strip_annotation(name: str) -> Tuple[str, str]:
-    """ComfyUI's ``"face.png [output]"`` annotations -> (name, folder type)."""
-    for kind in ("input", "output", "temp"):
-        tag = f" [{kind}]"
-        if name.endswith(tag):
-            return name[: -len(tag)], kind
-    return name, "input"
-
-
-def resolve_input_file(name: str, what: str = "file") -> Path:
-    """A user-given file name -> an existing file inside the input folders (never outside)."""
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(f"no {what} was chosen")
-    name, kind = _strip_annotation(name.strip())
-    roots = {"input": list(HOST.input_dirs()), "output": [HOST.output_dir()], "temp": [HOST.temp_dir()]}[kind]
-    if Path(name).is_absolute():  # allowed only when it lies inside one of the folders
-        target = Path(name).resolve()
-        for root in roots:
-            root = Path(root).resolve()
-            if root in target.parents:
-                name = target.relative_to(root).as_posix()
-                roots = [root]
-                break
-    for root in roots:
-        path = safe_join(root, name)  # raises on absolute paths, '..' and escapes
-        if path.is_file():
-            return path
-    raise InputError(f"{what} '{name}' was not found in the {kind} folder ({', '.join(str(r) for r in roots)})")
-
-
-def validate_input_file(name: str, what: str = "file"):
-    """For VALIDATE_INPUTS: True, or the error message ComfyUI shows before running."""
+@contextlib.contextmanager
+def using(family: str, keep_loaded: bool, load: Optional[Callable[[], T]] = None) -> Iterator[Optional[T]]:
+    """Load a model for the length of a node: ``with using("fom", keep, lambda: get_fom(...)) as model``
+    (without ``load``, for a core call that loads the family itself). Unless ``keep_loaded``, the family is
+    unloaded from the cache when the block ends, also on an error or a cancel (a failed load has nothing
+    to unload)."""
+    model = load() if load is not None else None
     try:
-        resolve_input_file(name, what)
-    except InputError as exc:
-        return str(exc)
-    return True
+        yield model
+    finally:
+        if not keep_loaded:
+            CACHE.unload(family)
 
 
 def progress(label: str = ""):
     """The host's progress callback for one loop of a node (a ComfyUI bar, a terminal bar or None)."""
     return HOST.progress(label)
-
-
-def video_preview(filename: str, subfolder: str, kind: str) -> dict:
-    """The ``ui`` entry with which ComfyUI shows a written video (as its own SaveVideo does)."""
-    return {"images": [{"filename": filename, "subfolder": subfolder, "type": kind}], "animated": (True,)}
-
-
-def save_path(prefix: str, ext: str, temp: bool = False, width: int = 0, height: int = 0):
-    """Next output file ``(path, subfolder, filename, type)`` in ComfyUI's naming scheme."""
-    from ..core.video import output_path
-
-    folder = HOST.temp_dir() if temp else HOST.output_dir()
-    if "\x00" in str(prefix):  # before the host's own naming, which would fail on it with a bare ValueError
-        raise InputError(f"filename_prefix {prefix!r} contains a NUL byte and is refused")
-    if HOST.save_path is not None:
-        path, sub, name = HOST.save_path(folder, prefix, ext, width, height)
-    else:
-        path, sub, name = output_path(folder, prefix, ext)
-    return path, sub, name, "temp" if temp else "output"
-
-
-def file_metadata(prompt, extra_pnginfo) -> Dict[str, str]:
-    """The graph and UI workflow embedded in saved files, like ComfyUI's own save nodes."""
-    import json
-
-    meta: Dict[str, str] = {}
-    if prompt is not None:
-        meta["prompt"] = json.dumps(prompt)
-    for key, value in (extra_pnginfo or {}).items():
-        meta[key] = json.dumps(value)
-    return meta

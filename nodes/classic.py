@@ -5,24 +5,8 @@ from ..core import audio as core_audio
 from ..core import fom as core_fom
 from ..core import sda as core_sda
 from ..core import weights
-from ..core.cache import CACHE
-from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
-from ..core.errors import InputError
-from .base import CATEGORY, progress, register
-
-
-def _best_frame(portrait, driving, device, download) -> int:
-    """Index of the driving frame whose face landmarks best match the portrait's."""
-    from ..core.landmarks import face_landmarks, get_landmarker
-    from ..core.portrait import get_detector
-
-    detector = get_detector("face-alignment sfd", device, download)
-    landmarker = get_landmarker(device, download)
-    (source,) = face_landmarks(portrait[:1], detector, landmarker)
-    if source is None:
-        raise InputError("find_best_frame: no face was found in the portrait; switch find_best_frame off")
-    found = face_landmarks(driving, detector, landmarker, progress=progress("FOMAnimate: landmarks"))
-    return core_fom.find_best_frame(source, found)
+from . import specs
+from .base import CATEGORY, progress, register, using
 
 
 @register("FOMAnimate", "FOMAnimate")
@@ -31,54 +15,47 @@ class FOMAnimate:
                    "The portrait is encoded once; driving frames run in batches on the GPU. Relative mode "
                    "transfers the driving face's motion, not its shape.")
     CATEGORY = f"{CATEGORY}/classic"
-    FUNCTION = "run"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("frames",)
-    OUTPUT_TOOLTIPS = ("The animated portrait, 256x256, one frame per driving frame.",)
+    OUTPUTS = (
+        ("frames", "IMAGE", "The animated portrait, 256x256, one frame per driving frame."),
+    )
     CHECK_OUTPUTS = True  # the networks run in fp16 on a GPU
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "portrait": ("IMAGE", {"tooltip": "The face to animate (first image of the batch); any size, "
-                                                  "resized to 256x256. A square face crop (LoadPortrait) works best."}),
-                "driving": ("IMAGE", {"tooltip": "The driving video, 256x256 frames (e.g. SDABase -> ResizePad256); "
-                                                 "other sizes are resized to 256x256."}),
-                "checkpoint": (weights.choices(core_fom.FILE_ID), {
-                    "tooltip": "FOM checkpoint in models/fom: the official vox-cpk.pth.tar or a .safetensors copy."}),
-                "relative": ("BOOLEAN", {"default": True, "tooltip": "Apply the driving motion relative to its first "
-                                                                     "(or best) frame: keeps the portrait's face shape."}),
-                "adapt_movement_scale": ("BOOLEAN", {"default": True, "tooltip": "Scale the motion by the ratio of the "
-                                                                                 "two faces' sizes (relative mode)."}),
-                "find_best_frame": ("BOOLEAN", {"default": False, "tooltip": "Use the driving frame whose face pose best "
-                                                                             "matches the portrait as the reference (needs "
-                                                                             "the face-alignment S3FD and 2D-FAN weights)."}),
-                "batch_size": ("INT", {"default": 8, "min": 1, "max": 128, "step": 1,
-                                       "tooltip": "Driving frames per forward pass (higher = faster on a GPU, more memory)."}),
-                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "auto = fp16 on GPU, fp32 on CPU."}),
-            },
-            "optional": {
-                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
-                "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the networks cached for the next "
-                                                                              "run (off: free them when done)."}),
-                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing face-detection weights "
-                                                                          "(find_best_frame) into the models folder."}),
-            },
-        }
+    INPUTS = {
+        "required": {
+            "portrait": ("IMAGE", {"tooltip": "The face to animate (first image of the batch); any size, "
+                                              "resized to 256x256. A square face crop (LoadPortrait) works best."}),
+            "driving": ("IMAGE", {"tooltip": "The driving video, 256x256 frames (e.g. SDABase -> ResizePad256); "
+                                             "other sizes are resized to 256x256."}),
+            "checkpoint": specs.dynamic(lambda: (weights.choices(core_fom.FILE_ID), {
+                "tooltip": "FOM checkpoint in models/fom: the official vox-cpk.pth.tar or a .safetensors copy."})),
+            "relative": ("BOOLEAN", {"default": True, "tooltip": "Apply the driving motion relative to its first "
+                                                                 "(or best) frame: keeps the portrait's face shape."}),
+            "adapt_movement_scale": ("BOOLEAN", {"default": True, "tooltip": "Scale the motion by the ratio of the "
+                                                                             "two faces' sizes (relative mode)."}),
+            "find_best_frame": ("BOOLEAN", {"default": False, "tooltip": "Use the driving frame whose face pose best "
+                                                                         "matches the portrait as the reference (needs "
+                                                                         "the face-alignment S3FD and 2D-FAN weights)."}),
+            "batch_size": specs.batch_size(8, 128, "Driving frames per forward pass (higher = faster on a GPU, "
+                                                     "more memory)."),
+            "precision": specs.precision(),
+        },
+        "optional": {
+            "device": specs.device(),
+            "keep_model_loaded": specs.keep_loaded(),
+            "auto_download": specs.auto_download("missing face-detection weights (find_best_frame)"),
+        },
+    }
 
     def run(self, portrait, driving, checkpoint, relative, adapt_movement_scale, find_best_frame, batch_size,
             precision, device="auto", keep_model_loaded=True, auto_download=True):
-        model = core_fom.get_fom(checkpoint, device)
-        try:
-            initial = _best_frame(portrait, driving, device, auto_download) if find_best_frame and relative else 0
+        with using("fom", keep_model_loaded, lambda: core_fom.get_fom(checkpoint, device)) as model:
+            initial = 0
+            if find_best_frame and relative:
+                initial = core_fom.best_frame_index(portrait[:1], driving, device, auto_download,
+                                                    progress=progress("FOMAnimate: landmarks"))
             frames = core_fom.animate(model, portrait[:1], driving, relative=relative,
                                       adapt_movement_scale=adapt_movement_scale, initial_index=initial,
                                       batch_size=batch_size, device=device, precision=precision,
                                       progress=progress("FOMAnimate"))
-        finally:
-            if not keep_model_loaded:
-                CACHE.unload("fom")
         return (frames,)
 
 
@@ -92,48 +69,40 @@ class SDABase:
                    "original code does. GRID was trained on a few speakers: a frontal, evenly lit face works best. "
                    "Feed the result to ResizePad256 -> FOMAnimate to move your own portrait with it.")
     CATEGORY = f"{CATEGORY}/classic"
-    FUNCTION = "run"
-    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
-    RETURN_NAMES = ("frames", "audio", "fps")
-    OUTPUT_TOOLTIPS = ("The talking face, one frame per 40 ms of speech (128x96 for GRID).",
-                       "The speech as the model heard it (mono, at the model's sample rate).",
-                       "The frame rate (25 for GRID).")
+    OUTPUTS = (
+        ("frames", "IMAGE", "The talking face, one frame per 40 ms of speech (128x96 for GRID)."),
+        ("audio", "AUDIO", "The speech as the model heard it (mono, at the model's sample rate)."),
+        ("fps", "FLOAT", "The frame rate (25 for GRID)."),
+    )
     CHECK_OUTPUTS = True  # a GAN generator (its own noise)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "face": ("IMAGE", {"tooltip": "The face SDA animates (first image): your portrait, aligned by the "
-                                              "pack, or any frontal face (the original demo used a GRID speaker)."}),
-                "audio": ("AUDIO", {"tooltip": "The speech (any sample rate; resampled as the original code does)."}),
-                "face_alignment": (ALIGN_CHOICES, {"default": ALIGN_CHOICES[0], "tooltip": (
-                    "align: find 68 landmarks (face-alignment S3FD + 2D-FAN weights) and align the face to the "
-                    "model's mean face; already aligned: the image is only resized.")}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 32 - 1,
-                                 "tooltip": "The model's noise (blinks, small motions); same seed, same video."}),
-                "checkpoint": (weights.choices(core_sda.FILE_ID), {
-                    "tooltip": "SDA checkpoint in models/sda: the official grid.dat or a .safetensors copy."}),
-            },
-            "optional": {
-                "chunk_frames": ("INT", {"default": core_sda.DEFAULT_CHUNK_FRAMES, "min": 1, "max": 4096,
-                                         "tooltip": "Frames generated per pass (memory stays bounded for long audio)."}),
-                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
-                "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the networks cached afterwards."}),
-                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing face-landmark weights."}),
-            },
-        }
+    INPUTS = {
+        "required": {
+            "face": ("IMAGE", {"tooltip": "The face SDA animates (first image): your portrait, aligned by the "
+                                          "pack, or any frontal face (the original demo used a GRID speaker)."}),
+            "audio": ("AUDIO", {"tooltip": "The speech (any sample rate; resampled as the original code does)."}),
+            "face_alignment": (ALIGN_CHOICES, {"default": ALIGN_CHOICES[0], "tooltip": (
+                "align: find 68 landmarks (face-alignment S3FD + 2D-FAN weights) and align the face to the "
+                "model's mean face; already aligned: the image is only resized.")}),
+            "seed": specs.seed("The model's noise (blinks, small motions); same seed, same video."),
+            "checkpoint": specs.dynamic(lambda: (weights.choices(core_sda.FILE_ID), {
+                "tooltip": "SDA checkpoint in models/sda: the official grid.dat or a .safetensors copy."})),
+        },
+        "optional": {
+            "chunk_frames": ("INT", {"default": core_sda.DEFAULT_CHUNK_FRAMES, "min": 1, "max": 4096,
+                                     "tooltip": "Frames generated per pass (memory stays bounded for long audio)."}),
+            "device": specs.device(),
+            "keep_model_loaded": specs.keep_loaded(),
+            "auto_download": specs.auto_download("missing face-landmark weights"),
+        },
+    }
 
     def run(self, face, audio, face_alignment, seed, checkpoint, chunk_frames=core_sda.DEFAULT_CHUNK_FRAMES,
             device="auto", keep_model_loaded=True, auto_download=True):
-        model = core_sda.get_sda(checkpoint, device, download=auto_download)
-        core_audio.require_one_frame(audio, model.fps, "SDABase's audio input")
-        try:
+        load = lambda: core_sda.get_sda(checkpoint, device, download=auto_download)  # noqa: E731
+        with using("sda", keep_model_loaded, load) as model:
+            core_audio.require_one_frame(audio, model.fps, "SDABase's audio input")
             aligned = face_alignment == ALIGN_CHOICES[1]
             landmark_fn = None if aligned else core_sda.face_alignment_landmarks(device, auto_download)
             result = core_sda.animate(model, face[:1], audio, seed=seed, aligned=aligned, landmark_fn=landmark_fn,
                                       chunk_frames=chunk_frames, progress=progress("SDABase"))
-        finally:
-            if not keep_model_loaded:
-                CACHE.unload("sda")
         return (result.frames, core_audio.to_comfy(result.audio), float(result.fps))

@@ -103,17 +103,19 @@ def install() -> bool:
             bars[0].update_absolute(done, total, _preview(preview))
         return update
 
-    HOST.name = "comfyui"
-    HOST.models_dir = Path(folder_paths.models_dir)
-    HOST.model_folders = model_folders
-    HOST.default_device = mm.get_torch_device
-    HOST.should_use_fp16 = lambda device: bool(mm.should_use_fp16(device))
-    HOST.empty_cache = mm.soft_empty_cache
-    HOST.check_interrupt = mm.throw_exception_if_processing_interrupted
-    HOST.model_manager = ComfyModelManager(mm, ModelPatcher)
-    HOST.progress_factory = progress_factory
-    HOST.input_dirs = lambda: [Path(folder_paths.get_input_directory())]
-    HOST.output_dir = lambda: Path(folder_paths.get_output_directory())
-    HOST.temp_dir = lambda: Path(folder_paths.get_temp_directory())
-    HOST.save_path = save_path
+    HOST.configure(
+        name="comfyui",
+        models_dir=Path(folder_paths.models_dir),
+        model_folders=model_folders,
+        default_device=mm.get_torch_device,
+        should_use_fp16=lambda device: bool(mm.should_use_fp16(device)),
+        empty_cache=mm.soft_empty_cache,
+        check_interrupt=mm.throw_exception_if_processing_interrupted,
+        model_manager=ComfyModelManager(mm, ModelPatcher),
+        progress_factory=progress_factory,
+        input_dirs=lambda: [Path(folder_paths.get_input_directory())],
+        output_dir=lambda: Path(folder_paths.get_output_directory()),
+        temp_dir=lambda: Path(folder_paths.get_temp_directory()),
+        save_path=save_path,
+    )
     return True

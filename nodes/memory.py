@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..core import weights
 from ..core.cache import CACHE
 from .base import ANY, CATEGORY, register
+from .specs import dynamic
 
 
 def family_choices():
@@ -15,22 +16,19 @@ class UnloadModels:
     DESCRIPTION = ("Unload this pack's cached models (all, or one family) and empty the GPU cache. The input "
                    "passes through unchanged, so the node can sit between two stages of a graph.")
     CATEGORY = f"{CATEGORY}/memory"
-    FUNCTION = "run"
     OUTPUT_NODE = True
-    RETURN_TYPES = (ANY,)
-    RETURN_NAMES = ("passthrough",)
-    OUTPUT_TOOLTIPS = ("Whatever came in, unchanged (connect it to the next stage to order the unload).",)
+    OUTPUTS = (
+        ("passthrough", ANY, "Whatever came in, unchanged (connect it to the next stage to order the unload)."),
+    )
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "family": (family_choices(), {"default": "all", "tooltip": "Which models to unload."}),
-            },
-            "optional": {
-                "passthrough": (ANY, {"tooltip": "Any value; it is returned unchanged after the unload."}),
-            },
-        }
+    INPUTS = {
+        "required": {
+            "family": dynamic(lambda: (family_choices(), {"default": "all", "tooltip": "Which models to unload."})),
+        },
+        "optional": {
+            "passthrough": (ANY, {"tooltip": "Any value; it is returned unchanged after the unload."}),
+        },
+    }
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):

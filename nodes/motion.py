@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from ..core import audio as core_audio
 from ..core import audio_features as af
-from ..core import liveportrait as lp
-from ..core.cache import CACHE
-from ..core.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.motion import dit, procedural
 from ..core.motion.ditto.conditions import EMOTIONS
-from ..core.progress import check_cancel
-from .base import CATEGORY, EMBEDS_TYPE, MOTION_TYPE, PORTRAIT_TYPE, progress, register
-from .liveportrait import LP_MODEL_INPUT
+from . import specs
+from .base import CATEGORY, EMBEDS_TYPE, MOTION_TYPE, progress, register, using
 
 #: AudioToEmbedding's choices -> (encoder, chunking) of core.audio_features
 ENCODER_CHOICES = {
@@ -19,27 +15,10 @@ ENCODER_CHOICES = {
     "HuBERT ONNX (Ditto, needs onnxruntime)": ("ditto-onnx", "ditto-offline"),
     "JoyVASA (its own HuBERT)": ("joyvasa", "joyvasa"),
 }
-
-
-def _cancellable(label: str):
-    """A progress callback that also honours ComfyUI's cancel button / Ctrl-C headless."""
-    bar = progress(label)
-
-    def report(done, total, *preview):
-        check_cancel()
-        if bar is not None:
-            bar(done, total, *preview)
-    return report
-
-
-_LP_MODEL = ("model", (LP_MODEL_INPUT[0], {**LP_MODEL_INPUT[1], "tooltip": (
-    "LivePortrait model set used to read the portrait's own pose (use the renderer's).")}))
-
-
-def _source(portrait, device, precision, download, model):
-    models = lp.get_liveportrait(model, device=device, download=download)
-    # the motion producers need the portrait's own motion only; the renderer makes the appearance volume
-    return lp.portrait_source(models, portrait, device=device, precision=precision, appearance=False)
+#: the LivePortrait input of the motion producers: they read the portrait's own pose and expression with it
+LIVEPORTRAIT_INPUT = specs.liveportrait("The LivePortrait model set, from LoadLivePortrait: the motion starts from "
+                                        "the portrait's own pose and expression, read with it. Connect the same "
+                                        "set as the renderer's.")
 
 
 @register("ProceduralMotion", "ProceduralMotion")
@@ -49,41 +28,29 @@ class ProceduralMotion:
                    "Connect the motion to LivePortraitRender, which drives the mouth and eyes through "
                    "LivePortrait's retargeting networks.")
     CATEGORY = f"{CATEGORY}/motion"
-    FUNCTION = "run"
-    RETURN_TYPES = (MOTION_TYPE, "FLOAT")
-    RETURN_NAMES = ("motion", "fps")
-    OUTPUT_TOOLTIPS = ("Per-frame motion for this portrait (one frame per video frame of the audio).",
-                       "The frame rate (connect it to MuxVideo).")
+    OUTPUTS = (
+        ("motion", MOTION_TYPE, "Per-frame motion for this portrait (one frame per video frame of the audio)."),
+        ("fps", "FLOAT", "The frame rate (connect it to MuxVideo)."),
+    )
     CHECK_OUTPUTS = True  # the portrait's own motion comes from a network (fp16 on a GPU)
+    INPUTS = {
+        "required": {
+            "liveportrait": LIVEPORTRAIT_INPUT,
+            "portrait": specs.portrait("From LoadPortrait (its own pose is the starting point)."),
+            "audio": ("AUDIO", {"tooltip": "The speech."}),
+            "fps": specs.fps("Frames per second of the video.", maximum=120.0),
+            "seed": specs.seed("Blinks and head motion; the same seed gives the same motion."),
+            "lip_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.5, "step": 0.05,
+                                       "tooltip": "How wide the mouth opens on loud speech."}),
+            "head_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                        "tooltip": "Amount of head motion (0 = still)."}),
+            "blinks": ("BOOLEAN", {"default": True, "tooltip": "Natural blinks every 2.5 to 6 seconds."}),
+        },
+    }
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "portrait": (PORTRAIT_TYPE, {"tooltip": "From LoadPortrait (its own pose is the starting point)."}),
-                "audio": ("AUDIO", {"tooltip": "The speech."}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01,
-                                  "tooltip": "Frames per second of the video."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 32 - 1,
-                                 "tooltip": "Blinks and head motion; the same seed gives the same motion."}),
-                "lip_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.5, "step": 0.05,
-                                           "tooltip": "How wide the mouth opens on loud speech."}),
-                "head_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-                                            "tooltip": "Amount of head motion (0 = still)."}),
-                "blinks": ("BOOLEAN", {"default": True, "tooltip": "Natural blinks every 2.5 to 6 seconds."}),
-            },
-            "optional": {
-                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "auto = fp16 on GPU, fp32 on CPU."}),
-                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
-                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing LivePortrait weights."}),
-                _LP_MODEL[0]: _LP_MODEL[1],
-            },
-        }
-
-    def run(self, portrait, audio, fps, seed, lip_strength, head_strength, blinks, precision="auto", device="auto",
-            auto_download=True, model="human"):
+    def run(self, liveportrait, portrait, audio, fps, seed, lip_strength, head_strength, blinks):
         core_audio.require_one_frame(audio, fps, "ProceduralMotion's audio input")
-        source = _source(portrait, device, precision, auto_download, model)
+        source = liveportrait.source(portrait)
         motion = procedural.procedural_motion(
             audio, source.motion, seed=seed, lip_strength=lip_strength, head_strength=head_strength, fps=fps,
             blink_interval=procedural.DEFAULT_BLINK_INTERVAL if blinks else None)
@@ -96,32 +63,29 @@ class AudioToEmbedding:
                    "with HuBERT, cut into chunks exactly as the chosen motion model was trained "
                    "(25 features per second). Also measures the loudness per frame.")
     CATEGORY = f"{CATEGORY}/motion"
-    FUNCTION = "run"
-    RETURN_TYPES = (EMBEDS_TYPE,)
-    RETURN_NAMES = ("embeddings",)
-    OUTPUT_TOOLTIPS = ("Audio features at 25 fps with a record of how they were made (MotionDiT checks it).",)
+    OUTPUTS = (
+        ("embeddings", EMBEDS_TYPE, "Audio features at 25 fps with a record of how they were made (MotionDiT "
+                                    "checks it)."),
+    )
     CHECK_OUTPUTS = True  # HuBERT runs in fp16 on a GPU
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "audio": ("AUDIO", {"tooltip": "The speech (any sample rate, mono or stereo)."}),
-                "encoder": (list(ENCODER_CHOICES), {
-                    "default": next(iter(ENCODER_CHOICES)),
-                    "tooltip": "Match the MotionDiT checkpoint: Ditto uses facebook/hubert-large-ls960-ft "
-                               "(models/audio_encoders) or its ONNX file; JoyVASA uses the HuBERT inside its "
-                               "own checkpoint."}),
-            },
-            "optional": {
-                "joyvasa_checkpoint": (dit.checkpoint_choices(), {
-                    "default": dit.checkpoint_choices()[-1],
-                    "tooltip": "For the JoyVASA encoder: the JoyVASA checkpoint whose HuBERT is used."}),
-                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "auto = fp16 on GPU, fp32 on CPU."}),
-                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the encoder runs."}),
-                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download a missing encoder."}),
-            },
-        }
+    INPUTS = {
+        "required": {
+            "audio": ("AUDIO", {"tooltip": "The speech (any sample rate, mono or stereo)."}),
+            "encoder": (list(ENCODER_CHOICES), {
+                "default": next(iter(ENCODER_CHOICES)),
+                "tooltip": "Match the MotionDiT checkpoint: Ditto uses facebook/hubert-large-ls960-ft "
+                           "(models/audio_encoders) or its ONNX file; JoyVASA uses the HuBERT inside its "
+                           "own checkpoint."}),
+        },
+        "optional": {
+            "joyvasa_checkpoint": specs.dynamic(lambda: (dit.checkpoint_choices(), {
+                "default": dit.checkpoint_choices()[-1],
+                "tooltip": "For the JoyVASA encoder: the JoyVASA checkpoint whose HuBERT is used."})),
+            "precision": specs.precision(),
+            "device": specs.device("Where the encoder runs."),
+            "auto_download": specs.auto_download("a missing encoder"),
+        },
+    }
 
     def run(self, audio, encoder, joyvasa_checkpoint="", precision="auto", device="auto", auto_download=True):
         name, chunking = ENCODER_CHOICES[encoder]
@@ -130,7 +94,7 @@ class AudioToEmbedding:
         if name == "joyvasa":
             kwargs["model_path"] = dit.resolve_checkpoint(joyvasa_checkpoint, auto_download)[1]
         emb = af.compute_embeddings(audio, encoder=name, chunking=chunking, device=device, precision=precision,
-                                    progress=_cancellable("AudioToEmbedding"), download=auto_download, **kwargs)
+                                    progress=progress("AudioToEmbedding"), download=auto_download, **kwargs)
         return (emb,)
 
 
@@ -140,63 +104,55 @@ class MotionDiT:
                    "windows with cross-fades) or JoyVASA (4-second windows). The motion is made for this portrait "
                    "(its own pose and face shape) and goes to LivePortraitRender.")
     CATEGORY = f"{CATEGORY}/motion"
-    FUNCTION = "run"
-    RETURN_TYPES = (MOTION_TYPE, "FLOAT")
-    RETURN_NAMES = ("motion", "fps")
-    OUTPUT_TOOLTIPS = ("Per-frame motion for this portrait.", "The frame rate (25; connect it to MuxVideo).")
+    OUTPUTS = (
+        ("motion", MOTION_TYPE, "Per-frame motion for this portrait."),
+        ("fps", "FLOAT", "The frame rate (25; connect it to MuxVideo)."),
+    )
     CHECK_OUTPUTS = True  # a diffusion model: large guidance or fp16 can overflow
+    INPUTS = {
+        "required": {
+            "liveportrait": LIVEPORTRAIT_INPUT,
+            "embeddings": (EMBEDS_TYPE, {"tooltip": "From AudioToEmbedding (with the encoder matching the "
+                                                     "checkpoint)."}),
+            "portrait": specs.portrait(),
+            "checkpoint": specs.dynamic(lambda: (dit.checkpoint_choices(), {
+                "default": dit.checkpoint_choices()[0],
+                "tooltip": "ditto/… = Ditto LMDM (Apache-2.0); joyvasa/… = JoyVASA (MIT code)."})),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Ditto: DDIM steps (10 is 5x faster, "
+                                                                                "a little rougher). JoyVASA always "
+                                                                                "uses its 50."}),
+            "guidance_scale": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1,
+                                         "tooltip": "How strongly the motion follows the audio (both models "
+                                                    "were shown with 2)."}),
+            "seed": specs.seed("The same seed gives the same motion."),
+            "pose_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                        "tooltip": "Scale of the head motion (0 = the portrait's pose)."}),
+            "expression_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                              "tooltip": "Scale of the expression (mouth, eyes) motion."}),
+            "lip_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                       "tooltip": "Scale of the mouth motion (1 = as generated)."}),
+            "emotion": (list(EMOTIONS), {"default": "Neutral", "tooltip": "Ditto only: the emotion to show."}),
+        },
+        "optional": {
+            "eye_open": ("FLOAT", {"default": dit.DEFAULT_EYE_OPEN, "min": 0.0, "max": 2.0, "step": 0.05,
+                                   "tooltip": "Ditto only: how open the portrait's eyes are, in Ditto's measure "
+                                              "(three lid distances over the eye width; ~0.8 open)."}),
+            "device": specs.device("Where the motion model runs."),
+            "keep_model_loaded": specs.keep_loaded("the motion model"),
+            "auto_download": specs.auto_download("missing motion-model weights"),
+        },
+    }
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        choices = dit.checkpoint_choices()
-        return {
-            "required": {
-                "embeddings": (EMBEDS_TYPE, {"tooltip": "From AudioToEmbedding (with the encoder matching the "
-                                                         "checkpoint)."}),
-                "portrait": (PORTRAIT_TYPE, {"tooltip": "From LoadPortrait."}),
-                "checkpoint": (choices, {"default": choices[0], "tooltip": "ditto/… = Ditto LMDM (Apache-2.0); "
-                                                                            "joyvasa/… = JoyVASA (MIT code)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Ditto: DDIM steps (10 is "
-                                                                                    "5x faster, a little rougher). "
-                                                                                    "JoyVASA always uses its 50."}),
-                "guidance_scale": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1,
-                                             "tooltip": "How strongly the motion follows the audio (both models "
-                                                        "were shown with 2)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 32 - 1,
-                                 "tooltip": "The same seed gives the same motion."}),
-                "pose_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
-                                            "tooltip": "Scale of the head motion (0 = the portrait's pose)."}),
-                "expression_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
-                                                  "tooltip": "Scale of the expression (mouth, eyes) motion."}),
-                "lip_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
-                                           "tooltip": "Scale of the mouth motion (1 = as generated)."}),
-                "emotion": (list(EMOTIONS), {"default": "Neutral", "tooltip": "Ditto only: the emotion to show."}),
-            },
-            "optional": {
-                "eye_open": ("FLOAT", {"default": dit.DEFAULT_EYE_OPEN, "min": 0.0, "max": 2.0, "step": 0.05,
-                                       "tooltip": "Ditto only: how open the portrait's eyes are, in Ditto's measure "
-                                                  "(three lid distances over the eye width; ~0.8 open)."}),
-                "precision": (PRECISION_CHOICES, {"default": "auto", "tooltip": "For the portrait's own motion."}),
-                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the networks run."}),
-                "keep_model_loaded": ("BOOLEAN", {"default": True, "tooltip": "Keep the motion model cached."}),
-                "auto_download": ("BOOLEAN", {"default": True, "tooltip": "Download missing weights."}),
-                _LP_MODEL[0]: _LP_MODEL[1],
-            },
-        }
-
-    def run(self, embeddings, portrait, checkpoint, steps, guidance_scale, seed, pose_strength, expression_strength,
-            lip_strength, emotion, eye_open=dit.DEFAULT_EYE_OPEN, precision="auto", device="auto", keep_model_loaded=True,
-            auto_download=True, model="human"):
-        source = _source(portrait, device, precision, auto_download, model)
-        try:
+    def run(self, liveportrait, embeddings, portrait, checkpoint, steps, guidance_scale, seed, pose_strength,
+            expression_strength, lip_strength, emotion, eye_open=dit.DEFAULT_EYE_OPEN, device="auto",
+            keep_model_loaded=True, auto_download=True):
+        source = liveportrait.source(portrait)
+        with using(dit.CACHE_FAMILY, keep_model_loaded):
             motion = dit.generate_motion(embeddings, source, checkpoint, steps=steps, guidance=guidance_scale,
                                          seed=seed, pose_strength=pose_strength,
                                          expression_strength=expression_strength, lip_strength=lip_strength,
                                          emotion=emotion, eye_open=eye_open,
-                                         device=device, download=auto_download, progress=_cancellable("MotionDiT"))
-        finally:
-            if not keep_model_loaded:
-                CACHE.unload(dit.CACHE_FAMILY)
+                                         device=device, download=auto_download, progress=progress("MotionDiT"))
         return (motion, float(motion.fps))
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import hashlib
 
 from ..core import face, image as core_image
-from ..core.device import DEVICE_CHOICES
 from ..core.errors import InputError
-from ..core.portrait import load_portrait
+from ..core.face import load_portrait
+from . import specs
 from .base import (CATEGORY, IMAGE_EXTENSIONS, PORTRAIT_TYPE, list_input_files, register, resolve_input_file,
                    validate_input_file)
 
@@ -17,39 +17,35 @@ class LoadPortrait:
                    "lets the renderers paste the animated face back into the full picture. EXIF rotation, "
                    "transparency, grayscale, palette and 16-bit files are handled.")
     CATEGORY = f"{CATEGORY}/portrait"
-    FUNCTION = "run"
-    RETURN_TYPES = (PORTRAIT_TYPE, "IMAGE", "IMAGE")
-    RETURN_NAMES = ("portrait", "face_crop", "full_image")
-    OUTPUT_TOOLTIPS = ("The portrait for the animation nodes (crop, full image, crop record).",
-                       "The square face crop.",
-                       "The whole picture, upright, RGB.")
+    OUTPUTS = (
+        ("portrait", PORTRAIT_TYPE, "The portrait for the animation nodes (crop, full image, crop record)."),
+        ("face_crop", "IMAGE", "The square face crop."),
+        ("full_image", "IMAGE", "The whole picture, upright, RGB."),
+    )
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": (list_input_files(IMAGE_EXTENSIONS) or [""], {
-                    "image_upload": True,
-                    "tooltip": "A photo from ComfyUI's input folder (ignored when an IMAGE is connected)."}),
-                "detector": (face.DETECTOR_CHOICES, {
-                    "default": face.DETECTOR_CHOICES[0],
-                    "tooltip": "How the face is found. 'center': the picture is centred on the face; "
-                               "'none (already cropped)': use the whole picture as the face crop."}),
-                "crop_size": ("INT", {"default": face.DEFAULT_CROP_SIZE, "min": 64, "max": 2048, "step": 8,
-                                      "tooltip": "Side of the square face crop in pixels."}),
-                "scale": ("FLOAT", {"default": face.DEFAULT_SCALE, "min": 1.0, "max": 4.0, "step": 0.05,
-                                    "tooltip": "Crop side relative to the detected face box (larger = more hair "
-                                               "and shoulders)."}),
-                "vy": ("FLOAT", {"default": face.DEFAULT_VY, "min": -1.0, "max": 1.0, "step": 0.01,
-                                 "tooltip": "Vertical shift of the crop, in face-box heights (negative = up)."}),
-            },
-            "optional": {
-                "image_in": ("IMAGE", {"tooltip": "Use this picture instead of the file (first frame of a batch)."}),
-                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the face detector runs."}),
-                "auto_download": ("BOOLEAN", {"default": True,
-                                              "tooltip": "Download missing detector weights into the models folder."}),
-            },
-        }
+    INPUTS = {
+        "required": {
+            "image": specs.dynamic(lambda: (list_input_files(IMAGE_EXTENSIONS) or [""], {
+                "image_upload": True,
+                "tooltip": "A photo from ComfyUI's input folder (ignored when an IMAGE is connected)."})),
+            "detector": (face.DETECTOR_CHOICES, {
+                "default": face.DETECTOR_CHOICES[0],
+                "tooltip": "How the face is found. 'center': the picture is centred on the face; "
+                           "'none (already cropped)': use the whole picture as the face crop."}),
+            "crop_size": ("INT", {"default": face.DEFAULT_CROP_SIZE, "min": 64, "max": 2048, "step": 8,
+                                  "tooltip": "Side of the square face crop in pixels."}),
+            "scale": ("FLOAT", {"default": face.DEFAULT_SCALE, "min": 1.0, "max": 4.0, "step": 0.05,
+                                "tooltip": "Crop side relative to the detected face box (larger = more hair "
+                                           "and shoulders)."}),
+            "vy": ("FLOAT", {"default": face.DEFAULT_VY, "min": -1.0, "max": 1.0, "step": 0.01,
+                             "tooltip": "Vertical shift of the crop, in face-box heights (negative = up)."}),
+        },
+        "optional": {
+            "image_in": ("IMAGE", {"tooltip": "Use this picture instead of the file (first frame of a batch)."}),
+            "device": specs.device("Where the face detector runs."),
+            "auto_download": specs.auto_download("missing detector weights"),
+        },
+    }
 
     @classmethod
     def VALIDATE_INPUTS(cls, image, input_types=None):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..core import audio as core_audio
 from ..core import resize, video
-from ..core.device import DEVICE_CHOICES
+from . import specs
 from .base import CATEGORY, file_metadata, progress, register, save_path, video_preview
 
 PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
@@ -15,10 +15,9 @@ class ResizePad256:
                    "square, on the GPU, whole batches at once. 'crop' fills the square instead; 'stretch' "
                    "ignores the aspect ratio. Defaults reproduce the classic SDA -> FOM 128x96 -> 256x256 step.")
     CATEGORY = f"{CATEGORY}/image"
-    FUNCTION = "run"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("The frames as size x size squares.",)
+    OUTPUTS = (
+        ("images", "IMAGE", "The frames as size x size squares."),
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -39,7 +38,7 @@ class ResizePad256:
             "optional": {
                 "antialias": ("BOOLEAN", {"default": False,
                                           "tooltip": "Blur before shrinking to avoid aliasing (off = classic behaviour)."}),
-                "device": (DEVICE_CHOICES, {"default": "auto", "tooltip": "Where the resize runs; results return to the CPU."}),
+                "device": specs.device("Where the resize runs; results return to the CPU."),
             },
         }
 
@@ -56,19 +55,17 @@ class MuxVideo:
                    "Frames stream into ffmpeg; the audio is trimmed or padded to the video's length; "
                    "the file appears under its final name only once it is complete.")
     CATEGORY = f"{CATEGORY}/video"
-    FUNCTION = "run"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("filename",)
-    OUTPUT_TOOLTIPS = ("Full path of the written mp4.",)
+    OUTPUTS = (
+        ("filename", "STRING", "Full path of the written mp4."),
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "The video frames (odd sizes get one edge row/column repeated)."}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
-                                  "tooltip": "Frames per second of the video (talking-head models use 25)."}),
+                "fps": specs.fps("Frames per second of the video (talking-head models use 25)."),
                 "filename_prefix": ("STRING", {"default": "TalkingHead/talk",
                                                "tooltip": "Name of the file in the output folder; may contain a sub-folder. "
                                                           "A counter is appended: prefix_00001_.mp4."}),
@@ -84,7 +81,7 @@ class MuxVideo:
                 "save_output": ("BOOLEAN", {"default": True,
                                             "tooltip": "Off: write to the temp folder (a preview that is cleaned up)."}),
             },
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            "hidden": dict(specs.SAVE_HIDDEN),
         }
 
     def run(self, images, fps, filename_prefix, audio=None, crf=19, preset="medium", extend_to_audio=False,
@@ -110,10 +107,10 @@ class JoinSegments:
     DESCRIPTION = ("Join talking-head segments one after another (several speakers, each with their own portrait "
                    "and speech). Each segment's audio is fitted to its frames so every speaker stays in sync.")
     CATEGORY = f"{CATEGORY}/video"
-    FUNCTION = "run"
-    RETURN_TYPES = ("IMAGE", "AUDIO")
-    RETURN_NAMES = ("images", "audio")
-    OUTPUT_TOOLTIPS = ("All frames in order.", "The audio of all segments in order, at the first segment's rate.")
+    OUTPUTS = (
+        ("images", "IMAGE", "All frames in order."),
+        ("audio", "AUDIO", "The audio of all segments in order, at the first segment's rate."),
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -122,8 +119,7 @@ class JoinSegments:
             seg[f"images_{i}"] = ("IMAGE", {"tooltip": f"Frames of segment {i}."})
             seg[f"audio_{i}"] = ("AUDIO", {"tooltip": f"Audio of segment {i} (silence when not connected)."})
         required = {"images_1": seg.pop("images_1"), "images_2": seg.pop("images_2"),
-                    "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.01,
-                                      "tooltip": "Frame rate of the segments."})}
+                    "fps": specs.fps("Frame rate of the segments.")}
         return {"required": required, "optional": seg}
 
     def run(self, images_1, images_2, fps, **optional):

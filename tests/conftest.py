@@ -89,3 +89,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def lp_set(pack, model="human", precision="fp32", device="cpu", download=False):
+    """What LoadLivePortrait hands every LivePortrait node (the models must be in the models folder)."""
+    (found,) = pack.NODE_CLASS_MAPPINGS["TalkingHead_LoadLivePortrait"]().run(model, precision, device=device,
+                                                                             auto_download=download)
+    return found

@@ -75,7 +75,7 @@ def test_online_chunking_matches_official():
     assert all(b - a == 80 for a, b in zip(off, starts))
 
 
-def test_batching_does_not_change_features_and_reports_progress():
+def test_batching_does_not_change_features_and_reports_progress(monkeypatch):
     audio = torch.randn(16000 * 3 + 123, generator=torch.Generator().manual_seed(1))
     enc = StandIn()
     calls = []
@@ -86,8 +86,16 @@ def test_batching_does_not_change_features_and_reports_progress():
     assert max(enc.calls) == 4 and sum(enc.calls) == len(D.offline_chunk_starts(audio.numel()))
     assert torch.equal(one, many)
     assert calls[-1][0] == calls[-1][1] == sum(enc.calls) and len(calls) == len(enc.calls)
-    with pytest.raises(Cancelled):
-        D.ditto_offline_features(audio, enc, batch_size=2, should_stop=lambda: True)
+    # cancelling goes through core.progress.Progress: the host's interrupt stops it after a batch
+    enc.calls.clear()
+
+    def interrupt():
+        raise Cancelled("interrupted")
+
+    monkeypatch.setattr(HOST, "check_interrupt", interrupt)
+    with pytest.raises(Cancelled, match="interrupted"):
+        D.ditto_offline_features(audio, enc, batch_size=2)
+    assert enc.calls == [2]
 
 
 @pytest.mark.parametrize("n", [0, 1, 639, 640, 641, 4480, 3200 * 7 - 1920, 21920])
@@ -384,7 +392,7 @@ def test_registries_take_new_encoders_and_chunkings(monkeypatch):
     monkeypatch.setattr(E, "ENCODERS", dict(E.ENCODERS))
     monkeypatch.setattr(E, "CHUNKINGS", dict(E.CHUNKINGS))
 
-    def whole(samples, encoder, batch_size=16, progress=None, should_stop=None):
+    def whole(samples, encoder, batch_size=16, progress=None):
         frames = D.num_video_frames(samples.numel())
         return encoder(samples[None])[0][:frames], frames
 

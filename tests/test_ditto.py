@@ -20,6 +20,7 @@ import tolerance as tol
 from conftest import FIXTURES
 
 from core.errors import Cancelled, CheckpointError, InputError
+from core.host import HOST
 from core.liveportrait.stitching import StitchingRetargetingNetwork
 from core.motion import ditto
 from core.motion.ditto import compose as CO
@@ -53,6 +54,24 @@ def guided_magnitude(cond, uncond, w=GUIDANCE):
 
 def kp_magnitude(raw):
     return math.radians(tol.DEGREE_TERMS) * tol.lp_kp_magnitude(raw["kp"], raw["exp"], raw["scale"], raw["t"])
+
+
+def ddim(model, fx, steps, prefix, trajectory=None, progress=None):
+    """The fixture's window (cond_frame, cond, x_T, step noise of ``prefix``) through the shared sampler shape.
+    ``trajectory``, when a list, receives ``x`` before each step (what the denoiser is given) and the output."""
+    denoiser = S.guided_denoiser(model, fx("denoiser.cond_frame"), fx("denoiser.cond"), GUIDANCE)
+    if trajectory is not None:
+        guided = denoiser
+
+        def denoiser(x, t):
+            trajectory.append(x)
+            return guided(x, t)
+
+    out = S.sample(denoiser, fx(prefix + "x_T"), S.make_schedule(model.alphas_cumprod, steps),
+                   fx(prefix + "step_noise"), progress)
+    if trajectory is not None:
+        trajectory.append(out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +165,7 @@ def test_reduced_precision_keeps_float32_schedule(tmp_path, lmdm_state, fx):
     assert m.final_layer.weight.dtype == torch.bfloat16
     assert m.alphas_cumprod.dtype == torch.float32 and m.rotary.freqs.dtype == torch.float32
     try:
-        out = S.ddim_sample(m, fx("denoiser.cond_frame"), fx("denoiser.cond"), 10, fx("sample10.x_T"),
-                            fx("sample10.step_noise"))
+        out = ddim(m, fx, 10, "sample10.")
     except RuntimeError as e:
         # ATEN_CPU_CAPABILITY=avx2/default on an AVX-512 machine (the CI's older-CPU pass): torch's bf16
         # attention asks cpuinfo (AVX-512: yes) whether to pack for VNNI, then runs the AVX2 kernel, which
@@ -234,16 +252,16 @@ def test_ddim_sample_parity(lmdm, fx, steps):
         # each entry is a few float32 operations (a ratio, two differences, a product, a root) on values in [0, 1]
         tol.close_elementwise(getattr(sched, k), fx(p + k), ops=4, magnitude=1, what=k)
     traj = []
-    out = S.ddim_sample(lmdm, fx("denoiser.cond_frame"), fx("denoiser.cond"), steps, fx(p + "x_T"),
-                        fx(p + "step_noise"), trajectory=traj)
+    calls = []
+    out = ddim(lmdm, fx, steps, p, trajectory=traj, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i + 1, steps) for i in range(steps)]
     # every step runs the denoiser twice (conditional, unconditional)
     tol.close_network(out, fx(p + "out"), tol.ditto_sampler(steps))
     if steps == 10:
         tol.close_network(torch.stack(traj), fx(p + "x_traj"), tol.ditto_sampler(steps))
         lmdm.batch_cfg = True  # one batch-2 pass instead of two batch-1 passes: same up to rounding
         try:
-            out_b = S.ddim_sample(lmdm, fx("denoiser.cond_frame"), fx("denoiser.cond"), steps, fx(p + "x_T"),
-                                  fx(p + "step_noise"))
+            out_b = ddim(lmdm, fx, steps, p)
         finally:
             lmdm.batch_cfg = False
         tol.close_network(out_b, fx(p + "out"), tol.ditto_sampler(steps))
@@ -362,15 +380,38 @@ def test_seed_reproducible_and_reference_draw_order(lmdm, fx):
     assert torch.equal(a, c)
 
 
-def test_progress_and_cancel(lmdm, fx):
+def test_progress_and_cancel(lmdm, fx, monkeypatch):
     feats = fx("stream_offline.aud_feat")[:75]
     cond, src = fx("stream_offline.cond_extra")[0], fx("source.kp_cond")[0]
     calls = []
     ditto.generate(lmdm, feats, cond, src, steps=2, seed=0, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # cancelling: the callback raising, or the host's interrupt, both at a step of core.progress.Progress
+    def cancel_after_two(d, t):
+        calls.append((d, t))
+        if len(calls) > 5:
+            raise Cancelled("stop")
+
     with pytest.raises(Cancelled):
-        ditto.generate(lmdm, feats, cond, src, steps=2, seed=0, should_stop=lambda: len(calls) > 5,
-                       progress=lambda d, t: calls.append((d, t)))
+        ditto.generate(lmdm, feats, cond, src, steps=2, seed=0, progress=cancel_after_two)
+    assert calls[4:] == [(1, 4), (2, 4)]
+    steps = []
+
+    def interrupt():
+        steps.append(1)
+        if len(steps) >= 3:
+            raise Cancelled("interrupted")
+
+    monkeypatch.setattr(HOST, "check_interrupt", interrupt)
+    with pytest.raises(Cancelled, match="interrupted"):
+        ditto.generate(lmdm, feats, cond, src, steps=2, seed=0)
+    assert len(steps) == 3
+    gen = ditto.OnlineGenerator(lmdm, cond, src, steps=2, seed=0)
+    steps.clear()
+    with pytest.raises(Cancelled, match="interrupted"):  # the streaming generator: its second window
+        gen.push(feats)
+    assert len(steps) == 3
+    monkeypatch.setattr(HOST, "check_interrupt", None)
     with pytest.raises(InputError):
         ditto.generate(lmdm, torch.zeros(10, 512), cond, src)
 

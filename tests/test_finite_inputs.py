@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, sub
+from conftest import ROOT, lp_set, sub
 from test_classic import classic_models
 from test_lp_nodes import models_dir
 from test_motion_nodes import speech_inputs, tiny_ditto_models
@@ -189,7 +189,7 @@ def test_audio_shorter_than_one_frame_is_refused_by_the_nodes_that_make_frames(p
     with pytest.raises(errors.InputError, match="AudioToEmbedding's audio input " + minimum):
         nodes["TalkingHead_AudioToEmbedding"]().run(one, "HuBERT-large (Ditto)")
     with pytest.raises(errors.InputError, match="ProceduralMotion's audio input " + minimum):
-        nodes["TalkingHead_ProceduralMotion"]().run(None, one, 25.0, 0, 1.0, 1.0, True)  # before the portrait is read
+        nodes["TalkingHead_ProceduralMotion"]().run(None, None, one, 25.0, 0, 1.0, 1.0, True)  # before the portrait is read
     face = torch.rand(1, 40, 30, 3)
     with pytest.raises(errors.InputError, match="SDABase's audio input " + minimum):
         nodes["TalkingHead_SDABase"]().run(face, one, "already aligned", 0, "tiny-grid.dat")
@@ -237,7 +237,7 @@ def test_headless_load_video_refuses_a_nan_sound_track_instead_of_dropping_it(pa
     for name, audio in (("nan.mkv", ["-i", str(tmp_path / "nan.wav"), "-c:a", "copy"]), ("mute.mkv", [])):
         subprocess.run([video.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=32x32:r=25:d=0.4",
                         *audio, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp_path / "input" / name)], check=True)
-    load_video = sub(pack, "nodes.builtins").BUILTIN_NODES["LoadVideo"]()
+    load_video = sub(pack, "headless.builtins").BUILTIN_NODES["LoadVideo"]()
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.InputError, match="audio file 'nan.mkv' has 12 NaN/inf samples of 16000"):
         load_video.execute("nan.mkv")
@@ -251,7 +251,7 @@ def test_motion_dit_refuses_nan_embeddings_before_loading(pack, monkeypatch):
     monkeypatch.setattr(dit, "generate_motion", lambda *a, **k: pytest.fail("MotionDiT ran on NaN features"))
     node = pack.NODE_CLASS_MAPPINGS["TalkingHead_MotionDiT"]()
     with pytest.raises(errors.InputError, match=r"MotionDiT's embeddings input has 1 NaN/inf value \(features: 1\)"):
-        node.run(_embeddings(pack), _portrait(pack), "ditto/x.safetensors", 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
+        node.run(None, _embeddings(pack), _portrait(pack), "ditto/x.safetensors", 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
 
 
 # ============================================================================ outputs
@@ -273,10 +273,10 @@ def test_model_output_with_nan_is_stopped_naming_the_node(pack, monkeypatch):
     assert frames.shape[0] == 3
     dit = sub(pack, "core.motion.dit")
     monkeypatch.setattr(dit, "generate_motion", lambda *a, **k: _motion(pack, bad="exp"))
-    monkeypatch.setattr(sub(pack, "nodes.motion"), "_source", lambda *a, **k: None)
+    no_set = SimpleNamespace(source=lambda portrait: None)  # a LivePortrait set not needed here
     with pytest.raises(checks.NonFiniteOutputError, match=r"MotionDiT's motion output has 1 NaN/inf value \(exp: 1\)"):
-        nodes["TalkingHead_MotionDiT"]().run(_embeddings(pack, bad=False), None, "x", 2, 2.0, 0, 1.0, 1.0, 1.0,
-                                             "Neutral")
+        nodes["TalkingHead_MotionDiT"]().run(no_set, _embeddings(pack, bad=False), None, "x", 2, 2.0, 0, 1.0, 1.0,
+                                             1.0, "Neutral")
     af = sub(pack, "core.audio_features")
     monkeypatch.setattr(af, "compute_embeddings", lambda *a, **k: _embeddings(pack))
     with pytest.raises(checks.NonFiniteOutputError, match="AudioToEmbedding's embeddings output has 1 NaN/inf"):
@@ -288,7 +288,6 @@ def test_liveportrait_renderers_never_hand_on_nan_frames(pack, tmp_path, monkeyp
     weights, their renderer made to produce one NaN pixel in the second batch: refused, naming the node, and the
     video writer leaves no file (not even a partial one)."""
     models_dir(tmp_path / "models")
-    lp = sub(pack, "core.liveportrait")
     render = sub(pack, "core.liveportrait.render")
     checks = sub(pack, "core.checks")
     real = render.render_pasted
@@ -303,16 +302,16 @@ def test_liveportrait_renderers_never_hand_on_nan_frames(pack, tmp_path, monkeyp
                     frames[0, 5, 5, 0] = NAN
             yield faces, frames
 
-    monkeypatch.setattr(lp, "render_pasted", overflowing)      # what LivePortraitRender calls
+    monkeypatch.setattr(sub(pack, "core.liveportrait.pipeline"), "render_pasted", overflowing)  # LivePortraitRender
     monkeypatch.setattr(render, "render_pasted", overflowing)  # what render_to_video calls
-    portrait, motion = _portrait(pack), _motion(pack)
+    portrait, motion, lps = _portrait(pack), _motion(pack), lp_set(pack)
     nodes = pack.NODE_CLASS_MAPPINGS
     with pytest.raises(checks.NonFiniteOutputError, match="LivePortraitRender's frames output has 1 NaN/inf value in "
                                                           "1 of 6 frames"):
-        nodes["TalkingHead_LivePortraitRender"]().run(portrait, motion, True, "all", True, 1.0, 2, "fp32")
+        nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2)
     with pytest.raises(checks.NonFiniteOutputError, match="a batch of frames rendered by LivePortraitRenderVideo has "
                                                           "1 NaN/inf value in 1 of 2 frames"):
-        nodes["TalkingHead_LivePortraitRenderVideo"]().run(portrait, motion, True, "all", True, 1.0, 2, "fp32", 25.0,
+        nodes["TalkingHead_LivePortraitRenderVideo"]().run(lps, portrait, motion, True, "all", True, 1.0, 2, 25.0,
                                                            "lp/video", preset="ultrafast")
     assert _files(tmp_path / "output") == []
 

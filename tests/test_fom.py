@@ -116,6 +116,41 @@ def test_find_best_frame_from_landmarks():
     assert F.find_best_frame(src, [None, None]) == 0
 
 
+def test_best_frame_index_matches_the_portraits_landmarks(monkeypatch):
+    """core.fom.best_frame_index: the S3FD detector and 2D-FAN (stubbed here; tested in test_face.py /
+    test_landmarks.py) on the portrait's first image and every driving frame, matched by find_best_frame."""
+    from core import face
+
+    src_lm = IO["find_best_frame.landmarks_source"].numpy()
+    drv_lm = list(IO["find_best_frame.landmarks_driving"].numpy()[:4])
+    portrait, driving = torch.rand(2, 6, 5, 3), torch.rand(4, 6, 5, 3)
+    loaded, runs = [], []
+
+    def landmarks(images, det, fan, progress=None):
+        assert (det, fan) == ("s3fd", "fan")
+        runs.append((images, progress))
+        return [src_lm] if images.shape[0] == 1 else drv_lm
+
+    monkeypatch.setattr(face, "get_detector", lambda *a: loaded.append(("detector",) + a) or "s3fd")
+    monkeypatch.setattr(face, "get_landmarker", lambda *a: loaded.append(("landmarker",) + a) or "fan")
+    monkeypatch.setattr(face, "face_landmarks", landmarks)
+    bar = lambda done, total: None  # noqa: E731
+    best = F.best_frame_index(portrait, driving, "cpu", False, progress=bar)
+    assert best == F.find_best_frame(src_lm, drv_lm) and best != 0
+    assert loaded == [("detector", "face-alignment sfd", "cpu", False), ("landmarker", "cpu", False)]
+    assert torch.equal(runs[0][0], portrait[:1]) and runs[0][1] is None
+    assert runs[1][0] is driving and runs[1][1] is bar
+    # driving frames without a face are skipped
+    drv_lm[best] = None
+    assert F.best_frame_index(portrait, driving, "cpu", False) not in (best, None)
+    # no face in the portrait: a clear error, before the driving frames are searched
+    runs.clear()
+    monkeypatch.setattr(face, "face_landmarks", lambda images, det, fan, progress=None: runs.append(images) or [None])
+    with pytest.raises(InputError, match="no face was found in the portrait"):
+        F.best_frame_index(portrait, driving, "cpu", False)
+    assert len(runs) == 1
+
+
 def test_initial_frame_choice_matches_official_forward_backward_split(model):
     """demo.py with find_best_frame animates forward and backward from frame i, both relative to
     frame i: the same as every frame relative to frame i."""
@@ -299,13 +334,12 @@ def test_node_find_best_frame_uses_the_landmark_match(pack, monkeypatch, tmp_pat
     here: the detector/FAN themselves are tested in test_face.py / test_landmarks.py)."""
     (tmp_path / "models" / "fom").mkdir(parents=True)
     (tmp_path / "models" / "fom" / "tiny.safetensors").write_bytes((FIXTURES / "fom" / "weights.safetensors").read_bytes())
-    landmarks = sub(pack, "core.landmarks")
-    portrait_mod = sub(pack, "core.portrait")
+    face = sub(pack, "core.face")
     src_lm = IO["find_best_frame.landmarks_source"].numpy()
     drv_lm = IO["find_best_frame.landmarks_driving"].numpy()[:4]
-    monkeypatch.setattr(portrait_mod, "get_detector", lambda *a, **k: "detector")
-    monkeypatch.setattr(landmarks, "get_landmarker", lambda *a, **k: "fan")
-    monkeypatch.setattr(landmarks, "face_landmarks",
+    monkeypatch.setattr(face, "get_detector", lambda *a, **k: "detector")
+    monkeypatch.setattr(face, "get_landmarker", lambda *a, **k: "fan")
+    monkeypatch.setattr(face, "face_landmarks",
                         lambda images, det, fan, progress=None: [src_lm] if images.shape[0] == 1 else list(drv_lm))
     best = F.find_best_frame(src_lm, drv_lm)
     assert best != 0
@@ -316,7 +350,7 @@ def test_node_find_best_frame_uses_the_landmark_match(pack, monkeypatch, tmp_pat
     model = F.load_fom(FIXTURES / "fom" / "weights.safetensors")
     expected = F.animate(model, source, driving, initial_index=best)
     tol.close_network(frames, expected, tol.FOM)
-    monkeypatch.setattr(landmarks, "face_landmarks", lambda images, det, fan, progress=None: [None] * images.shape[0])
+    monkeypatch.setattr(face, "face_landmarks", lambda images, det, fan, progress=None: [None] * images.shape[0])
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.InputError, match="no face was found in the portrait"):
         node.run(source, driving, "tiny.safetensors", True, True, True, 2, "fp32")

@@ -10,7 +10,7 @@ it, prompts run by the headless runner on the tiny weights). For every ``workflo
   ComfyUI itself writes, and once the previews have loaded no node covers another and every group
   frames its members;
 * the frontend's conversion (``app.graphToPrompt().output``, what Run and "Export (API)" produce) is
-  ``workflows/api/NAME.api.json`` exactly, and the pack's own converter (``core.graph.ui_to_api``, used
+  ``workflows/api/NAME.api.json`` exactly, and the pack's own converter (``headless.ui_format.ui_to_api``, used
   by ``run.py``) reads the same values from the file;
 * pressing Run (with the tiny checkpoints and short inputs set in the widgets) ends in
   ``execution_success`` and writes the expected mp4.
@@ -96,8 +96,13 @@ def browser(server):
 
 
 @pytest.fixture(scope="module")
-def graph(server):
-    return importlib.import_module(f"{server.pack.__name__}.core.graph")
+def runner(server):
+    return importlib.import_module(f"{server.pack.__name__}.headless")
+
+
+@pytest.fixture(scope="module")
+def layout(server):
+    return importlib.import_module(f"{server.pack.__name__}.tools.layout")
 
 
 # --------------------------------------------------------------------------- checks shared with tests/integration
@@ -209,16 +214,16 @@ def test_template_folder_is_not_shadowed(server):
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_workflow_in_the_frontend(browser, server, graph, name):
+def test_workflow_in_the_frontend(browser, server, runner, layout, name):
     ui = check_opens(browser, name)
     page.settle(browser, 1500)  # media previews load and may grow their nodes
     assert live_layout_problems(browser) == [], name
     page.screenshot_graph(browser, ARTIFACTS / f"{name}.png")
     exported = check_round_trip(browser, name, ui)
     # the pack's converter (run.py on a UI file) reads the same values as the frontend
-    assert graph.ui_to_api(ui, server.registry) == graph.declared_inputs(exported, server.registry)
+    assert runner.ui_to_api(ui, server.registry) == runner.declared_inputs(exported, server.registry)
     # ... and writes widget values in the frontend's order
-    laid_out = graph.api_to_ui(graph.declared_inputs(exported, server.registry), server.registry)
+    laid_out = layout.api_to_ui(runner.declared_inputs(exported, server.registry), server.registry)
     ours = {n["id"]: n for n in laid_out["nodes"]}
     for node in ui["nodes"]:
         if node["type"] != "Note":

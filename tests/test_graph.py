@@ -1,11 +1,33 @@
-"""Tests for core.graph: validation, headless execution, overrides and UI <-> API conversion."""
+"""Tests for the headless runner (headless/): validation by ComfyUI 0.8.0's rules, execution, overrides and
+UI -> API conversion; and for the authoring layout (tools/layout.py, tools/workflow_meta.py): API -> UI."""
+import importlib
+import importlib.machinery
+import importlib.util
 import json
+import sys
 
 import pytest
 import torch
 
-from core import graph
-from core.errors import Cancelled, InputError, TalkingHeadError
+from conftest import ROOT
+
+
+def _runner_package(name="talkinghead_runner"):
+    """The pack folder as a package, as run.py loads it (headless/ and tools/ import core/ relatively), but
+    without running the pack's __init__, which registers every node: these tests bring their own classes."""
+    if name not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(ROOT)]
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+    return name
+
+
+PACKAGE = _runner_package()
+headless = importlib.import_module(f"{PACKAGE}.headless")
+layout = importlib.import_module(f"{PACKAGE}.tools.layout")
+workflow_meta = importlib.import_module(f"{PACKAGE}.tools.workflow_meta")
+_errors = importlib.import_module(f"{PACKAGE}.core.errors")
+Cancelled, InputError, TalkingHeadError = _errors.Cancelled, _errors.InputError, _errors.TalkingHeadError
 
 
 # --------------------------------------------------------------------------- fake node classes
@@ -316,8 +338,8 @@ def adder_prompt():
 
 
 def problems_of(prompt, registry=REGISTRY):
-    with pytest.raises(graph.GraphError) as info:
-        graph.validate(prompt, registry)
+    with pytest.raises(headless.GraphError) as info:
+        headless.validate(prompt, registry)
     return info.value
 
 
@@ -329,7 +351,7 @@ def test_execute_order_once_and_only_upstream_of_outputs():
     prompt["6"] = node("Record", value=["3", 0])  # a second consumer: node 3 still runs once
     seen = []
     progress = []
-    out = graph.execute(prompt, REGISTRY, on_node=lambda *a: seen.append(a),
+    out = headless.execute(prompt, REGISTRY, on_node=lambda *a: seen.append(a),
                         progress=lambda done, total: progress.append((done, total)))
     assert out["order"] == ["1", "2", "3", "4", "6"]
     assert sorted(Const.calls) == [1, 2]  # node 5 is not upstream of an output
@@ -344,24 +366,24 @@ def test_execute_order_once_and_only_upstream_of_outputs():
 def test_execute_dependency_order_ignores_prompt_order():
     prompt = {"9": node("Record", value=["7", 0]), "7": node("Add", a=["8", 0], b=["8", 0]),
               "8": node("Const", value=4)}
-    assert graph.execute(prompt, REGISTRY)["order"] == ["8", "7", "9"]
+    assert headless.execute(prompt, REGISTRY)["order"] == ["8", "7", "9"]
     assert Record.seen == [8]
 
 
 def test_hidden_inputs_and_inference_mode():
     prompt = {"12": node("Hidden")}
-    graph.execute(prompt, REGISTRY, extra_pnginfo={"workflow": {"nodes": []}})
+    headless.execute(prompt, REGISTRY, extra_pnginfo={"workflow": {"nodes": []}})
     unique_id, given_prompt, pnginfo, dynprompt, inference = Hidden.seen[0]
     assert unique_id == "12" and given_prompt is prompt
     assert pnginfo == {"workflow": {"nodes": []}} and dynprompt is None and inference
-    graph.execute(prompt, REGISTRY)
+    headless.execute(prompt, REGISTRY)
     assert Hidden.seen[1][2] == {}
 
 
 def test_optional_inputs_and_defaults_filled():
     prompt = {"1": node("Const", value=2), "2": node("Add", a=["1", 0], b=["1", 0], c=["1", 0]),
               "3": node("Record", value=["2", 0]), "4": node("Widgets", size=64), "5": node("Record", value=["4", 0])}
-    out = graph.execute(prompt, REGISTRY)
+    out = headless.execute(prompt, REGISTRY)
     assert out["results"]["2"] == (6,)
     # missing required widgets get their defaults; the missing optional combo is not passed
     assert Record.seen[1] == {"size": 64, "scale": 1.0, "mode": "pad", "flag": False, "text": ""}
@@ -371,7 +393,7 @@ def test_literal_coercion_and_value_unwrapping():
     prompt = {"1": node("Widgets", size="16", scale="0.5", flag="true", text=3, fit="fill"),
               "2": node("Record", value=["1", 0]),
               "3": node("Values", items={"__value__": [1, 2, 3]}), "4": node("Record", value=["3", 0])}
-    graph.execute(prompt, REGISTRY)
+    headless.execute(prompt, REGISTRY)
     assert Record.seen[0] == {"size": 16, "scale": 0.5, "mode": "pad", "flag": True, "text": "3", "fit": "fill"}
     assert Record.seen[1] == [1, 2, 3]
 
@@ -379,8 +401,8 @@ def test_literal_coercion_and_value_unwrapping():
 def test_node_error_is_wrapped_with_node_and_cause():
     prompt = {"1": node("Const", value=1), "2": node("Boom", "Exploder", value=["1", 0]),
               "3": node("Record", value=["2", 0])}
-    with pytest.raises(graph.GraphError) as info:
-        graph.execute(prompt, REGISTRY)
+    with pytest.raises(headless.GraphError) as info:
+        headless.execute(prompt, REGISTRY)
     err = info.value
     assert str(err) == 'node 2 (Boom "Exploder"): ValueError: bad thing'
     assert (err.node_id, err.class_type, err.title) == ("2", "Boom", "Exploder")
@@ -390,8 +412,8 @@ def test_node_error_is_wrapped_with_node_and_cause():
 def test_talkinghead_error_keeps_its_message():
     prompt = {"1": node("Const", value=1), "2": node("UserBoom", value=["1", 0]),
               "3": node("Record", value=["2", 0])}
-    with pytest.raises(graph.GraphError) as info:
-        graph.execute(prompt, REGISTRY)
+    with pytest.raises(headless.GraphError) as info:
+        headless.execute(prompt, REGISTRY)
     assert str(info.value) == "node 2 (UserBoom): no face found in the image"
     assert isinstance(info.value.__cause__, NoFace)
 
@@ -401,8 +423,8 @@ def test_interrupt_and_cancel_raise_cancelled(class_type):
     prompt = {"1": node("Const", value=1), "2": node(class_type, value=["1", 0]),
               "3": node("Record", value=["2", 0])}
     with pytest.raises(Cancelled) as info:
-        graph.execute(prompt, REGISTRY)
-    assert not isinstance(info.value, graph.GraphError)
+        headless.execute(prompt, REGISTRY)
+    assert not isinstance(info.value, headless.GraphError)
     assert Record.seen == []
 
 
@@ -411,13 +433,13 @@ def test_cancel_from_progress_callback():
         raise KeyboardInterrupt
 
     with pytest.raises(Cancelled, match="node 1"):
-        graph.execute(adder_prompt(), REGISTRY, progress=progress)
+        headless.execute(adder_prompt(), REGISTRY, progress=progress)
 
 
 def test_wrong_result_count_and_short_result():
     prompt = {"1": node("Pair"), "2": node("Record", value=["1", 1])}
-    with pytest.raises(graph.GraphError, match=r"node 1 \(Pair\): returned 1 value\(s\) but RETURN_TYPES declares 2"):
-        graph.execute(prompt, REGISTRY)
+    with pytest.raises(headless.GraphError, match=r"node 1 \(Pair\): returned 1 value\(s\) but RETURN_TYPES declares 2"):
+        headless.execute(prompt, REGISTRY)
 
 
 def test_list_execution_is_rejected():
@@ -456,36 +478,250 @@ def test_link_type_mismatch():
     assert "node 2 (TakeAudio): input 'audio' expects AUDIO but is linked to output 0 (IMAGE) of node 1" in str(err)
 
 
-class PlainStar:
-    """A plain "*" socket: ComfyUI's server does not treat it as a wildcard."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"value": ("*",)}}
-
-    RETURN_TYPES = ("*",)
-    FUNCTION = "run"
-
-    def run(self, value):
-        return (value,)
+# --------------------------------------------------------------------------- ComfyUI 0.8.0's rules
+# comfy_execution/validation.py validate_node_input and execution.py validate_inputs: a graph is accepted or
+# refused here exactly where ComfyUI's /prompt accepts or refuses it (module docstring of headless.validation
+# for the deliberate differences, none of which is about links).
 
 
-def test_link_type_matching_rules():
-    """The same rule as ComfyUI's server (comfy_execution.validation.validate_node_input)."""
-    reg = {**REGISTRY, "PlainStar": PlainStar}
-    # a wildcard type (``!=`` overridden) accepts anything and feeds anything
-    graph.validate({"1": node("Const", value=1), "2": node("Record", value=["1", 0])}, reg)
-    graph.validate({"1": node("Values", items={"__value__": [1]}), "2": node("Add", a=["1", 0], b=2),
-                    "3": node("Record", value=["2", 0])}, reg)
-    # a plain "*" is an ordinary type name on the server: neither side matches IMAGE/INT
-    err = problems_of({"1": node("Const", value=1), "2": node("PlainStar", value=["1", 0]),
-                       "3": node("Add", a=["2", 0], b=1), "4": node("Record", value=["3", 0])}, reg)
-    assert "input 'value' expects * but is linked to output 0 (INT)" in str(err)
-    assert "input 'a' expects INT but is linked to output 0 (*)" in str(err)
-    # a combo does not take a STRING (or INT) link
+def passes(node_class, inputs, sources=None, registry=None):
+    """``node_class`` as node 2 with ``inputs``, fed by ``sources`` ({id: node}) and feeding an output node:
+    True when the prompt validates, else the error text."""
+    reg = {**REGISTRY, **(registry or {}), node_class.__name__: node_class}
+    prompt = {**(sources or {}), "2": node(node_class.__name__, **inputs), "9": node("Record", value=["2", 0])}
+    try:
+        headless.validate(prompt, reg)
+    except headless.GraphError as exc:
+        return str(exc)
+    return True
+
+
+def source(*types):
+    """A class with the given RETURN_TYPES and no inputs."""
+    return type("Source", (), {"INPUT_TYPES": classmethod(lambda cls: {"required": {}}), "RETURN_TYPES": types,
+                               "FUNCTION": "run", "run": lambda self: tuple(None for _ in types)})
+
+
+def sink(input_type, options=None, output_type=ANY):
+    """A class with one required input ``x`` of ``input_type``, passing it on as ``output_type``."""
+    declared = (input_type, options) if options is not None else (input_type,)
+    return type("Sink", (), {"INPUT_TYPES": classmethod(lambda cls: {"required": {"x": declared}}),
+                             "RETURN_TYPES": (output_type,), "FUNCTION": "run", "run": lambda self, x: (x,)})
+
+
+def linked(output_type, input_type, options=None):
+    """Whether a prompt with one link from an output of ``output_type`` into an input of ``input_type``
+    validates (True) or the error text."""
+    return passes(sink(input_type, options), {"x": ["1", 0]}, {"1": node("Source")}, {"Source": source(output_type)})
+
+
+PLAIN_STAR = "*"
+OPTIONS = ["pad", "crop"]
+
+
+@pytest.mark.parametrize("output_type, input_type, accepted", [
+    ("IMAGE", "IMAGE", True),
+    ("IMAGE", "AUDIO", False),
+    (ANY, "IMAGE", True),                       # 1. __ne__ overridden, on the output side
+    ("IMAGE", ANY, True),                       # ... and on the input side (reflected __ne__)
+    (PLAIN_STAR, "IMAGE", True),                # 2. a plain "*" output
+    ("AUDIO", PLAIN_STAR, True),                # ... and a plain "*" input
+    ("COMFY_MATCHTYPE_V3", "IMAGE", True),      # 3. V3 MatchType, left to the frontend
+    ("LATENT", "COMFY_MATCHTYPE_V3", True),
+    (OPTIONS, "COMBO", True),                   # 4. a list of options as the output type, into COMBO
+    (["other"], "COMBO", True),                 # ... whatever the options
+    (OPTIONS, "STRING", False),                 # ... but not into anything else
+    (OPTIONS, list(OPTIONS), True),             # an old-style combo (its choices as the type): the same list
+    (OPTIONS, ["pad"], False),                  # ... and only the same list
+    ("COMBO", list(OPTIONS), False),
+    ("STRING", list(OPTIONS), False),
+    ("STRING,INT", "INT", True),                # 5. unions: any overlap (not strict)
+    ("INT", "STRING,INT", True),
+    ("STRING,BOOLEAN", "STRING,INT", True),
+    ("STRING, INT", "FLOAT ,INT", True),        # blanks around the names do not count
+    ("STRING,BOOLEAN", "INT,FLOAT", False),
+    ("IMAGE,*", "AUDIO", True),                 # a "*" inside a union
+    ("AUDIO", "MASK,*", True),
+    ("IMAGE,MASK", "IMAGEMASK", False),
+    (None, "IMAGE", False),                     # neither equal nor strings
+])
+def test_link_accepted_follows_comfyui(output_type, input_type, accepted):
+    assert headless.link_accepted(output_type, input_type) is accepted
+
+
+def test_link_rules_in_validation():
+    """The same rules where they matter: validate() accepts and refuses those links, with the types named."""
+    assert linked(PLAIN_STAR, "INT") is True and linked("INT", PLAIN_STAR) is True
+    assert linked(ANY, "AUDIO") is True and linked("AUDIO", ANY) is True
+    assert linked(OPTIONS, "COMBO", {"options": OPTIONS}) is True
+    assert linked("STRING,INT", "INT") is True
+    assert linked("STRING,BOOLEAN", "INT,FLOAT") == ("node 2 (Sink): input 'x' expects INT,FLOAT but is linked to "
+                                                     "output 0 (STRING,BOOLEAN) of node 1 (Source)")
+    assert "input 'x' expects STRING but is linked to output 0 (COMBO)" in linked(OPTIONS, "STRING")
+    assert "input 'x' expects COMBO but is linked to output 0 (COMBO)" in linked(OPTIONS, ["pad"])
+    # the wildcard classes of this file and a plain "*" through a whole graph (and it runs)
+    reg = {**REGISTRY, "Star": sink(PLAIN_STAR, output_type=PLAIN_STAR)}
+    prompt = {"1": node("Const", value=3), "2": node("Star", x=["1", 0]), "3": node("Add", a=["2", 0], b=4),
+              "4": node("Record", value=["3", 0]), "5": node("Values", items=5),
+              "6": node("Add", a=["5", 0], b=["1", 0]), "7": node("Record", value=["6", 0])}
+    results = headless.execute(prompt, reg)["results"]
+    assert (results["3"], results["6"]) == ((7,), (8,))
+    # a combo still does not take a STRING (or INT) link
     prompt = {"1": node("NeedsText", text="crop"), "2": node("Widgets", mode=["1", 0]),
               "3": node("Record", value=["2", 0])}
     assert "input 'mode' expects COMBO but is linked to output 0 (STRING)" in str(problems_of(prompt))
+
+
+class Zoom:
+    """Returns a value outside the choices of the combo its output type names."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = (list(OPTIONS),)
+    FUNCTION = "run"
+
+    def run(self):
+        return ("zoom",)
+
+
+def test_linked_values_skip_min_max_and_choices():
+    """ComfyUI checks min/max and combo choices on literals only: a linked value outside them validates and
+    arrives as it is."""
+    reg = {**REGISTRY, "Zoom": Zoom}
+    prompt = {"1": node("Add", a=["3", 0], b=["3", 0]), "3": node("Const", value=2), "5": node("Zoom"),
+              "2": node("Widgets", size=["1", 0], mode=["5", 0]), "4": node("Record", value=["2", 0])}
+    values = headless.execute(prompt, reg)["results"]["2"][0]
+    assert (values["size"], values["mode"]) == (4, "zoom")  # min is 8; the choices are pad, crop
+    prompt["2"]["inputs"].update(size=4, mode="zoom")
+    err = problems_of(prompt, reg)
+    assert "input 'size' = 4 is below the minimum 8" in str(err) and "input 'mode' = 'zoom' is not one" in str(err)
+
+
+class TypesChecked:
+    """Asks for ``input_types``: the link type check is off for every input of the node."""
+
+    seen = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"audio": ("AUDIO",), "count": ("INT", {"default": 1, "max": 5})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types, audio):
+        cls.seen.append((dict(input_types), audio))
+        return True if input_types.get("audio") in ("AUDIO", "IMAGE") else f"no sound from {input_types}"
+
+    RETURN_TYPES = ("AUDIO",)
+    FUNCTION = "run"
+
+    def run(self, audio, count):
+        return (audio,)
+
+
+def test_input_types_turns_the_type_check_off():
+    TypesChecked.seen.clear()
+    assert passes(TypesChecked, {"audio": ["1", 0]}, {"1": node("MakeImage")}) is True
+    assert TypesChecked.seen == [({"audio": "IMAGE"}, None)]  # the linking output's type; None for the value
+    assert passes(TypesChecked, {"audio": ["1", 0]}, {"1": node("Const", value=1)}) == \
+        "node 2 (TypesChecked): no sound from {'audio': 'INT'}"
+    # the literal checks of the inputs it does not name still apply
+    assert "input 'count' = 9 is above the maximum 5" in passes(TypesChecked, {"audio": ["1", 0], "count": 9},
+                                                                {"1": node("MakeImage")})
+
+
+class KwargsChecked:
+    """VALIDATE_INPUTS with **kwargs: it owns every input's limits and choices, and gets every input."""
+
+    seen = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"size": ("INT", {"default": 8, "min": 8, "max": 16}), "mode": (OPTIONS,),
+                             "image": ("IMAGE",)},
+                "hidden": {"node": "UNIQUE_ID", "prompt": "PROMPT", "extra": "EXTRA_PNGINFO"}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, **kwargs):
+        cls.seen.append(kwargs)
+        return True
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+
+    def run(self, size, mode, image, node=None, prompt=None, extra=None):
+        return (image,)
+
+
+def test_kwargs_validator_owns_every_limit():
+    KwargsChecked.seen.clear()
+    assert passes(KwargsChecked, {"size": 99, "mode": "zoom", "image": ["1", 0]}, {"1": node("MakeImage")}) is True
+    assert KwargsChecked.seen == [{"size": 99, "mode": "zoom", "image": None, "node": "2", "prompt": {},
+                                   "extra": None}]
+    # values are still converted to the declared type first
+    assert "input 'size' expects an integer (INT), got 'big'" in passes(
+        KwargsChecked, {"size": "big", "mode": "pad", "image": ["1", 0]}, {"1": node("MakeImage")})
+
+
+class DefaultChecked:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": "x"})}, "optional": {"extra": ("STRING", {})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, text="its own default"):
+        return True if text is None else f"text is {text!r}"
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+
+    def run(self, text, extra=None):
+        return (text,)
+
+
+class NeedsOptional(DefaultChecked):
+    @classmethod
+    def VALIDATE_INPUTS(cls, text, extra):
+        return True
+
+
+def test_validator_arguments_as_comfyui_passes_them():
+    # a linked input arrives as None, even where the function has a default
+    assert passes(DefaultChecked, {"text": ["1", 0]}, {"1": node("NeedsText", text="a")}) is True
+    assert passes(DefaultChecked, {"text": "b"}) == "node 2 (DefaultChecked): text is 'b'"
+    # an input it names that the prompt does not give is not passed: a required parameter is an error
+    message = passes(NeedsOptional, {"text": "b"})
+    assert message.startswith("node 2 (NeedsOptional): VALIDATE_INPUTS failed: TypeError:") and "'extra'" in message
+    assert passes(NeedsOptional, {"text": "b", "extra": "c"}) is True
+
+
+class SaysFalse(NeedsText):
+    @classmethod
+    def VALIDATE_INPUTS(cls, text):
+        return False
+
+
+class NoParameters(NeedsText):
+    @staticmethod
+    def VALIDATE_INPUTS():
+        raise AssertionError("ComfyUI does not call a VALIDATE_INPUTS without parameters")
+
+
+def test_validator_verdicts():
+    assert passes(SaysFalse, {"text": "a"}) == "node 2 (SaysFalse): VALIDATE_INPUTS returned False"
+    assert passes(NoParameters, {"text": "a"}) is True
+
+
+class TruthyOutput(SaveImage):
+    OUTPUT_NODE = 1
+
+
+def test_output_node_means_the_value_true():
+    """ComfyUI runs from classes whose OUTPUT_NODE *is* True."""
+    reg = {**REGISTRY, "TruthyOutput": TruthyOutput}
+    err = problems_of({"1": node("MakeImage"), "2": node("TruthyOutput", images=["1", 0])}, reg)
+    assert "no output node" in str(err)
 
 
 def test_missing_required_input():
@@ -532,13 +768,13 @@ def test_all_problems_are_collected():
 def test_nodes_not_upstream_of_outputs_are_not_checked():
     prompt = adder_prompt()
     prompt["5"] = node("Const", value=1000)  # out of range, but never runs
-    graph.validate(prompt, REGISTRY)
+    headless.validate(prompt, REGISTRY)
 
 
 def test_validate_inputs_custom_check():
     prompt = {"1": node("Checked", path="c.wav", gain=1.5), "2": node("Record", value=["1", 0])}
-    graph.validate(prompt, REGISTRY)  # not in the combo list, but VALIDATE_INPUTS owns 'path'
-    assert graph.execute(prompt, REGISTRY)["results"]["1"] == ("c.wav@1.5",)
+    headless.validate(prompt, REGISTRY)  # not in the combo list, but VALIDATE_INPUTS owns 'path'
+    assert headless.execute(prompt, REGISTRY)["results"]["1"] == ("c.wav@1.5",)
     prompt["1"]["inputs"]["path"] = "c.mp3"
     assert str(problems_of(prompt)) == "node 1 (Checked): not a wav file: c.mp3"
     prompt["1"]["inputs"].update(path="a.wav", gain=3.0)  # built-in checks still apply to 'gain'
@@ -550,13 +786,13 @@ def test_cycle_is_detected():
               "3": node("Const", value=1), "4": node("Record", value=["1", 0])}
     err = problems_of(prompt)
     assert "dependency cycle" in str(err) and "nodes 1, 2 " in str(err)
-    with pytest.raises(graph.GraphError, match="cycle"):
-        graph.execute(prompt, REGISTRY)
+    with pytest.raises(headless.GraphError, match="cycle"):
+        headless.execute(prompt, REGISTRY)
 
 
 def test_graph_error_is_a_talkinghead_error():
-    assert issubclass(graph.GraphError, TalkingHeadError)
-    err = graph.GraphError("boom", node_id=3, class_type="TalkingHead_MuxVideo", title="Save")
+    assert issubclass(headless.GraphError, TalkingHeadError)
+    err = headless.GraphError("boom", node_id=3, class_type="TalkingHead_MuxVideo", title="Save")
     assert str(err) == 'node 3 (TalkingHead_MuxVideo "Save"): boom'
     assert err.node_id == "3"
 
@@ -569,7 +805,7 @@ def test_overrides_by_id_title_and_class_type():
     prompt["4"]["_meta"]["title"] = "Show.me v1.2"
     prompt["7"] = node("Widgets", size=64, text="a")
     prompt["8"] = node("Record", "Show Widgets", value=["7", 0])
-    out = graph.apply_overrides(prompt, ["1.value=10", "Two.value=20", "Widgets.text=hello world",
+    out = headless.apply_overrides(prompt, ["1.value=10", "Two.value=20", "Widgets.text=hello world",
                                          "Widgets.size=128", "Show.me v1.2.value=5"])
     assert out["1"]["inputs"]["value"] == 10
     assert out["2"]["inputs"]["value"] == 20
@@ -583,30 +819,30 @@ def test_overrides_by_id_title_and_class_type():
     ("", ""), ("a=b", "a=b"), ("[1, 2]", {"__value__": [1, 2]}),
 ])
 def test_override_value_parsing(value, expected):
-    out = graph.apply_overrides({"1": node("Widgets", text="x")}, [f"1.text={value}"])
+    out = headless.apply_overrides({"1": node("Widgets", text="x")}, [f"1.text={value}"])
     assert out["1"]["inputs"]["text"] == expected
 
 
 def test_override_errors():
     prompt = adder_prompt()
     with pytest.raises(InputError, match="class_type 'Const' is ambiguous: it matches nodes 1, 2, 5"):
-        graph.apply_overrides(prompt, ["Const.value=3"])
+        headless.apply_overrides(prompt, ["Const.value=3"])
     prompt["2"]["_meta"]["title"] = "One"
     with pytest.raises(InputError, match="title 'One' is ambiguous: it matches nodes 1, 2"):
-        graph.apply_overrides(prompt, ["One.value=3"])
+        headless.apply_overrides(prompt, ["One.value=3"])
     with pytest.raises(InputError, match="no node has the id, title or class_type 'Missing'"):
-        graph.apply_overrides(prompt, ["Missing.value=3"])
+        headless.apply_overrides(prompt, ["Missing.value=3"])
     with pytest.raises(InputError, match=r"node 1 \(Const\) has no input 'size' \(inputs: value\)"):
-        graph.apply_overrides(prompt, ["1.size=3"])
+        headless.apply_overrides(prompt, ["1.size=3"])
     with pytest.raises(InputError, match="not of the form NODE.INPUT=VALUE"):
-        graph.apply_overrides(prompt, ["1value=3"])
+        headless.apply_overrides(prompt, ["1value=3"])
 
 
 def test_override_declared_input_with_registry():
-    out = graph.apply_overrides({"1": node("Widgets")}, ["1.size=32"], registry=REGISTRY)
+    out = headless.apply_overrides({"1": node("Widgets")}, ["1.size=32"], registry=REGISTRY)
     assert out["1"]["inputs"] == {"size": 32}
     with pytest.raises(InputError, match="has no input 'bogus'"):
-        graph.apply_overrides({"1": node("Widgets")}, ["1.bogus=1"], registry=REGISTRY)
+        headless.apply_overrides({"1": node("Widgets")}, ["1.bogus=1"], registry=REGISTRY)
 
 
 # --------------------------------------------------------------------------- UI format
@@ -644,7 +880,7 @@ def test_ui_to_api_full_featured():
         "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"], [3, 3, 0, 4, 0, "IMAGE"],
                   [4, 4, 0, 5, 0, "IMAGE"], [5, 6, 0, 5, 2, "STRING"], [6, 7, 0, 5, 1, "AUDIO"]],
     }
-    api = graph.ui_to_api(workflow, REGISTRY)
+    api = headless.ui_to_api(workflow, REGISTRY)
     assert api == {
         "1": {"class_type": "LoadPicture", "inputs": {"image": "b.png", "strength": 0.7}, "_meta": {"title": "Face"}},
         "3": {"class_type": "Sampler", "_meta": {"title": "Sampler"},
@@ -660,17 +896,17 @@ def test_ui_upload_widget_values_trail_the_declared_widgets():
     a node saved by the frontend reads back right, with or without those trailing values."""
     for saved in (["a.png", 0.25, "image"], ["a.png", 0.25]):
         workflow = {"nodes": [ui_node(1, "LoadPicture", widgets=saved)], "links": []}
-        assert graph.ui_to_api(workflow, REGISTRY)["1"]["inputs"] == {"image": "a.png", "strength": 0.25}
+        assert headless.ui_to_api(workflow, REGISTRY)["1"]["inputs"] == {"image": "a.png", "strength": 0.25}
 
 
 def test_ui_seed_without_control_value_and_list_widget():
     workflow = {"nodes": [ui_node(1, "Sampler", widgets=[7, 8, 9, "fixed", "s"]),
                           ui_node(2, "Values", widgets=[[1, 2]])], "links": []}
-    api = graph.ui_to_api(workflow, REGISTRY)
+    api = headless.ui_to_api(workflow, REGISTRY)
     assert api["1"]["inputs"] == {"seed": 7, "steps": 8, "jitter": 9, "label": "s"}
     assert api["2"]["inputs"] == {}  # '*' is a socket, not a widget
     workflow["nodes"][1] = ui_node(2, "Widgets", widgets=[1, 1.0, "pad", False, "t", "none"])
-    assert graph.ui_to_api(workflow, REGISTRY)["2"]["inputs"]["fit"] == "none"
+    assert headless.ui_to_api(workflow, REGISTRY)["2"]["inputs"]["fit"] == "none"
 
 
 def test_ui_bypass_without_matching_input_drops_the_link():
@@ -680,7 +916,7 @@ def test_ui_bypass_without_matching_input_drops_the_link():
                           ui_node(3, "SaveImage", inputs=[("images", "IMAGE", 1), ("audio", "AUDIO", 2)],
                                   widgets=["p"])],
                 "links": [[1, 1, 0, 3, 0, "IMAGE"], [2, 2, 0, 3, 1, "AUDIO"]]}
-    assert graph.ui_to_api(workflow, REGISTRY)["3"]["inputs"] == {"images": ["1", 0], "prefix": "p"}
+    assert headless.ui_to_api(workflow, REGISTRY)["3"]["inputs"] == {"images": ["1", 0], "prefix": "p"}
 
 
 def test_ui_links_as_objects():
@@ -688,14 +924,14 @@ def test_ui_links_as_objects():
                           ui_node(2, "SaveImage", inputs=[("images", "IMAGE", 1)], widgets=["p"], title="Out")],
                 "links": [{"id": 1, "origin_id": 1, "origin_slot": 0, "target_id": 2, "target_slot": 0,
                            "type": "IMAGE"}]}
-    assert graph.ui_to_api(workflow, REGISTRY)["2"] == {
+    assert headless.ui_to_api(workflow, REGISTRY)["2"] == {
         "class_type": "SaveImage", "inputs": {"images": ["1", 0], "prefix": "p"}, "_meta": {"title": "Out"}}
 
 
 def test_ui_unknown_type():
     workflow = {"nodes": [ui_node(5, "Mystery")], "links": []}
-    with pytest.raises(graph.GraphError, match="node 5 \\(Mystery\\): unknown node type 'Mystery'") as info:
-        graph.ui_to_api(workflow, REGISTRY)
+    with pytest.raises(headless.GraphError, match="node 5 \\(Mystery\\): unknown node type 'Mystery'") as info:
+        headless.ui_to_api(workflow, REGISTRY)
     assert info.value.node_id == "5"
 
 
@@ -713,7 +949,7 @@ def api_sample():
 
 
 def test_api_to_ui_structure():
-    ui = graph.api_to_ui(api_sample(), REGISTRY)
+    ui = layout.api_to_ui(api_sample(), REGISTRY)
     assert ui["version"] == 0.4 and ui["extra"] == {} and ui["groups"] == []
     assert ui["last_node_id"] == 10 and ui["last_link_id"] == len(ui["links"]) == 5
     nodes = {n["id"]: n for n in ui["nodes"]}
@@ -732,30 +968,30 @@ def test_api_to_ui_structure():
 
 def test_api_to_ui_round_trip():
     prompt = api_sample()
-    assert graph.ui_to_api(graph.api_to_ui(prompt, REGISTRY), REGISTRY) == prompt
+    assert headless.ui_to_api(layout.api_to_ui(prompt, REGISTRY), REGISTRY) == prompt
     # exact when the prompt gives every widget (missing ones come back as their defaults)
     prompt = {"1": node("Values", "V", items=["2", 0]),
               "2": node("Widgets", "W", text="x", size=9, scale=1.0, mode="pad", flag=False)}
-    assert graph.ui_to_api(graph.api_to_ui(prompt, REGISTRY), REGISTRY)["2"]["inputs"] == dict(
+    assert headless.ui_to_api(layout.api_to_ui(prompt, REGISTRY), REGISTRY)["2"]["inputs"] == dict(
         prompt["2"]["inputs"], fit="none")
     prompt["2"]["inputs"]["fit"] = "fill"
-    assert graph.ui_to_api(graph.api_to_ui(prompt, REGISTRY), REGISTRY) == prompt
+    assert headless.ui_to_api(layout.api_to_ui(prompt, REGISTRY), REGISTRY) == prompt
 
 
 def test_api_to_ui_list_literal_round_trip():
     prompt = {"1": node("Checked", "C", path={"__value__": ["a.wav"]}, gain=1.0)}
-    ui = graph.api_to_ui(prompt, REGISTRY)
+    ui = layout.api_to_ui(prompt, REGISTRY)
     assert ui["nodes"][0]["widgets_values"] == [["a.wav"], 1.0]
-    assert graph.ui_to_api(ui, REGISTRY) == prompt
+    assert headless.ui_to_api(ui, REGISTRY) == prompt
 
 
 def test_api_to_ui_errors():
-    with pytest.raises(graph.GraphError, match=r"input 'audio' \(AUDIO\) has a literal value"):
-        graph.api_to_ui({"1": node("TakeAudio", audio="x.wav")}, REGISTRY)
-    with pytest.raises(graph.GraphError, match="numeric node ids"):
-        graph.api_to_ui({"a": node("Const", value=1)}, REGISTRY)
-    with pytest.raises(graph.GraphError, match="cycle"):
-        graph.api_to_ui({"1": node("Add", a=["2", 0], b=["2", 0]), "2": node("Add", a=["1", 0], b=["1", 0])},
+    with pytest.raises(headless.GraphError, match=r"input 'audio' \(AUDIO\) has a literal value"):
+        layout.api_to_ui({"1": node("TakeAudio", audio="x.wav")}, REGISTRY)
+    with pytest.raises(headless.GraphError, match="numeric node ids"):
+        layout.api_to_ui({"a": node("Const", value=1)}, REGISTRY)
+    with pytest.raises(headless.GraphError, match="cycle"):
+        layout.api_to_ui({"1": node("Add", a=["2", 0], b=["2", 0]), "2": node("Add", a=["1", 0], b=["1", 0])},
                         REGISTRY)
 
 
@@ -792,8 +1028,8 @@ def meta_sample():
 
 def test_api_to_ui_groups_and_notes():
     prompt = api_sample()
-    ui = graph.api_to_ui(prompt, REGISTRY, meta_sample())
-    assert graph.ui_to_api(ui, REGISTRY) == prompt  # groups and notes change nothing
+    ui = layout.api_to_ui(prompt, REGISTRY, meta_sample())
+    assert headless.ui_to_api(ui, REGISTRY) == prompt  # groups and notes change nothing
     nodes = {n["id"]: n for n in ui["nodes"]}
     notes = [n for n in ui["nodes"] if n["type"] == "Note"]
     assert [n["id"] for n in notes] == [11, 12, 13, 14, 15, 16] and ui["last_node_id"] == 16
@@ -801,13 +1037,13 @@ def test_api_to_ui_groups_and_notes():
     about = nodes[11]
     assert about["title"] == "About" and about["widgets_values"][0].startswith("what it does")
     assert about["inputs"] == [] and about["outputs"] == [] and about["mode"] == 0
-    assert (about["color"], about["bgcolor"]) == (graph.NOTE_COLOR, graph.NOTE_BGCOLOR)
+    assert (about["color"], about["bgcolor"]) == (layout.NOTE_COLOR, layout.NOTE_BGCOLOR)
     assert nodes[12]["title"] == "Note" and nodes[12]["size"][0] == 300
-    assert about["size"][1] >= graph.note_height(about["widgets_values"][0], about["size"][0]) > 100
+    assert about["size"][1] >= workflow_meta.note_height(about["widgets_values"][0], about["size"][0]) > 100
     assert nodes[15]["size"][1] == 90
     groups = {g["title"]: g for g in ui["groups"]}
     assert list(groups) == ["in", "work", "out"]
-    assert groups["in"]["color"] == graph.GROUP_COLORS["green"] and groups["work"]["color"] == "#123456"
+    assert groups["in"]["color"] == workflow_meta.GROUP_COLORS["green"] and groups["work"]["color"] == "#123456"
     assert groups["work"]["font_size"] == 20 and groups["out"]["font_size"] == 24
     members = {"in": [1, 3, 5, 10, 13], "work": [2, 6], "out": [4, 7]}
     for title, ids in members.items():
@@ -835,15 +1071,15 @@ def test_api_to_ui_groups_and_notes():
 
 def test_api_to_ui_layout_columns_and_order():
     prompt = api_sample()
-    ui = graph.api_to_ui(prompt, REGISTRY, {"columns": {"3": 2}})
+    ui = layout.api_to_ui(prompt, REGISTRY, {"columns": {"3": 2}})
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert nodes[3]["pos"][0] == nodes[4]["pos"][0] - 420  # its consumer moved right with it
     assert nodes[1]["pos"][0] < nodes[2]["pos"][0] < nodes[3]["pos"][0] < nodes[4]["pos"][0]
-    assert graph.ui_to_api(ui, REGISTRY) == prompt
+    assert headless.ui_to_api(ui, REGISTRY) == prompt
     # a column is ordered by where the sources are: fewer crossing links
     prompt = {"1": node("Const", "A", value=1), "2": node("Const", "B", value=2),
               "3": node("Add", "from B", a=["2", 0], b=["2", 0]), "4": node("Add", "from A", a=["1", 0], b=["1", 0])}
-    nodes = {n["id"]: n for n in graph.api_to_ui(prompt, REGISTRY)["nodes"]}
+    nodes = {n["id"]: n for n in layout.api_to_ui(prompt, REGISTRY)["nodes"]}
     assert nodes[1]["pos"][1] < nodes[2]["pos"][1] and nodes[4]["pos"][1] < nodes[3]["pos"][1]
     boxes = [_box(n) for n in nodes.values()]
     assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
@@ -856,7 +1092,7 @@ def test_api_to_ui_stacked_groups_share_no_rows():
               "5": node("Add", "sum", a=["2", 0], b=["4", 0]), "6": node("Record", "show", value=["5", 0])}
     meta = {"groups": [{"title": "a", "nodes": [1, 2]}, {"title": "b", "nodes": [3, 4]},
                        {"title": "end", "nodes": [5, 6]}]}
-    ui = graph.api_to_ui(prompt, REGISTRY, meta)
+    ui = layout.api_to_ui(prompt, REGISTRY, meta)
     g = {x["title"]: x["bounding"] for x in ui["groups"]}
     assert g["b"][1] >= g["a"][1] + g["a"][3] and g["end"][1] == g["a"][1]
     assert g["a"][0] == g["b"][0] and g["end"][0] >= g["a"][0] + g["a"][2]
@@ -866,11 +1102,11 @@ def test_api_to_ui_explicit_positions():
     prompt = api_sample()
     meta = {"positions": {"10": [3000, 2000]}, "notes": [{"text": "x", "pos": [-500, -400], "id": 99}],
             "groups": [{"title": "far", "nodes": [10]}]}
-    ui = graph.api_to_ui(prompt, REGISTRY, meta)
+    ui = layout.api_to_ui(prompt, REGISTRY, meta)
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert nodes[10]["pos"] == [3000, 2000] and nodes[99]["pos"] == [-500, -400] and ui["last_node_id"] == 99
     assert _inside(_box(nodes[10]), ui["groups"][0]["bounding"])
-    assert graph.ui_to_api(ui, REGISTRY) == prompt
+    assert headless.ui_to_api(ui, REGISTRY) == prompt
 
 
 @pytest.mark.parametrize("meta, message", [
@@ -890,20 +1126,20 @@ def test_api_to_ui_explicit_positions():
     ({"columns": {"1": -1}}, "'columns' of node 1 must be a whole number"),
 ])
 def test_check_meta_errors(meta, message):
-    with pytest.raises(graph.GraphError, match=message):
-        graph.api_to_ui(api_sample(), REGISTRY, meta)
+    with pytest.raises(headless.GraphError, match=message):
+        layout.api_to_ui(api_sample(), REGISTRY, meta)
 
 
 def test_meta_path(tmp_path):
-    assert graph.meta_path("workflows/a.api.json").as_posix() == "workflows/a.meta.json"
-    assert graph.meta_path("a.json").name == "a.meta.json" and graph.meta_path("a.txt").name == "a.txt.meta.json"
+    assert workflow_meta.meta_path("workflows/a.api.json").as_posix() == "workflows/a.meta.json"
+    assert workflow_meta.meta_path("a.json").name == "a.meta.json" and workflow_meta.meta_path("a.txt").name == "a.txt.meta.json"
     bad = tmp_path / "bad.meta.json"
     bad.write_text("[1]")
     with pytest.raises(InputError, match="must be a JSON object"):
-        graph.load_meta(bad)
+        workflow_meta.load_meta(bad)
     bad.write_text("{")
     with pytest.raises(InputError, match="not valid JSON"):
-        graph.load_meta(bad)
+        workflow_meta.load_meta(bad)
 
 
 # --------------------------------------------------------------------------- loading
@@ -914,21 +1150,21 @@ def test_load_workflow_formats(tmp_path):
     api_file = tmp_path / "api.json"
     api_file.write_text(json.dumps(prompt))
     ui_file = tmp_path / "ui.json"
-    ui_file.write_text(json.dumps(graph.api_to_ui(prompt, REGISTRY)))
+    ui_file.write_text(json.dumps(layout.api_to_ui(prompt, REGISTRY)))
     body_file = tmp_path / "body.json"
     body_file.write_text(json.dumps({"prompt": prompt, "client_id": "x"}))
     for path in (api_file, ui_file, body_file):
-        assert graph.load_workflow(path, REGISTRY) == prompt
+        assert headless.load_workflow(path, REGISTRY) == prompt
 
 
 def test_load_workflow_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match="bad.json is not valid JSON"):
-        graph.load_workflow(bad, REGISTRY)
+        headless.load_workflow(bad, REGISTRY)
     with pytest.raises(InputError, match="cannot read workflow file .*missing.json"):
-        graph.load_workflow(tmp_path / "missing.json", REGISTRY)
+        headless.load_workflow(tmp_path / "missing.json", REGISTRY)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"hello": "world"}))
     with pytest.raises(InputError, match="is not a ComfyUI workflow"):
-        graph.load_workflow(other, REGISTRY)
+        headless.load_workflow(other, REGISTRY)

@@ -33,7 +33,7 @@ def cli():
     import run
 
     name = run.load_pack().__name__
-    yield importlib.import_module(f"{name}.core.cli"), run.registry
+    yield importlib.import_module(f"{name}.headless.cli"), run.registry
     importlib.import_module(f"{name}.core.host").HOST.reset()
 
 
@@ -160,6 +160,61 @@ def test_cancel_leaves_no_partial_video(tmp_path, monkeypatch, cli):
     assert outputs(tmp_path) == [] and not list((tmp_path / "output").rglob("*.partial*"))
 
 
+def test_save_image_writes_whole_pngs_or_nothing(cli, tmp_path, monkeypatch):
+    """The SaveImage / PreviewImage stand-ins write each PNG under a temporary name and rename it once complete
+    (core.files.atomic_write): a write that fails leaves neither a PNG nor a temporary file behind."""
+    import importlib
+
+    module, _ = cli
+    pack = module.__name__.rsplit(".", 2)[0]
+    builtins = importlib.import_module(pack + ".headless.builtins")
+    host = importlib.import_module(pack + ".core.host").HOST
+    monkeypatch.setattr(host, "output_dir", lambda: tmp_path / "output")
+    monkeypatch.setattr(host, "temp_dir", lambda: tmp_path / "temp")
+    frames = torch.rand(2, 8, 12, 3)
+    saved = builtins.SaveImage().save_images(frames, "shot", prompt={"1": {"class_type": "X", "inputs": {}}},
+                                             extra_pnginfo={"workflow": {"nodes": []}})["ui"]["images"]
+    assert [(i["filename"], i["type"]) for i in saved] == [("shot_00001_.png", "output"), ("shot_00002_.png", "output")]
+    with Image.open(tmp_path / "output" / "shot_00002_.png") as png:
+        assert png.size == (12, 8) and json.loads(png.text["prompt"]) == {"1": {"class_type": "X", "inputs": {}}}
+        assert json.loads(png.text["workflow"]) == {"nodes": []}
+    (preview,) = builtins.PreviewImage().save_images(frames[:1])["ui"]["images"]
+    assert preview["type"] == "temp" and (tmp_path / "temp" / preview["filename"]).is_file()
+
+    real_save = Image.Image.save
+
+    def fails_half_way(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", fails_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        builtins.SaveImage().save_images(frames[:1], "shot")
+    assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["shot_00001_.png", "shot_00002_.png"]
+
+
+def test_command_line_installs_its_host_hooks(cli, tmp_path):
+    """run's folders and progress bars go into the host through Host.configure (as the ComfyUI bridge's do),
+    which refuses a name that is no hook instead of silently keeping the default."""
+    import importlib
+
+    module, _ = cli
+    host = importlib.import_module(module.__name__.rsplit(".", 2)[0] + ".core.host").HOST
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "me.png").write_bytes(b"")
+    args = module._parser().parse_args(["run", "w.json", "--input-dir", str(tmp_path / "in"), "--output-dir",
+                                        str(tmp_path / "out"), "--models-dir", str(tmp_path / "models"),
+                                        "--set", f"portrait.image={tmp_path / 'photos' / 'me.png'}"])
+    module._configure(args)
+    assert host.input_dirs() == [tmp_path / "in", tmp_path / "photos"]
+    assert host.output_dir() == tmp_path / "out" and host.models_dir == tmp_path / "models"
+    assert host.progress("MuxVideo") is not None
+    before = host.temp_dir
+    with pytest.raises(TypeError, match="unknown host hook.*temp_folder"):
+        host.configure(temp_dir=lambda: tmp_path, temp_folder=lambda: tmp_path)
+    assert host.temp_dir is before  # nothing was set
+
+
 def test_other_commands(tmp_path):
     res = run_cli(tmp_path, "nodes")
     assert res.returncode == 0 and "TalkingHead_MuxVideo" in res.stdout and "LoadAudio" in res.stdout
@@ -183,9 +238,9 @@ def test_shipped_workflows_are_consistent(cli, monkeypatch):
     _, registry = cli
     import importlib
 
-    base = cli[0].__name__.rsplit(".", 1)[0]
-    graph = importlib.import_module(base + ".graph")
-    monkeypatch.setattr(importlib.import_module(base + ".host").HOST, "input_dirs", lambda: [EXAMPLES])
+    pack = cli[0].__name__.rsplit(".", 2)[0]
+    runner = importlib.import_module(pack + ".headless")
+    monkeypatch.setattr(importlib.import_module(pack + ".core.host").HOST, "input_dirs", lambda: [EXAMPLES])
     reg = registry()
     api_files = sorted((ROOT / "workflows" / "api").glob("*.api.json"))
     assert api_files
@@ -193,8 +248,8 @@ def test_shipped_workflows_are_consistent(cli, monkeypatch):
         ui_path = ROOT / "workflows" / api_path.name.replace(".api.json", ".json")
         assert ui_path.is_file(), f"{ui_path.name} (UI format) is missing"
         api = json.loads(api_path.read_text())
-        assert graph.ui_to_api(json.loads(ui_path.read_text()), reg) == graph.declared_inputs(api, reg), ui_path.name
-        graph.validate(api, reg)
+        assert runner.ui_to_api(json.loads(ui_path.read_text()), reg) == runner.declared_inputs(api, reg), ui_path.name
+        runner.validate(api, reg)
 
 
 SHIPPED = sorted(p.name[:-len(".api.json")] for p in (ROOT / "workflows" / "api").glob("*.api.json"))
@@ -279,7 +334,7 @@ def test_convert_round_trip(cli, tmp_path):
     module, registry = cli
     import importlib
 
-    graph = importlib.import_module(module.__name__.rsplit(".", 1)[0] + ".graph")
+    runner = importlib.import_module(module.__name__.rsplit(".", 1)[0])
     reg = registry()
     for name in SHIPPED:
         api = ROOT / "workflows" / "api" / f"{name}.api.json"
@@ -288,7 +343,7 @@ def test_convert_round_trip(cli, tmp_path):
         assert module.main(["convert", str(api), str(ui)], registry) == 0
         assert json.loads(ui.read_text())["groups"], name
         assert module.main(["convert", str(ui), str(back)], registry) == 0
-        assert json.loads(back.read_text()) == graph.declared_inputs(json.loads(api.read_text()), reg), name
+        assert json.loads(back.read_text()) == runner.declared_inputs(json.loads(api.read_text()), reg), name
     # without a sidecar the graph is laid out bare; --meta picks one
     bare = tmp_path / "bare.api.json"
     bare.write_text((ROOT / "workflows" / "api" / "portrait_still_video.api.json").read_text())
@@ -297,6 +352,20 @@ def test_convert_round_trip(cli, tmp_path):
     meta = ROOT / "workflows" / "api" / "portrait_still_video.meta.json"
     assert module.main(["convert", str(bare), str(tmp_path / "bare.json"), "--meta", str(meta)], registry) == 0
     assert len(json.loads((tmp_path / "bare.json").read_text())["groups"]) == len(json.loads(meta.read_text())["groups"])
+
+
+def test_convert_to_ui_without_tools_says_why(cli, tmp_path, monkeypatch, capsys):
+    """The registry package has no tools/ (.comfyignore): API -> UI says so; UI -> API still works."""
+    module, registry = cli
+    tools = module.__name__.rsplit(".", 2)[0] + ".tools"
+    monkeypatch.setitem(sys.modules, tools, None)  # an import of it fails as if the folder were not there
+    monkeypatch.setitem(sys.modules, tools + ".layout", None)
+    api = ROOT / "workflows" / "api" / "portrait_still_video.api.json"
+    assert module.main(["convert", str(api), str(tmp_path / "ui.json")], registry) == 1
+    assert "needs the layout engine in the pack's tools/ folder" in capsys.readouterr().err
+    assert not (tmp_path / "ui.json").exists()
+    assert module.main(["convert", str(WORKFLOW), str(tmp_path / "back.api.json")], registry) == 0
+    assert json.loads((tmp_path / "back.api.json").read_text())
 
 
 def test_workflow_pictures():
@@ -319,16 +388,16 @@ def test_portrait_file_is_not_required_when_an_image_is_connected(cli, monkeypat
     import importlib
 
     module, registry = cli
-    base = module.__name__.rsplit(".", 1)[0]
-    graph = importlib.import_module(base + ".graph")
+    pack = module.__name__.rsplit(".", 2)[0]
+    runner = importlib.import_module(pack + ".headless")
     shutil.copy(EXAMPLES / "speech.wav", tmp_path / "speech.wav")
     shutil.copy(EXAMPLES / "portrait.png", tmp_path / "me.png")
-    monkeypatch.setattr(importlib.import_module(base + ".host").HOST, "input_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(importlib.import_module(pack + ".core.host").HOST, "input_dirs", lambda: [tmp_path])
     reg = registry()
     prompt = json.loads((ROOT / "workflows" / "api" / "liveportrait_procedural.api.json").read_text())
     prompt["6"]["inputs"]["image"] = "me.png"          # the photo, through LoadImage -> image_in
     assert prompt["1"]["inputs"]["image"] == "portrait.png" and prompt["1"]["inputs"].get("image_in")
-    graph.validate(prompt, reg)
+    runner.validate(prompt, reg)
     del prompt["1"]["inputs"]["image_in"]               # no IMAGE connected: the file must exist
-    with pytest.raises(graph.GraphError, match="portrait.png"):
-        graph.validate(prompt, reg)
+    with pytest.raises(runner.GraphError, match="portrait.png"):
+        runner.validate(prompt, reg)

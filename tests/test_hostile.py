@@ -126,7 +126,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURES, ROOT, sub
+from conftest import FIXTURES, ROOT, lp_set, sub
 from test_classic import classic_models
 from test_lp_nodes import models_dir
 
@@ -296,7 +296,7 @@ def test_no_face_through_the_nodes(pack, tmp_path, s3fd_blind, offline):
         _nodes(pack)["TalkingHead_LoadPortrait"]().run("wall.png", "face-alignment sfd", 256, 1.8, -0.1)
     with pytest.raises(errors.InputError, match=r'(?s)No face was found in the driving video.*"center"'):
         _nodes(pack)["TalkingHead_LivePortraitExtractMotion"]().run(
-            torch.full((3, 64, 64, 3), 0.5), 25.0, DETECT, "face-alignment sfd", 2, "fp32")
+            lp_set(pack), torch.full((3, 64, 64, 3), 0.5), 25.0, DETECT, "face-alignment sfd", 2)
     assert _files(tmp_path / "output") == []
 
 
@@ -309,7 +309,7 @@ def test_several_faces_largest_is_used_and_reported(pack, monkeypatch, caplog):
         def detect(self, image):
             return [face.Face((5, 5, 25, 25), 0.99), face.Face((40, 30, 90, 85), 0.6), face.Face((0, 60, 8, 70), 0.9)]
 
-    monkeypatch.setattr(sub(pack, "core.portrait"), "get_detector", lambda *a, **k: Three())
+    monkeypatch.setattr(sub(pack, "core.face.portrait"), "get_detector", lambda *a, **k: Three())
     img = torch.rand(1, 100, 120, 3)
     with caplog.at_level("WARNING"):
         res = _nodes(pack)["TalkingHead_LoadPortrait"]().run("", "face-alignment sfd", 64, 1.5, 0.0, image_in=img)
@@ -336,8 +336,8 @@ def test_tiny_images_end_to_end(pack, tmp_path, hw):
     assert crop.shape == (1, 64, 64, 3) and torch.isfinite(crop).all() and 0 <= crop.min() and crop.max() <= 1
     if hw == (1, 1):  # one pixel, edge-padded: the crop is that colour
         assert torch.allclose(crop[0], full[0, 0, 0].expand(64, 64, 3), atol=1e-6)
-    frames, faces = _nodes(pack)["TalkingHead_LivePortraitRender"]().run(portrait, _motion(pack, 2), True, "all",
-                                                                          True, 1.0, 2, "fp32")
+    frames, faces = _nodes(pack)["TalkingHead_LivePortraitRender"]().run(lp_set(pack), portrait, _motion(pack, 2),
+                                                                          True, "all", True, 1.0, 2)
     assert frames.shape == (2, *hw, 3) and torch.isfinite(frames).all()
     out = _nodes(pack)["TalkingHead_MuxVideo"]().run(frames, 25.0, "tiny", preset="ultrafast")
     info = sub(pack, "core.video").probe(out["result"][0])
@@ -362,7 +362,7 @@ def test_huge_image_files_are_refused_before_decoding(pack, tmp_path):
     with pytest.raises(errors.InputError, match=r"bomb\.png' .*too large"):
         node.run("bomb.png", "center", 512, 1.8, -0.1)
     with pytest.raises(errors.InputError, match="megapixels"):
-        sub(pack, "nodes.builtins").LoadImage().load_image("big.png")
+        sub(pack, "headless.builtins").LoadImage().load_image("big.png")
     assert time.perf_counter() - t0 < 5
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # < 200 MB more, not 1.3 GB
 
@@ -536,8 +536,9 @@ def test_audio_rates_through_the_nodes(pack, tmp_path, sr, channels):
     assert frames.shape == ref.shape and fps == 25.0 and used["sample_rate"] == 50000
     assert used["waveform"].shape == (1, 1, 25000)  # mono at the model's rate, 0.5 s
     portrait = _portrait(pack)
-    motion, _ = _nodes(pack)["TalkingHead_ProceduralMotion"]().run(portrait, audio, 25.0, 0, 1.0, 1.0, True)
-    ref_motion, _ = _nodes(pack)["TalkingHead_ProceduralMotion"]().run(portrait, _tone(0.5), 25.0, 0, 1.0, 1.0, True)
+    procedural, lps = _nodes(pack)["TalkingHead_ProceduralMotion"](), lp_set(pack)
+    motion, _ = procedural.run(lps, portrait, audio, 25.0, 0, 1.0, 1.0, True)
+    ref_motion, _ = procedural.run(lps, portrait, _tone(0.5), 25.0, 0, 1.0, 1.0, True)
     assert len(motion) == len(ref_motion) == 13
     assert torch.allclose(motion.lip, ref_motion.lip, atol=0.02)
 
@@ -558,7 +559,8 @@ def test_silent_and_empty_audio_in_the_other_nodes(pack, tmp_path):
                   preset="ultrafast")["result"][0]
     info = video.probe(out)
     assert info["audio"] is None and info["video"]["frames"] == 5
-    motion, _ = _nodes(pack)["TalkingHead_ProceduralMotion"]().run(_portrait(pack), silent, 25.0, 0, 1.0, 1.0, True)
+    motion, _ = _nodes(pack)["TalkingHead_ProceduralMotion"]().run(lp_set(pack), _portrait(pack), silent, 25.0, 0,
+                                                                  1.0, 1.0, True)
     assert len(motion) == 25 and float(motion.lip.abs().max()) == 0.0  # a closed mouth, not noise made loud
     sda = _nodes(pack)["TalkingHead_SDABase"]()
     face = torch.rand(1, 40, 30, 3)
@@ -595,7 +597,7 @@ def test_driving_video_at_other_frame_rates(pack, tmp_path, rate):
     LivePortraitExtractMotion -> LivePortraitRender -> MuxVideo keeps every frame, the rate and the sync."""
     models_dir(tmp_path / "models")
     video = sub(pack, "core.video")
-    builtins = sub(pack, "nodes.builtins")
+    builtins = sub(pack, "headless.builtins")
     (tmp_path / "input").mkdir()
     n = 8
     seconds = float(n / rate)
@@ -605,10 +607,11 @@ def test_driving_video_at_other_frame_rates(pack, tmp_path, rate):
     (clip,) = builtins.LoadVideo().execute("drive.mp4")
     frames, audio, fps = builtins.GetVideoComponents().execute(clip)
     assert frames.shape[0] == n and fps == pytest.approx(float(rate), rel=1e-5)
-    (motion,) = _nodes(pack)["TalkingHead_LivePortraitExtractMotion"]().run(frames, fps, AS_IS, "center", 4, "fp32")
+    lps = lp_set(pack)
+    (motion,) = _nodes(pack)["TalkingHead_LivePortraitExtractMotion"]().run(lps, frames, fps, AS_IS, "center", 4)
     assert len(motion) == n and motion.fps == fps
-    rendered, _ = _nodes(pack)["TalkingHead_LivePortraitRender"]().run(_portrait(pack), motion, True, "all", True,
-                                                                       1.0, 4, "fp32")
+    rendered, _ = _nodes(pack)["TalkingHead_LivePortraitRender"]().run(lps, _portrait(pack), motion, True, "all",
+                                                                       True, 1.0, 4)
     out = _nodes(pack)["TalkingHead_MuxVideo"]().run(rendered, motion.fps, "drive", audio=audio,
                                                      preset="ultrafast")["result"][0]
     info = video.probe(out)
@@ -643,8 +646,7 @@ def test_join_segments_at_29_97_fps_with_hostile_audio(pack):
 
 # ============================================================================ checkpoints
 def _lp_node_run(pack):
-    return _nodes(pack)["TalkingHead_LivePortraitExtractMotion"]().run(torch.rand(2, 64, 64, 3), 25.0, AS_IS,
-                                                                        "center", 2, "fp32", auto_download=False)
+    return _nodes(pack)["TalkingHead_LoadLivePortrait"]().run("human", "fp32", auto_download=False)
 
 
 def _fom_node_run(pack, name="vox-cpk.pth.tar"):
@@ -658,8 +660,8 @@ def _sda_node_run(pack, name="grid.dat"):
 
 
 def _ditto_node_run(pack, name="ditto/lmdm_v0.4_hubert.safetensors"):
-    return _nodes(pack)["TalkingHead_MotionDiT"]().run(_ditto_embeddings(pack), _portrait(pack), auto_download=False,
-                                                       **_dit_args(name))
+    return _nodes(pack)["TalkingHead_MotionDiT"]().run(lp_set(pack), _ditto_embeddings(pack), _portrait(pack),
+                                                       auto_download=False, **_dit_args(name))
 
 
 def _joyvasa_embed_run(pack, name):
@@ -830,7 +832,7 @@ def test_file_name_inputs_stay_inside_the_input_folder(pack, tmp_path, outside):
     """'../x', absolute paths, symlinks leading out, NUL bytes and '[output]' tricks are refused by every node
     that takes a file name, before running (VALIDATE_INPUTS) and when run; files inside still work, including by
     their absolute path and through a symlink that stays inside."""
-    builtins = sub(pack, "nodes.builtins")
+    builtins = sub(pack, "headless.builtins")
     errors = sub(pack, "core.errors")
     inp = tmp_path / "input"
     inp.mkdir()
@@ -874,7 +876,7 @@ def test_file_name_inputs_stay_inside_the_input_folder(pack, tmp_path, outside):
 def test_odd_but_legal_file_names_work(pack, tmp_path):
     """Names with a newline, spaces, unicode or a leading '-' (which ffmpeg could take for an option) are files
     like any other, inside the input folder and as output prefixes."""
-    builtins = sub(pack, "nodes.builtins")
+    builtins = sub(pack, "headless.builtins")
     video = sub(pack, "core.video")
     inp = tmp_path / "input"
     inp.mkdir()
@@ -1025,7 +1027,7 @@ def test_cancel_liveportrait_render(comfy_pack):
     cache = sub(comfy_pack, "core.cache").CACHE
     portrait, motion = _portrait(comfy_pack), _motion(comfy_pack, 4)
     render = _nodes(comfy_pack)["TalkingHead_LivePortraitRender"]()
-    args = (portrait, motion, True, "all", True, 1.0, 2, "fp32")
+    args = (lp_set(comfy_pack), portrait, motion, True, "all", True, 1.0, 2)
     reference, _ = render.run(*args)
     (entry,) = cache.entries("liveportrait")
     with _cancel_at(comfy_pack, 1) as calls, pytest.raises(mm.InterruptProcessingException):
@@ -1053,18 +1055,19 @@ def test_cancel_motion_dit(comfy_pack, monkeypatch):
     node = _nodes(comfy_pack)["TalkingHead_MotionDiT"]()
     emb, portrait = _ditto_embeddings(comfy_pack), _portrait(comfy_pack)
     kwargs = _dit_args("ditto/lmdm_v0.4_hubert.safetensors", steps=4)
-    reference, fps = node.run(emb, portrait, **kwargs)
+    lps = lp_set(comfy_pack)
+    reference, fps = node.run(lps, emb, portrait, **kwargs)
     (entry,) = cache.entries("motion")
     with _cancel_at(comfy_pack, 2) as calls, pytest.raises(mm.InterruptProcessingException):
-        node.run(emb, portrait, **kwargs)
+        node.run(lps, emb, portrait, **kwargs)
     assert calls == [1, 2]
     assert cache.entries("motion") == [entry]
-    again, _ = node.run(emb, portrait, **kwargs)
+    again, _ = node.run(lps, emb, portrait, **kwargs)
     assert torch.equal(again.exp, reference.exp) and torch.equal(again.yaw, reference.yaw)
     with _cancel_at(comfy_pack, 1), pytest.raises(mm.InterruptProcessingException):
-        node.run(emb, portrait, keep_model_loaded=False, **kwargs)
+        node.run(lps, emb, portrait, keep_model_loaded=False, **kwargs)
     assert cache.entries("motion") == []
-    assert torch.equal(node.run(emb, portrait, **kwargs)[0].exp, reference.exp)
+    assert torch.equal(node.run(lps, emb, portrait, **kwargs)[0].exp, reference.exp)
     _assert_nothing_written(comfy_pack)
 
 

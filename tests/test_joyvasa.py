@@ -21,16 +21,17 @@ from safetensors.torch import load_file, save_file
 import tolerance as tol
 from conftest import FIXTURES
 from core.errors import Cancelled, CheckpointError, InputError
+from core.host import HOST
 from core.liveportrait import kinematics as K
 from core.liveportrait.motion import DriveOptions, SourceMotion, driving_keypoints
 from core.liveportrait.stitching import StitchingRetargetingNetwork
 from core.motion.joyvasa import (PE_MODES, audio_features, drive_options, generate, generate_normalized,
                                  load_joyvasa, load_template, plan_windows, to_motion)
-from core.motion.joyvasa.audio import padded_audio
+from core.audio_features.joyvasa import padded_audio
 from core.motion.joyvasa.compose import euler_degrees, rotation_power
 from core.motion.joyvasa.load import infer_config, map_weight_norm, prepare_state
 from core.motion.joyvasa.model import JoyVASA, DiffusionSchedule, make_config, pad_audio
-from core.motion.joyvasa.sampler import sample_window
+from core.motion.joyvasa.sampler import guided_denoiser, make_schedule, sample
 from core.motion.joyvasa.template import LAYOUT
 
 FIX = FIXTURES / "joyvasa"
@@ -176,13 +177,22 @@ def test_sample(model, io, mode):
     model.pe_mode = mode
     try:
         feat = model.encode_audio(io["audio_enc.audio"])
-        res = sample_window(model, feat, io["sample.x_T"], _fixture_noise(io["sample.z"]), cfg_scale=CFG_SCALE,
-                            keep=(49, 25, 1))
+        states = {}  # x_t for each t: the state the denoiser is given at step t
+        guided = guided_denoiser(model, feat, cfg_scale=CFG_SCALE)
+
+        def denoiser(x, t):
+            states[t] = x.clone()
+            return guided(x, t)
+
+        schedule = make_schedule(model.diffusion_sched)
+        calls = []
+        x0 = sample(denoiser, io["sample.x_T"], schedule, io["sample.z"], lambda d, t: calls.append((d, t)))
     finally:
         model.pe_mode = "constant_row"
-    tol.close_network(res["x0"], io[f"sample.{mode}.out"], tol.joyvasa_sampler(50))
+    assert schedule.timesteps == list(range(50, 0, -1)) and calls == [(i + 1, 50) for i in range(50)]
+    tol.close_network(x0, io[f"sample.{mode}.out"], tol.joyvasa_sampler(50))
     for t, key in ((49, "x_t49"), (25, "x_t25"), (1, "x_t01")):
-        tol.close_network(res[t], io[f"sample.{mode}.{key}"], tol.joyvasa_sampler(50 - t), what=key)
+        tol.close_network(states[t], io[f"sample.{mode}.{key}"], tol.joyvasa_sampler(50 - t), what=key)
 
 
 @pytest.mark.parametrize("mode", PE_MODES)
@@ -236,7 +246,7 @@ def test_audio_features_and_generate(model, io, template):
     assert from_audio["exp"].shape == (140, 21, 3) and from_audio["R"].shape == (140, 3, 3)
 
 
-def test_seed_draw_order_progress_and_cancel(model, template):
+def test_seed_draw_order_progress_and_cancel(model, template, monkeypatch):
     audio = torch.randn(16000) * 0.1          # one window: x_T then 49 z, all from the CPU generator
     g = torch.Generator().manual_seed(7)
     x_T = torch.randn(1, 100, 73, generator=g)
@@ -251,11 +261,25 @@ def test_seed_draw_order_progress_and_cancel(model, template):
     unsmoothed = generate(model, audio, template, seed=7, smooth=False)
     torch.testing.assert_close(unsmoothed["exp"], a["exp"])
     assert not torch.equal(unsmoothed["yaw"], a["yaw"])
+    # cancelling: the host's interrupt or the callback raising, both at a step of core.progress.Progress
     steps = []
-    with pytest.raises(Cancelled):
-        generate(model, audio, template, seed=7, should_stop=lambda: len(steps) >= 3,
-                 progress=lambda d, t: steps.append(d))
-    assert len(steps) == 3
+
+    def interrupt():
+        if len(steps) >= 3:
+            raise Cancelled("interrupted")
+
+    monkeypatch.setattr(HOST, "check_interrupt", interrupt)
+    with pytest.raises(Cancelled, match="interrupted"):
+        generate(model, audio, template, seed=7, progress=lambda d, t: steps.append(d))
+    assert steps == [1, 2, 3]
+    monkeypatch.setattr(HOST, "check_interrupt", None)
+
+    def cancel(d, t):
+        if d == 2:
+            raise Cancelled("from the callback")
+
+    with pytest.raises(Cancelled, match="from the callback"):
+        generate(model, audio, template, seed=7, progress=cancel)
 
 
 # --------------------------------------------------------------------------- composition

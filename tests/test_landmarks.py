@@ -1,4 +1,4 @@
-"""core.landmarks: face-alignment's 2D-FAN with random weights (no downloads, CPU, ~10 s)."""
+"""core.face.landmarks: face-alignment's 2D-FAN with random weights (no downloads, CPU, ~10 s)."""
 import copy
 import socket
 import urllib.request
@@ -14,7 +14,7 @@ import tolerance as tol
 face_alignment = pytest.importorskip("face_alignment")
 from face_alignment.models import FAN  # noqa: E402
 
-from core import landmarks as L  # noqa: E402
+from core.face import landmarks as L  # noqa: E402
 from core import weights as W  # noqa: E402
 from core.cache import CACHE  # noqa: E402
 from core.errors import CheckpointError, InputError, WeightsMissingError  # noqa: E402

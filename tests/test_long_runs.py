@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, sub
+from conftest import ROOT, lp_set, sub
 from test_lp_nodes import models_dir
 from test_motion_nodes import write_speech_clip
 
@@ -57,9 +57,10 @@ def load_portrait(nodes, h: int, w: int):
     return nodes["TalkingHead_LoadPortrait"]().run("", "center", 256, 1.8, -0.1, image_in=image)["result"][0]
 
 
-def render_args(portrait, motion, batch_size=4):
-    return dict(portrait=portrait, motion=motion, relative=True, region="all", stitching=True, multiplier=1.0,
-                batch_size=batch_size, precision="fp32")
+def render_args(lps, portrait, motion, batch_size=4):
+    """LivePortraitRender's inputs (``lps``: the LivePortrait set as LoadLivePortrait makes it)."""
+    return dict(liveportrait=lps, portrait=portrait, motion=motion, relative=True, region="all",
+                stitching=True, multiplier=1.0, batch_size=batch_size)
 
 
 def frames_of(path) -> np.ndarray:
@@ -75,16 +76,17 @@ def test_render_video_equals_render_then_mux(pack, tmp_path):
     models_dir(tmp_path / "models")
     nodes = pack.NODE_CLASS_MAPPINGS
     portrait = load_portrait(nodes, 150, 120)
+    lps = lp_set(pack)
     audio = speech(1.2)
-    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(portrait, audio, 25.0, 0, 1.0, 1.0, True)
+    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 0, 1.0, 1.0, True)
     assert len(motion) == 30
-    res = nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(portrait, motion), fps=fps,
+    res = nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(lps, portrait, motion), fps=fps,
                                                              filename_prefix="long/direct", audio=audio,
                                                              preset="veryfast")
     direct = res["result"][0]
     assert res["ui"] == {"images": [{"filename": "direct_00001_.mp4", "subfolder": "long", "type": "output"}],
                          "animated": (True,)}
-    frames, _ = nodes["TalkingHead_LivePortraitRender"]().run(**render_args(portrait, motion))
+    frames, _ = nodes["TalkingHead_LivePortraitRender"]().run(**render_args(lps, portrait, motion))
     muxed = nodes["TalkingHead_MuxVideo"]().run(frames, fps, "long/muxed", audio=audio, preset="veryfast")
     muxed = muxed["result"][0]
     assert muxed != direct and direct == str(tmp_path / "output" / "long" / "direct_00001_.mp4")
@@ -100,7 +102,7 @@ def test_render_video_equals_render_then_mux(pack, tmp_path):
     # and both show the rendered frames (up to the encoder's loss: 4:2:0 chroma on a small, colourful picture)
     assert np.abs(fa - (frames.numpy() * 255).round()).mean() < 12.0
     # paste_back off: a video of the face crops at the model's output size
-    crops = nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(portrait, motion), fps=fps,
+    crops = nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(lps, portrait, motion), fps=fps,
                                                                filename_prefix="long/crops", paste_back=False,
                                                                preset="ultrafast", save_output=False)
     assert crops["ui"]["images"][0]["type"] == "temp"
@@ -114,8 +116,9 @@ def test_render_video_cancel_leaves_no_file(pack, tmp_path, monkeypatch):
     models_dir(tmp_path / "models")
     nodes = pack.NODE_CLASS_MAPPINGS
     portrait = load_portrait(nodes, 150, 120)
+    lps = lp_set(pack)
     audio = speech(1.0)
-    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(portrait, audio, 25.0, 0, 1.0, 1.0, True)
+    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 0, 1.0, 1.0, True)
     host, errors = sub(pack, "core.host").HOST, sub(pack, "core.errors")
     video = sub(pack, "core.video")
     writes = []
@@ -130,7 +133,7 @@ def test_render_video_cancel_leaves_no_file(pack, tmp_path, monkeypatch):
 
     monkeypatch.setattr(host, "check_interrupt", interrupt)
     with pytest.raises(errors.Cancelled):
-        nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(portrait, motion, batch_size=2), fps=fps,
+        nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(lps, portrait, motion, batch_size=2), fps=fps,
                                                            filename_prefix="long/cancel", audio=audio,
                                                            preset="ultrafast")
     assert writes and set(writes) == {2} and sum(writes) < len(motion)  # frames had reached ffmpeg, not all
@@ -150,8 +153,9 @@ def test_render_video_memory_does_not_grow_with_length(pack, tmp_path, monkeypat
     nodes = pack.NODE_CLASS_MAPPINGS
     h, w, n = 320, 256, 600
     portrait = load_portrait(nodes, h, w)
+    lps = lp_set(pack)
     audio = speech(n / 25)
-    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(portrait, audio, 25.0, 0, 1.0, 1.0, True)
+    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 0, 1.0, 1.0, True)
     assert len(motion) == n
     render = sub(pack, "core.liveportrait.render")
 
@@ -175,7 +179,7 @@ def test_render_video_memory_does_not_grow_with_length(pack, tmp_path, monkeypat
     before = live_rss()
     tracemalloc.start()
     try:
-        res = nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(portrait, motion, batch_size=4),
+        res = nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(lps, portrait, motion, batch_size=4),
                                                                  fps=fps, filename_prefix="long/memory", audio=audio,
                                                                  preset="ultrafast")
     finally:
@@ -203,7 +207,7 @@ def cli():
     import run
 
     name = run.load_pack().__name__
-    yield importlib.import_module(f"{name}.core.cli"), run.registry, name
+    yield importlib.import_module(f"{name}.headless.cli"), run.registry, name
     importlib.import_module(f"{name}.core.host").HOST.reset()
 
 

@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 import tolerance as tol
 from conftest import FIXTURES
-from core.face import CropRecord, crop_image, paste_back
+from core.errors import InputError
+from core.face import CenterDetector, CropRecord, Face, FaceDetector, crop_image, paste_back
 from core.image import load_image
 from core.liveportrait import crop as C
 
@@ -65,3 +66,52 @@ def test_paste_back_matches_official():
     out = paste_back(full, frame, rec, mask=mask, antialias=False, premultiplied=False)
     u8 = (out[0] * 255).clamp(0, 255).to(torch.uint8)  # the official truncation
     tol.close_uint8(u8, REF["crop.pasted_u8"])  # and cv2's fixed-point bilinear
+
+
+class _Boxes(FaceDetector):
+    """A detector with set boxes per frame (told apart by the frame's value), recording what it saw."""
+
+    name = "boxes"
+
+    def __init__(self, per_frame):
+        self.per_frame, self.seen = per_frame, []
+
+    def detect(self, image):
+        index = int(round(float(image[0, 0, 0]) * 100))
+        self.seen.append(index)
+        return [Face(box, score) for box, score in self.per_frame.get(index, [])]
+
+
+def _numbered_frames(count, h=40, w=48):
+    frames = torch.rand(count, h, w, 3)
+    frames[:, 0, 0, 0] = torch.arange(count) / 100  # the frame's number, for the detector above
+    return frames
+
+
+def test_crop_driving_video_uses_one_mean_box_for_the_whole_video():
+    """Up to 8 evenly spaced frames are searched; the largest face of each is averaged into one
+    LivePortrait driving crop that every frame is cut to (zeros outside the picture)."""
+    frames = _numbered_frames(10)
+    # frame 0: a small face with the higher score and the larger one; frame 4: one face; the rest: none
+    boxes = {0: [((1.0, 1.0, 5.0, 5.0), 0.99), ((10.0, 8.0, 30.0, 32.0), 0.6)], 4: [((14.0, 10.0, 34.0, 30.0), 0.9)]}
+    det = _Boxes(boxes)
+    out = C.crop_driving_video(frames, det, 32, device="cpu")
+    assert det.seen == [0, 1, 3, 4, 5, 6, 8, 9]
+    mean_box = np.mean([[10.0, 8.0, 30.0, 32.0], [14.0, 10.0, 34.0, 30.0]], axis=0)
+    record = C.record_from_box(mean_box, (40, 48), 32, C.DRIVING_SCALE, C.DRIVING_VY)
+    assert out.shape == (10, 32, 32, 3) and torch.equal(out, crop_image(frames, record, padding_mode="zeros"))
+    # the square (2.2 x the box) runs past the 40x48 frame: black there, not stretched edge pixels
+    assert (out[:, 0] == 0).all()
+    # fewer than 8 frames: every frame is searched
+    det = _Boxes({1: [((10.0, 8.0, 30.0, 32.0), 0.6)]})
+    C.crop_driving_video(_numbered_frames(3), det, 16, device="cpu")
+    assert det.seen == [0, 1, 2]
+
+
+def test_crop_driving_video_detector_crops_and_no_face():
+    frames = _numbered_frames(2, 30, 50)
+    # the "center" box already is the crop: used as is, not enlarged
+    out = C.crop_driving_video(frames, CenterDetector(), 30, device="cpu")
+    assert torch.equal(out, frames[:, :, 10:40])
+    with pytest.raises(InputError, match=r'(?s)No face was found in the driving video.*"center"'):
+        C.crop_driving_video(frames, _Boxes({}), 32, device="cpu")

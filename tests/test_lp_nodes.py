@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, ROOT, sub
+from conftest import FIXTURES, ROOT, lp_set, sub
 
 WEIGHTS = FIXTURES / "liveportrait" / "weights"
 
@@ -45,16 +45,17 @@ def test_nodes_under_comfy(comfy_pack):
     portrait_node = nodes["TalkingHead_LoadPortrait"]()
     res = portrait_node.run("", "center", 256, 1.8, -0.1, image_in=torch.rand(1, 90, 70, 3))
     portrait = res["result"][0]
+    lps = lp_set(comfy_pack)
     (motion,) = nodes["TalkingHead_LivePortraitExtractMotion"]().run(
-        torch.rand(5, 64, 64, 3), 30.0, "as is (already face crops)", "center", 2, "fp32")
+        lps, torch.rand(5, 64, 64, 3), 30.0, "as is (already face crops)", "center", 2)
     assert len(motion) == 5 and motion.fps == 30.0
     mm = comfy_pack.comfy
     assert len(mm.current_loaded_models) == 7  # F, M, W, G and the three MLPs, under ComfyUI's manager
-    frames, faces = nodes["TalkingHead_LivePortraitRender"]().run(portrait, motion, True, "all", True, 1.0, 2, "fp32")
+    frames, faces = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2)
     assert frames.shape == (5, 90, 70, 3) and faces.shape == (5, 128, 128, 3)
     assert 0 <= frames.min() and frames.max() <= 1
     # paste-back keeps pixels far from the face; the rendered face changes the rest
-    crops, _ = nodes["TalkingHead_LivePortraitRender"]().run(portrait, motion, True, "all", True, 1.0, 2, "fp32",
+    crops, _ = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2,
                                                              paste_back=False, keep_model_loaded=False)
     assert crops.shape == (5, 128, 128, 3)
     assert mm.current_loaded_models == [] and sub(comfy_pack, "core.cache").CACHE.entries("liveportrait") == []
@@ -64,8 +65,7 @@ def test_missing_weights_message(pack, monkeypatch, tmp_path):
     monkeypatch.setenv("TALKINGHEAD_OFFLINE", "1")
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.WeightsMissingError) as err:
-        pack.NODE_CLASS_MAPPINGS["TalkingHead_LivePortraitExtractMotion"]().run(
-            torch.rand(2, 64, 64, 3), 25.0, "as is (already face crops)", "center", 2, "fp32")
+        pack.NODE_CLASS_MAPPINGS["TalkingHead_LoadLivePortrait"]().run("human", "fp32")
     msg = str(err.value)
     assert "appearance_feature_extractor.pth" in msg and "huggingface.co/KwaiVGI/LivePortrait" in msg
     assert str(tmp_path / "models" / "liveportrait") in msg and "MIT" in msg
@@ -137,7 +137,7 @@ def test_animal_model_set(pack, tmp_path, monkeypatch):
     assert paths["motion_extractor"] == animal / "motion_extractor.pth"
     assert paths["stitching_retargeting_module"] == human / "stitching_retargeting_module.safetensors"
     (motion,) = pack.NODE_CLASS_MAPPINGS["TalkingHead_LivePortraitExtractMotion"]().run(
-        torch.rand(3, 64, 64, 3), 25.0, "as is (already face crops)", "center", 2, "fp32", model="animal")
+        lp_set(pack, model="animal"), torch.rand(3, 64, 64, 3), 25.0, "as is (already face crops)", "center", 2)
     assert len(motion) == 3
     with pytest.raises(errors.WeightsMissingError) as err:
         lp.resolve_paths("animal v1.0", download=False)

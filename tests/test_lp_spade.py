@@ -34,19 +34,24 @@ def _tiny(weights):
     return g.eval()
 
 
+def _fast(weights):
+    """The decoder as the inference loader hands it out: optimised for inference (the fast path)."""
+    return _tiny(weights).optimize_for_inference()
+
+
 def _sn_buffers(g):
     return {k: v.clone() for k, v in g.state_dict().items() if k.endswith(("weight_u", "weight_v"))}
 
 
 def test_tiny_fixture_parity(weights, io):
-    g = _tiny(weights)
+    g = _fast(weights)
     feature, expected = io["W.out"], io["G.out"]
     assert feature.shape == (2, 8, 16, 16) and expected.shape == (2, 3, 128, 128)
     with torch.no_grad():  # fast inference path
         fast = g(feature)
     with torch.inference_mode():
         fast_im = g(feature)
-    reference = g(feature)  # autograd on -> plain module graph
+    reference = _tiny(weights)(feature)  # not optimised, autograd on -> plain module graph
     assert fast.shape == expected.shape and fast.is_contiguous()
     assert reference.requires_grad
     for out in (fast, fast_im, reference.detach()):
@@ -54,10 +59,38 @@ def test_tiny_fixture_parity(weights, io):
     assert 0 < fast.min() and fast.max() < 1
 
 
+def test_fast_path_only_after_optimize_for_inference(weights, io, monkeypatch):
+    """The fast path is switched on explicitly: a decoder without the call runs the module graph even
+    with autograd off; with it, the fast path; both match the fixture within the same bound."""
+    ran = []
+    for name in ("_fast_forward", "_reference_forward"):
+        method = getattr(SPADEDecoder, name)
+        monkeypatch.setattr(SPADEDecoder, name, lambda self, x, _m=method, _n=name: ran.append(_n) or _m(self, x))
+    plain, fast = _tiny(weights), _fast(weights)
+    assert not plain.fast_path and fast.fast_path
+    assert not fast.training and not any(p.requires_grad for p in fast.parameters())
+    with torch.inference_mode():
+        out_plain = plain(io["W.out"])
+        assert ran == ["_reference_forward"] and plain._prepared is None  # nothing prepared, nothing cached
+        out_fast = fast(io["W.out"])
+        assert ran == ["_reference_forward", "_fast_forward"] and fast._prepared is not None
+    for out in (out_plain, out_fast):
+        tol.close_network(out, io["G.out"], tol.LP_G)
+    # the fast path computes no gradients: an input that needs one is refused with a clear message
+    with pytest.raises(RuntimeError, match="optimize_for_inference"):
+        fast(io["W.out"].clone().requires_grad_(True))
+    out = fast(io["W.out"])  # autograd on, but nothing needs a gradient: the fast path
+    assert ran[-1] == "_fast_forward" and not out.requires_grad
+    # the loader for inference makes the call once; the plain loader does not
+    from core.liveportrait.load import LivePortraitModels
+    models = LivePortraitModels(*(torch.nn.Identity() for _ in range(3)), _tiny(weights), torch.nn.Identity())
+    assert models.optimize_for_inference() is models and models.spade.fast_path
+
+
 @pytest.mark.parametrize("channels_last,fold", [(True, True), (True, False), (False, True),
                                                 (False, False)])
 def test_tiny_fixture_parity_fast_variants(weights, io, channels_last, fold):
-    g = _tiny(weights)
+    g = _fast(weights)
     g.channels_last, g.fold_gamma_beta = channels_last, fold
     with torch.no_grad():
         out = g(io["W.out"])
@@ -68,8 +101,10 @@ def test_forward_leaves_spectral_vectors_alone(weights, io):
     g = _tiny(weights)
     before = _sn_buffers(g)
     assert len(before) == 2 * 18  # 6 x 2 + 2 x 3 spectral-norm convs
+    fast = _fast(weights)
     with torch.no_grad():
-        g(io["W.out"])
+        fast(io["W.out"])
+    assert all(torch.equal(v, _sn_buffers(fast)[k]) for k, v in before.items())
     g(io["W.out"]).sum().backward()  # autograd path, eval
     g.train()
     g(io["W.out"])  # train mode: still no power iteration
@@ -111,8 +146,10 @@ def test_fullsize_layout_matches_official_checkpoint():
     assert n_params == 55_365_388 == manifest["num_parameters"]
     assert sum(b.numel() for b in g.buffers()) == manifest["num_buffer_elements"]
     with torch.no_grad():  # shapes only (meta tensors), both paths
-        for fast in (True, False):
-            g.fast_path = fast
+        for optimise in (False, True):
+            if optimise:
+                g.optimize_for_inference()
+            assert g.fast_path == optimise
             out = g(torch.empty(1, 256, 64, 64, device="meta"))
             assert out.shape == (1, 3, 512, 512)
 
@@ -131,6 +168,7 @@ def test_fast_path_is_exact_rearrangement(params, size):
     reference = g(feature).detach()
     scale = 4 * params["upscale"]
     assert reference.shape == (2, 3, scale * size[0], scale * size[1])
+    g.optimize_for_inference()
     for channels_last in (True, False):
         for fold in (True, False):
             g.channels_last, g.fold_gamma_beta = channels_last, fold
@@ -140,7 +178,7 @@ def test_fast_path_is_exact_rearrangement(params, size):
 
 
 def test_fast_path_cache_follows_weight_changes(weights, io):
-    g = _tiny(weights)
+    g = _fast(weights)
     feature = io["W.out"]
     with torch.no_grad():
         g(feature)  # builds the cache
@@ -161,6 +199,7 @@ def test_model_built_under_inference_mode(weights, io):
     with torch.inference_mode():
         g = SPADEDecoder(**_params("tiny.json")).eval()
         g.load_state_dict(weights)
+        g.optimize_for_inference()
         first = g(io["W.out"])
         # keys whose fast-path weights are derived copies (folded / spectral-normalised)
         changed = {"up_1.norm_0.mlp_shared.0.weight": 0.5, "G_middle_2.conv_1.weight_u": -1.0}
@@ -186,7 +225,7 @@ def test_sn_conv_state_dict_names():
 
 def test_autocast_first_call_does_not_poison_cache(weights, io):
     """The first no-grad call may run under autocast; the cached weights stay full precision."""
-    g = _tiny(weights)
+    g = _fast(weights)
     with torch.inference_mode():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = g(io["W.out"])
@@ -197,3 +236,19 @@ def test_autocast_first_call_does_not_poison_cache(weights, io):
     assert low.dtype == torch.bfloat16
     assert (low.float() - low_reference.float()).abs().max().item() < 0.03
     tol.close_network(full, io["G.out"], tol.LP_G)
+
+
+def test_inference_loader_optimises_the_decoder():
+    """get_liveportrait (the loader for inference) makes the call once; load_liveportrait does not."""
+    from core.cache import CACHE
+    from core.liveportrait import KINDS, get_liveportrait, load_liveportrait, preset
+
+    folder = FIX / "weights"
+    try:
+        models = get_liveportrait(folder=folder, device="cpu", download=False)
+        assert models.spade.fast_path and models.input_size == 64 and models.output_size == 128
+        assert get_liveportrait(folder=folder, device="cpu", download=False) is models
+    finally:
+        CACHE.unload("liveportrait")
+    plain = load_liveportrait({k: folder / f"{k}.safetensors" for k in KINDS}, preset("tiny"))
+    assert not plain.spade.fast_path

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, sub
+from conftest import ROOT, lp_set, sub
 from test_lp_nodes import models_dir
 
 
@@ -66,18 +66,19 @@ def test_procedural_node_drives_mouth_and_eyes(pack, tmp_path):
     t = torch.arange(sr) / sr
     speech = torch.where(t < 0.5, torch.zeros_like(t), 0.5 * torch.sin(2 * torch.pi * 220 * t))  # silence, then tone
     audio = {"waveform": speech.reshape(1, 1, -1), "sample_rate": sr}
-    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(portrait, audio, 25.0, 3, 1.0, 1.0, True)
+    lps = lp_set(pack)
+    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 3, 1.0, 1.0, True)
     assert len(motion) == 25 and fps == 25.0 and motion.composed
     assert float(motion.lip[:10].max()) == 0.0 and float(motion.lip[16:].min()) > 0.2
-    frames, faces = nodes["TalkingHead_LivePortraitRender"]().run(portrait, motion, True, "all", True, 1.0, 8, "fp32")
+    frames, faces = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 8)
     assert frames.shape == (25, 90, 70, 3)
     still = (faces[1:10] - faces[0]).abs().max()
     talking = (faces[18:] - faces[0]).abs().amax(dim=(1, 2, 3)).min()
     assert talking > still + 1e-3  # the open mouth changes the face more than the tiny head sway alone
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.InputError):
-        nodes["TalkingHead_ProceduralMotion"]().run(portrait, {"waveform": torch.zeros(1, 1, 0), "sample_rate": sr},
-                                                    25.0, 0, 1.0, 1.0, True)
+        nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, {"waveform": torch.zeros(1, 1, 0),
+                                                                    "sample_rate": sr}, 25.0, 0, 1.0, 1.0, True)
 
 
 def tiny_ditto_models(root: Path) -> Path:
@@ -168,21 +169,22 @@ def test_motion_dit_checks_embeddings(pack, tmp_path):
     assert emb_j.features.shape == (100, 32) and emb_j.num_frames == (8000 + 1280 + 640) // 640
     errors = sub(pack, "core.errors")
     dit = nodes["TalkingHead_MotionDiT"]()
+    lps = lp_set(pack)
     with pytest.raises(errors.InputError, match="AudioToEmbedding"):
-        dit.run(emb_j, portrait, "ditto/lmdm_v0.4_hubert.safetensors", 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
-    motion, fps = dit.run(emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
+        dit.run(lps, emb_j, portrait, "ditto/lmdm_v0.4_hubert.safetensors", 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
+    motion, fps = dit.run(lps, emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
     assert motion.composed and len(motion) == 13 and fps == 25.0  # ceil(0.5 s * 25) frames
-    again, _ = dit.run(emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
-    other, _ = dit.run(emb_j, portrait, jv, 2, 2.0, 1, 1.0, 1.0, 1.0, "Neutral")
+    again, _ = dit.run(lps, emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
+    other, _ = dit.run(lps, emb_j, portrait, jv, 2, 2.0, 1, 1.0, 1.0, 1.0, "Neutral")
     assert torch.equal(motion.exp, again.exp) and not torch.equal(motion.exp, other.exp)  # seeded
     # lip_strength scales only the mouth keypoints' motion away from the portrait's own expression
-    closed, _ = dit.run(emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 0.0, "Neutral")
+    closed, _ = dit.run(lps, emb_j, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 0.0, "Neutral")
     lips = [6, 12, 14, 17, 19, 20]
     others = [i for i in range(21) if i not in lips]
     assert torch.equal(closed.exp[:, others], motion.exp[:, others])
     assert torch.allclose(closed.exp[:, lips], closed.exp[:1, lips].expand(len(closed), -1, -1))
     (emb_d,) = nodes["TalkingHead_AudioToEmbedding"]().run(audio, "HuBERT-large (Ditto)")
     with pytest.raises(errors.InputError, match="JoyVASA"):
-        dit.run(emb_d, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
-    m_d, _ = dit.run(emb_d, portrait, "ditto/lmdm_v0.4_hubert.safetensors", 3, 2.0, 0, 1.0, 1.0, 1.0, "Happy")
+        dit.run(lps, emb_d, portrait, jv, 2, 2.0, 0, 1.0, 1.0, 1.0, "Neutral")
+    m_d, _ = dit.run(lps, emb_d, portrait, "ditto/lmdm_v0.4_hubert.safetensors", 3, 2.0, 0, 1.0, 1.0, 1.0, "Happy")
     assert m_d.composed and len(m_d) == 13

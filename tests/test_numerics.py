@@ -90,11 +90,16 @@ def test_ditto_schedule_finite_for_every_steps(alphas, lmdm, steps):
     # the step's noise budget: c^2 + sigma^2 = 1 - a_next (up to float32 rounding of values <= 1)
     a_next = torch.stack([alphas[tn] for _, tn in sched.pairs if tn >= 0]) if n else alphas.new_zeros(0)
     assert bool(((sched.c ** 2 + sched.sigma ** 2) <= 1 - a_next + 4 * torch.finfo(torch.float32).eps).all())
-    # the eps-from-x0 coefficients the sampler applies at every t of these pairs
+    # the eps-from-x0 coefficients the sampler applies at every t of these pairs: finite, and exactly what
+    # the model's own noise_from_x0 computes
     ts = torch.tensor([t for t, tn in sched.pairs if tn >= 0], dtype=torch.long)
+    for name in ("eps_xt", "eps_x0"):
+        v = getattr(sched, name)
+        assert v.shape == (n,) and _finite(v) and bool((v > 0).all()), name
     if n:
         eps = lmdm.noise_from_x0(torch.ones(n, 1, 1), ts, torch.ones(n, 1, 1))
         assert _finite(eps)
+        assert torch.equal(eps.reshape(n), sched.eps_xt * 1.0 - 1.0 / sched.eps_x0)
 
 
 def test_ditto_schedule_clamps_only_the_rounding_edge(alphas):

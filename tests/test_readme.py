@@ -21,7 +21,7 @@ EXAMPLES = ROOT / "example_inputs"
 PLACEHOLDERS = {"/path/to/photo.jpg": str(EXAMPLES / "portrait.png"),
                 "/path/to/speech.mp3": str(EXAMPLES / "speech.wav")}
 #: the parts of a checkout a command may touch; everything it writes goes into the test's folder
-CHECKOUT = ("__init__.py", "run.py", "core", "nodes", "workflows", "example_inputs", "weights", "scripts",
+CHECKOUT = ("__init__.py", "run.py", "core", "nodes", "workflows", "example_inputs", "weights", "training",
             "tools", "docs")
 #: what a weights-missing stop says (core.weights.missing_message)
 MISSING = ("was not found", "Put it in:", "Get it from:")
@@ -40,8 +40,14 @@ def shell_commands():
 
 
 def python_commands():
-    """The README's `python <script in this checkout> ...` commands (not pytest, which is the suite)."""
-    return [argv for argv in shell_commands() if argv[0] == "python" and argv[1] != "-m"]
+    """The README's `python <script in this checkout> ...` and `python -m <package in this checkout> ...`
+    commands (not `python -m pytest`, which is the suite)."""
+    return [argv for argv in shell_commands() if argv[0] == "python" and argv[1:3] != ["-m", "pytest"]]
+
+
+def entry_point(argv):
+    """What a README command runs: the script, or the package's `__main__.py` for `python -m`."""
+    return f"{argv[2]}/__main__.py" if argv[1] == "-m" else argv[1]
 
 
 def command_id(argv):
@@ -66,8 +72,8 @@ def run_readme_command(argv, folder: Path, extra=()):
 
 def test_the_readme_has_the_commands_this_file_runs():
     cmds = python_commands()
-    scripts = {argv[1] for argv in cmds}
-    assert scripts == {"run.py", "scripts/train_motion.py"}, scripts
+    scripts = {entry_point(argv) for argv in cmds}
+    assert scripts == {"run.py", "training/__main__.py"}, scripts
     assert all((ROOT / s).is_file() for s in scripts)
     # the quick start's first command is the main job, a talking head from the examples
     first = next(argv for argv in cmds if argv[1] == "run.py")

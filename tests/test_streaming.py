@@ -28,7 +28,7 @@ class StubEncoder:
 def parts(tmp_path_factory):
     models = L.load_liveportrait({k: LP / f"{k}.safetensors" for k in L.KINDS}, L.preset("tiny"))
     source = prepare_source(models, torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1)),
-                            device="cpu", size=int(models.config.get("input_size", 256)))
+                            device="cpu", size=models.input_size)
     state = load_file(str(FIXTURES / "ditto" / "weights.safetensors"))
     path = tmp_path_factory.mktemp("ditto") / "lmdm.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith(("stitch.", "schedule."))}, str(path),
@@ -90,3 +90,23 @@ def test_silence_buffer_and_errors(parts):
             TalkingHeadStream(models, source, lmdm, enc)
     finally:
         source.raw = raw
+
+
+def test_progress_and_cancel(parts):
+    """Each motion window reports its DDIM steps through core.progress.Progress; the callback raising
+    cancels the stream (the same route as the host's interrupt)."""
+    from core.errors import Cancelled
+
+    models, source, lmdm, enc = parts
+    calls = []
+
+    def progress(done, total):
+        calls.append((done, total))
+        if len(calls) == 4:
+            raise Cancelled("stop")
+
+    stream = TalkingHeadStream(models, source, lmdm, enc, steps=3, seed=7, device="cpu", progress=progress)
+    with pytest.raises(Cancelled, match="stop"):
+        for _ in stream.push(speech(1.6)):
+            pass
+    assert calls == [(1, 3), (2, 3), (3, 3), (1, 3)]  # one Progress of `steps` per window

@@ -1,13 +1,20 @@
-"""Ditto LMDM training pipeline (core/motion/ditto/train.py, scripts/train_motion.py) on tiny data.
+"""Ditto LMDM training pipeline (the pack's ``training/`` package and its command line) on tiny data.
 
 Synthetic clips are written straight as cache files; one tiny end-to-end ``build_dataset`` run
 goes through a real (short, synthetic) mp4 and the tiny LivePortrait fixture weights. The model is
 tiny (latent 32, one decoder layer, 2 heads) so everything runs on the CPU in seconds.
+
+``training`` imports the pack's ``core`` as its sibling (``from ..core``), so it is used here from
+the pack loaded the way ``run.py`` loads it, together with that pack's own ``core`` modules.
 """
+import ast
+import importlib
 import json
 import math
 import os
 import subprocess
+import re
+import stat
 import sys
 
 import pytest
@@ -15,16 +22,26 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import run
 import tolerance as tol
 from conftest import FIXTURES, ROOT
 
-from core.audio import Audio
-from core.face import CenterDetector
-from core.liveportrait import load as L
-from core.liveportrait.render import motion_info, to_input
-from core.motion import ditto
-from core.motion.ditto import train as T
-from core.video import load_video, write_video
+PACK = run.load_pack().__name__
+
+
+def pack_module(name):
+    return importlib.import_module(f"{PACK}.{name}")
+
+
+T = pack_module("training")
+Audio = pack_module("core.audio").Audio
+CenterDetector = pack_module("core.face").CenterDetector
+CheckpointError = pack_module("core.errors").CheckpointError
+L = pack_module("core.liveportrait.load")
+render = pack_module("core.liveportrait.render")
+motion_info, to_input = render.motion_info, render.to_input
+ditto = pack_module("core.motion.ditto")
+load_video, write_video = pack_module("core.video").load_video, pack_module("core.video").write_video
 
 TINY = dict(latent_dim=32, ff_size=64, num_layers=1, num_heads=2, num_encoder_layers=1)
 #: the TINY denoiser: condition projection (1103 in), 1 encoder layer x 9, 1 decoder layer x 15, final
@@ -127,7 +144,7 @@ def test_dropped_rows_get_the_unconditional_pass():
 # --------------------------------------------------------------------------- training
 def test_training_reduces_the_loss_and_checkpoint_loads_and_generates(data_dir, tmp_path):
     cfg = config(data_dir, tmp_path / "run", steps=40, cond_drop_prob=0.2, log_every=10)
-    batch = T._collate([T.MotionDataset(str(data_dir))[(i, i)] for i in (0, 11, 30, 41, 55)])
+    batch = T.collate([T.MotionDataset(str(data_dir))[(i, i)] for i in (0, 11, 30, 41, 55)])
     before, _ = T.fixed_batch_loss(T.build_model(T.TrainConfig.from_any(cfg)).eval(), batch)
     lines = []
     res = T.train(cfg, log_fn=lines.append)
@@ -135,6 +152,11 @@ def test_training_reduces_the_loss_and_checkpoint_loads_and_generates(data_dir, 
     assert [h["step"] for h in res.history] == [10, 20, 30, 40]
     assert all(k in res.history[-1] for k in ("loss", "exp_P", "yaw_V", "roll_A", "grad_norm"))
     assert len((tmp_path / "run" / T.LOG_NAME).read_text().splitlines()) == 4
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (res.checkpoint, res.state):                 # atomically written, with a new file's rights
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
 
     with safe_open(str(res.checkpoint), framework="pt") as fh:
         meta = fh.metadata()
@@ -180,6 +202,18 @@ def test_stop_saves_state_without_checkpoint(data_dir, tmp_path):
                   should_stop=lambda: calls.append(1) or len(calls) >= 3)
     assert res.stopped and res.step == 3 and res.checkpoint is None
     assert T.load_train_state(res.state)["step"] == 3
+
+
+def test_spawned_workers_fall_back_to_this_process(data_dir, tmp_path, monkeypatch):
+    """Data-loader workers started with 'spawn' (Windows, macOS) cannot import a pack loaded from its
+    folder: the windows are then read in the training process, with the same result."""
+    monkeypatch.setattr(pack_module("training.loop").multiprocessing, "get_start_method", lambda: "spawn")
+    lines = []
+    res = T.train(config(data_dir, tmp_path / "w", steps=2, num_workers=2), log_fn=lines.append)
+    assert any("'spawn' could not import this pack" in line for line in lines), lines
+    ref = T.train(config(data_dir, tmp_path / "ref", steps=2), log_fn=None)
+    a, b = load_file(str(res.checkpoint)), load_file(str(ref.checkpoint))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_fine_tune_from_a_released_style_checkpoint(data_dir, tmp_path):
@@ -271,17 +305,19 @@ def test_build_dataset_end_to_end(tmp_path, lp_tiny):
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_motion.py"), "--help"], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0 and "build-dataset" in out.stdout and "train" in out.stdout
+    """`python -m training` from the pack's folder (the README's form)."""
+    out = subprocess.run([sys.executable, "-m", "training", "--help"], capture_output=True, text=True, timeout=60,
+                         cwd=str(ROOT))
+    assert out.returncode == 0 and "build-dataset" in out.stdout and "train" in out.stdout, out.stderr
     for cmd in ("build-dataset", "train", "export"):
-        sub = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_motion.py"), cmd, "--help"],
-                             capture_output=True, text=True, timeout=60)
-        assert sub.returncode == 0 and "usage" in sub.stdout
+        sub = subprocess.run([sys.executable, "-m", "training", cmd, "--help"], capture_output=True, text=True,
+                             timeout=60, cwd=str(ROOT))
+        assert sub.returncode == 0 and "usage" in sub.stdout, sub.stderr
 
 
 def test_cli_train_and_export(data_dir, tmp_path):
-    script = str(ROOT / "scripts" / "train_motion.py")
+    """`python /path/to/the/pack/training ...` from any folder."""
+    script = str(ROOT / "training")
     args = [sys.executable, script, "train", "--data", str(data_dir), "--out", str(tmp_path / "r"), "--steps", "2",
             "--batch-size", "2", "--latent-dim", "32", "--ff-size", "64", "--num-layers", "1", "--num-heads", "2",
             "--num-encoder-layers", "1", "--device", "cpu", "--log-every", "1"]
@@ -290,6 +326,81 @@ def test_cli_train_and_export(data_dir, tmp_path):
     assert "step 2/2" in out.stdout and (tmp_path / "r" / "lmdm_ema.safetensors").is_file()
     exp = subprocess.run([sys.executable, script, "export", str(tmp_path / "r" / T.STATE_NAME), "--out",
                           str(tmp_path / "e.safetensors"), "--raw"], capture_output=True, text=True, timeout=120,
-                         env=ONE_THREAD)
+                         env=ONE_THREAD, cwd=str(tmp_path))
     assert exp.returncode == 0, exp.stderr
     assert ditto.load_lmdm(tmp_path / "e.safetensors").config["num_heads"] == 2
+    bad = subprocess.run([sys.executable, script, "export", str(tmp_path / "missing.pt"), "--out",
+                          str(tmp_path / "m.safetensors")], capture_output=True, text=True, timeout=120,
+                         env=ONE_THREAD, cwd=str(tmp_path))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: missing.pt: not a readable training state")
+    assert "Traceback" not in bad.stderr
+
+
+# --------------------------------------------------------------------------- EMA
+def test_ema_is_torch_averaged_model_with_the_warmup_decay():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))   # BatchNorm: float + int buffers
+    ema = T.EMA(net, decay=0.9, warmup=True)
+    assert isinstance(ema, torch.optim.swa_utils.AveragedModel) and not ema.use_buffers
+    expected = {k: p.detach().clone() for k, p in net.named_parameters()}   # the average starts at the weights
+
+    def one_step(step):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net(torch.randn(4, 3))                                   # train mode: the running statistics move
+        ema.update_parameters(net)
+        d = min(0.9, (1 + step) / (10 + step))
+        for k, p in net.named_parameters():
+            expected[k] = d * expected[k] + (1 - d) * p.detach()
+
+    for step in (1, 2, 3):
+        one_step(step)
+    w = ema.weights()
+    assert list(w) == list(net.state_dict())                     # the model's own key names, no "module."
+    for k in expected:
+        torch.testing.assert_close(w[k], expected[k])
+    for k, b in net.named_buffers():                             # buffers copied, not averaged
+        assert torch.equal(w[k], b) and w[k].dtype == b.dtype, k
+    assert int(ema.n_averaged) == 4                              # the copy at construction + 3 steps
+
+    # a run resumed after step 3 continues the same average
+    resumed = T.EMA(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)), decay=0.9)
+    resumed.load_weights(w, step=3)
+    one_step(4)
+    resumed.update_parameters(net)
+    assert all(torch.equal(a, b) for a, b in zip(ema.weights().values(), resumed.weights().values()))
+    with pytest.raises(CheckpointError, match="EMA state does not match"):
+        resumed.load_weights({"0.weight": w["0.weight"]}, step=3)
+
+
+# --------------------------------------------------------------------------- packaging
+def _targets(path):
+    """The absolute module names (pack-relative) that ``path`` imports."""
+    package = list(path.relative_to(ROOT).parent.parts)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            yield module
+            yield from (f"{module}.{a.name}" for a in node.names)
+
+
+def test_training_stays_out_of_core_and_of_the_registry_package():
+    for path in (ROOT / "core").rglob("*.py"):
+        assert not any(t.split(".")[0] == "training" for t in _targets(path)), f"{path} imports training"
+    for path in (ROOT / "training").rglob("*.py"):             # the pack's own modules only relatively
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            absolute = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not {n.split(".")[0] for n in absolute} & {"core", "nodes", "headless", "training"}, path
+    # comfy-cli's `comfy node pack/publish` archive: git-tracked files minus .comfyignore matches, plus the
+    # [tool.comfy] includes, which win over .comfyignore
+    ignored = {line.strip() for line in (ROOT / ".comfyignore").read_text(encoding="utf-8").splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {"training/", "tests/", "bench/", "tools/", "docs/"} <= ignored
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    includes = json.loads(re.search(r"^includes\s*=\s*(\[.*?\])", pyproject, re.M | re.S).group(1))
+    assert not any(inc.strip("/").split("/")[0] + "/" in ignored for inc in includes), includes

@@ -1,5 +1,6 @@
 import math
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -92,6 +93,27 @@ def test_existing_file_untouched_when_write_fails(tmp_path):
             w.write(torch.rand(2, 16, 16, 3))
             raise ValueError("boom")
     assert target.read_bytes() == b"previous result"
+
+
+def test_audio_muxed_after_the_frames_keeps_the_guarantees(tmp_path, monkeypatch):
+    """Without a known length the audio is added by a second ffmpeg run into a temporary file that
+    replaces the partial one: the video gets a new file's rights, and a failed mux leaves no video,
+    no temporary file, and an older video of the same name as it was."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with V.VideoWriter(tmp_path / "ok.mp4", fps=25, audio=speechlike(1.0), preset="ultrafast") as w:
+        w.write(gradient_frames(10, 16, 16))
+    assert V.probe(tmp_path / "ok.mp4")["audio"]["codec"] == "aac"
+    assert stat.S_IMODE((tmp_path / "ok.mp4").stat().st_mode) == 0o666 & ~umask
+    assert os.listdir(tmp_path) == ["ok.mp4"]
+    target = tmp_path / "keep.mp4"
+    target.write_bytes(b"previous result")
+    monkeypatch.setattr(V.VideoWriter, "_AAC", ["-c:a", "no_such_encoder"])
+    with pytest.raises(V.VideoWriteError, match="adding the audio"):
+        with V.VideoWriter(target, fps=25, audio=speechlike(1.0), preset="ultrafast") as w:
+            w.write(gradient_frames(10, 16, 16))
+    assert target.read_bytes() == b"previous result"
+    assert sorted(os.listdir(tmp_path)) == ["keep.mp4", "ok.mp4"]
 
 
 def test_unwritable_output_folder(tmp_path):

@@ -8,8 +8,8 @@ For every ``workflows/api/NAME.api.json`` (the graph and its widget values) and 
    headless Chromium, served by the stand-in backend (``tools/frontend/standin.py``), sets every
    "control after generate" to ``fixed`` so a shipped example renders the same on every run, and
    measures the size the frontend gives each node once its previews have loaded;
-2. lays the graph out (``core.graph.api_to_ui``: columns by dependency depth, groups, notes) with
-   those sizes;
+2. lays the graph out (``tools/layout.py``'s ``api_to_ui``: columns by dependency depth, groups, notes)
+   with those sizes;
 3. puts the frontend's own nodes at those places, adds the Note nodes and groups, loads the result
    with ``app.loadGraphData`` and saves what the frontend serialises (``app.graph.serialize()``) as
    ``workflows/NAME.json``, and what its "Export (API)" gives (``app.graphToPrompt().output``) as
@@ -84,20 +84,21 @@ def opening_view(box: List[float]) -> dict:
     return {"scale": scale, "offset": [round(left / scale - x0, 1), round(top / scale - y0, 1)]}
 
 
-def author(browser: Browser, server: StandIn, name: str, registry, graph_mod) -> dict:
+def author(browser: Browser, server: StandIn, name: str, registry, layout, runner) -> dict:
+    """``layout``: the pack's ``tools.layout`` module, ``runner``: its ``headless`` package."""
     api = json.loads((API / f"{name}.api.json").read_text())
     meta = json.loads((API / f"{name}.meta.json").read_text())
     measured = page.import_api(browser, api, name)
     sizes = {str(n["id"]): n["size"] for n in measured["nodes"]}
     for attempt in range(3):  # lay out again while the frontend grows a node (a video preview that loaded late)
-        layout = graph_mod.api_to_ui(graph_mod.declared_inputs(api, registry), registry, meta, sizes=sizes)
-        placed = {str(n["id"]): n for n in layout["nodes"]}
+        laid_out = layout.api_to_ui(runner.declared_inputs(api, registry), registry, meta, sizes=sizes)
+        placed = {str(n["id"]): n for n in laid_out["nodes"]}
         nodes = []
         for node in measured["nodes"]:
             spot = placed[str(node["id"])]
             nodes.append({**node, "pos": spot["pos"], "size": spot["size"]})
-        notes = [n for n in layout["nodes"] if n["type"] == "Note"]
-        merged = {**measured, "nodes": nodes + notes, "groups": layout["groups"],
+        notes = [n for n in laid_out["nodes"] if n["type"] == "Note"]
+        merged = {**measured, "nodes": nodes + notes, "groups": laid_out["groups"],
                   "last_node_id": max(n["id"] for n in nodes + notes)}
         merged["extra"] = {**measured.get("extra", {}), "ds": opening_view(bbox(merged))}
         final = page.load_and_save(browser, merged)
@@ -127,11 +128,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         page.place_example_inputs(base / "input")
         with StandIn(base, folder_name=PACK_FOLDER) as server, Browser(*VIEW) as browser:
-            graph_mod = importlib.import_module(f"{server.pack.__name__}.core.graph")
+            layout = importlib.import_module(f"{server.pack.__name__}.tools.layout")
+            runner = importlib.import_module(f"{server.pack.__name__}.headless")
             for name in todo:
                 print(f"{name}:")
                 page.open_app(browser, server.url)  # a fresh page: one tab, named after the workflow
-                result = author(browser, server, name, server.registry, graph_mod)
+                result = author(browser, server, name, server.registry, layout, runner)
                 (WORKFLOWS / f"{name}.json").write_text(json.dumps(result["workflow"], indent=1) + "\n")
                 (API / f"{name}.api.json").write_text(json.dumps(result["api"], indent=1) + "\n")
                 if not args.no_images:  # on a fresh page, opened as a user opens a file: two tabs

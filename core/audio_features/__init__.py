@@ -11,6 +11,9 @@ Limits: audio longer than :data:`MAX_MINUTES` minutes (default 30; HuBERT-large 
 unless ``max_minutes`` is raised or None;
 empty audio and silent audio (peak below -80 dBFS) are refused (``allow_silent=True`` accepts
 silence).
+
+Each motion family's own audio front end is a module here (:mod:`.ditto`: Ditto's chunking,
+:mod:`.joyvasa`: JoyVASA's windows and features); the encoders they share are in :mod:`.encoders`.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch
 
 from .. import audio as A
 from ..errors import InputError
-from . import ditto
+from . import ditto, joyvasa
 from .ditto import DittoOnlineFeatures, ditto_offline_features, ditto_online_features, num_video_frames
 from .embeddings import AudioEmbeddings, check_spec
 from .encoders import (CHUNKINGS, DITTO_ONNX_NAME, ENCODERS, HUBERT_NAME, LAST, ChunkingInfo, EncoderInfo,
@@ -61,8 +64,7 @@ def _frames(num_samples: int, fps: float, sample_rate: int) -> int:
 
 def compute_embeddings(audio: AudioLike, encoder: Union[str, Callable] = HUBERT_NAME,
                        chunking: str = "ditto-offline", device="auto", precision="auto",
-                       progress: Optional[Callable[..., None]] = None,
-                       should_stop: Optional[Callable[[], bool]] = None, *,
+                       progress: Optional[Callable[..., None]] = None, *,
                        layer: Union[str, int, None] = LAST, model_path=None, download: bool = True,
                        batch_size: int = ditto.DEFAULT_BATCH, max_minutes: Optional[float] = MAX_MINUTES,
                        allow_silent: bool = False, envelope: bool = True) -> AudioEmbeddings:
@@ -74,7 +76,7 @@ def compute_embeddings(audio: AudioLike, encoder: Union[str, Callable] = HUBERT_
     * ``layer``: ``"last_hidden_state"`` or ``"hidden_states[i]"`` (HuBERT).
     * ``model_path``: explicit model folder/file instead of the weights manager.
     * ``batch_size``: chunks per encoder call (memory stays bounded for long audio).
-    * ``progress(done, total)``: per chunk batch; ``should_stop()`` -> True cancels.
+    * ``progress(done, total)``: per chunk batch; cancelling goes through it (:mod:`core.progress`).
     """
     chunk = chunking_info(chunking)
     if isinstance(encoder, str):
@@ -109,7 +111,7 @@ def compute_embeddings(audio: AudioLike, encoder: Union[str, Callable] = HUBERT_
     if enc_rate != chunk.sample_rate:
         raise InputError(f"the encoder works at {enc_rate} Hz but chunking {chunking!r} at {chunk.sample_rate} Hz")
 
-    out = chunk.run(samples, enc, batch_size=batch_size, progress=progress, should_stop=should_stop)
+    out = chunk.run(samples, enc, batch_size=batch_size, progress=progress)
     feats, num_frames = (out if isinstance(out, tuple) else (out, None))
     if num_frames is None:
         num_frames = _frames(samples.numel(), chunk.fps, chunk.sample_rate)
@@ -135,5 +137,5 @@ def compute_embeddings(audio: AudioLike, encoder: Union[str, Callable] = HUBERT_
 __all__ = ["AudioEmbeddings", "CHUNKINGS", "ChunkingInfo", "DITTO_EXPECTED", "DittoOnlineFeatures", "ENCODERS",
            "EncoderInfo", "HubertEncoder", "MAX_MINUTES", "MissingDependencyError", "OnnxEncoder", "build_hubert",
            "check_spec", "chunking_info", "compute_embeddings", "ditto", "ditto_offline_features",
-           "ditto_online_features", "encoder_info", "get_encoder", "hubert_files", "list_chunkings", "list_encoders",
-           "num_video_frames", "register_chunking", "register_encoder", "to_audio"]
+           "ditto_online_features", "encoder_info", "get_encoder", "hubert_files", "joyvasa", "list_chunkings",
+           "list_encoders", "num_video_frames", "register_chunking", "register_encoder", "to_audio"]

@@ -21,13 +21,13 @@ Audio must already be 16 kHz mono float32, not normalised (Ditto feeds the raw w
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from ..errors import Cancelled, InputError
-from ..progress import Progress
+from ..errors import InputError
+from ..progress import Progress, as_progress
 
 SAMPLE_RATE = 16000
 FPS = 25
@@ -42,8 +42,7 @@ KEEP = slice(-14, -4)                   # the 10 HuBERT frames kept -> 5 video f
 DEFAULT_BATCH = 16
 
 EncoderFn = Callable[[torch.Tensor], torch.Tensor]
-ProgressFn = Optional[Callable[..., None]]
-StopFn = Optional[Callable[[], bool]]
+ProgressFn = Union[Progress, Callable[..., None], None]
 
 
 def num_video_frames(num_samples: int) -> int:
@@ -105,14 +104,14 @@ def reduce_chunk_output(out: torch.Tensor) -> torch.Tensor:
 
 
 def run_chunks(audio: torch.Tensor, starts: Sequence[int], encoder: EncoderFn, batch_size: int = DEFAULT_BATCH,
-               progress: ProgressFn = None, should_stop: StopFn = None) -> torch.Tensor:
-    """Encode the chunks at ``starts`` ``batch_size`` at a time -> ``[5 * len(starts), D]``."""
+               progress: ProgressFn = None) -> torch.Tensor:
+    """Encode the chunks at ``starts`` ``batch_size`` at a time -> ``[5 * len(starts), D]``.
+    ``progress`` (a callback or a :class:`~core.progress.Progress`) counts chunks; cancelling goes
+    through it (:mod:`core.progress`)."""
     batch_size = max(int(batch_size), 1)
-    bar = Progress(len(starts), progress)
+    bar = as_progress(progress, len(starts))
     result: Optional[torch.Tensor] = None
     for b in range(0, len(starts), batch_size):
-        if should_stop is not None and should_stop():
-            raise Cancelled("audio feature extraction was cancelled")
         part = starts[b:b + batch_size]
         with torch.inference_mode():
             out = encoder(gather_chunks(audio, part))
@@ -128,20 +127,20 @@ def run_chunks(audio: torch.Tensor, starts: Sequence[int], encoder: EncoderFn, b
 
 
 def ditto_offline_features(audio, encoder: EncoderFn, batch_size: int = DEFAULT_BATCH,
-                           progress: ProgressFn = None, should_stop: StopFn = None) -> torch.Tensor:
+                           progress: ProgressFn = None) -> torch.Tensor:
     """Ditto's offline features ``[ceil(len / 640), D]`` of 16 kHz mono ``audio``."""
     audio = as_samples(audio)
     num_f = num_video_frames(audio.shape[0])
-    feats = run_chunks(audio, offline_chunk_starts(audio.shape[0]), encoder, batch_size, progress, should_stop)
+    feats = run_chunks(audio, offline_chunk_starts(audio.shape[0]), encoder, batch_size, progress)
     return feats[:num_f]
 
 
 def ditto_online_features(audio, encoder: EncoderFn, batch_size: int = DEFAULT_BATCH,
-                          progress: ProgressFn = None, should_stop: StopFn = None) -> torch.Tensor:
+                          progress: ProgressFn = None) -> torch.Tensor:
     """Ditto's online (streaming) features ``[5 * ceil((len + 1920) / 3200), D]`` of 16 kHz mono
     ``audio``, all at once; row ``n`` is video frame ``n`` (the last rows see end padding)."""
     audio = as_samples(audio)
-    return run_chunks(audio, online_chunk_starts(audio.shape[0]), encoder, batch_size, progress, should_stop)
+    return run_chunks(audio, online_chunk_starts(audio.shape[0]), encoder, batch_size, progress)
 
 
 class DittoOnlineFeatures:

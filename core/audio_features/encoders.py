@@ -50,7 +50,7 @@ class EncoderInfo:
 
 @dataclass
 class ChunkingInfo:
-    """One selectable chunking. ``run(samples [T], encoder, batch_size=, progress=, should_stop=)``
+    """One selectable chunking. ``run(samples [T], encoder, batch_size=, progress=)``
     returns features ``[rows, D]`` (row n = video frame n), or ``(features, num_frames)``."""
 
     name: str

@@ -2,17 +2,23 @@
 
 Library use::
 
-    from core.fom import get_fom, animate
+    from core.fom import get_fom, animate, best_frame_index
     fom = get_fom("vox-cpk.pth.tar")                      # cached; or load_fom(path) uncached
     frames = animate(fom, portrait, driving, relative=True, adapt_movement_scale=True)
+    start = best_frame_index(portrait, driving)           # face landmarks (S3FD + 2D-FAN)
+    frames = animate(fom, portrait, driving, relative=True, initial_index=start)
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from .. import weights
 from ..cache import CACHE, file_key
 from ..device import resolve_device
+from ..errors import InputError
+from ..progress import ProgressFn
 from .animate import (RESOLUTION, animate, animate_stream, find_best_frame, hull_area, keypoints,
                       movement_scale, normalize_kp, prepare_source, render, to_model_input)
 from .load import FOM, infer_config, load_fom, preset
@@ -30,6 +36,29 @@ def get_fom(checkpoint: str = "vox-cpk.pth.tar", device="auto", download: bool =
                      info={"file": path.name})
 
 
-__all__ = ["FOM", "FILE_ID", "RESOLUTION", "animate", "animate_stream", "find_best_frame", "get_fom", "hull_area",
-           "infer_config", "keypoints", "load_fom", "movement_scale", "normalize_kp", "prepare_source", "preset",
-           "render", "to_model_input"]
+def best_frame_index(portrait: torch.Tensor, driving: torch.Tensor, device="auto", download: bool = True,
+                     progress: Optional[ProgressFn] = None) -> int:
+    """Index of the driving frame whose face landmarks best match the portrait's (the reference
+    frame of ``animate(..., initial_index=...)``).
+
+    ``portrait``: IMAGE ``[B, H, W, 3]`` (its first image is used); ``driving``: IMAGE ``[T, H, W, 3]``.
+    The landmarks come from the "face-alignment sfd" detector and the 2D-FAN landmarker
+    (:func:`core.face.get_detector`, :func:`core.face.get_landmarker`, weights found or, with
+    ``download``, downloaded), the match from :func:`find_best_frame`; driving frames without a face
+    are skipped (frame 0 when none has one). ``progress(done, total)`` is called per driving frame.
+    No face in the portrait: :class:`InputError`.
+    """
+    from ..face import face_landmarks, get_detector, get_landmarker
+
+    detector = get_detector("face-alignment sfd", device, download)
+    landmarker = get_landmarker(device, download)
+    (source,) = face_landmarks(portrait[:1], detector, landmarker)
+    if source is None:
+        raise InputError("find_best_frame: no face was found in the portrait; switch find_best_frame off")
+    found = face_landmarks(driving, detector, landmarker, progress=progress)
+    return find_best_frame(source, found)
+
+
+__all__ = ["FOM", "FILE_ID", "RESOLUTION", "animate", "animate_stream", "best_frame_index", "find_best_frame",
+           "get_fom", "hull_area", "infer_config", "keypoints", "load_fom", "movement_scale", "normalize_kp",
+           "prepare_source", "preset", "render", "to_model_input"]

@@ -23,10 +23,8 @@ from ..errors import InputError
 from ..geometry import hull_measure
 from ..progress import Progress, ProgressFn
 from ..resize import image_to_square_nchw
-from .load import FOM
+from .load import FOM, RESOLUTION
 from .model import KP
-
-RESOLUTION = 256  # vox-256
 
 
 # --------------------------------------------------------------------------- keypoint maths
@@ -128,7 +126,8 @@ def render(fom: FOM, state: SourceState, kp_driving: KP) -> torch.Tensor:
 def animate_stream(fom: FOM, source: torch.Tensor, driving: Iterable[torch.Tensor], *, relative: bool = True,
                    adapt_movement_scale: bool = True, initial: Optional[torch.Tensor] = None,
                    device=None, precision: str = "auto") -> Iterator[torch.Tensor]:
-    """Yield animated frames ``[B,3,256,256]`` (float32, CPU) for each driving batch.
+    """Yield animated frames ``[B,3,S,S]`` (float32, CPU; ``S`` = :attr:`~.load.FOM.output_size`) per driving
+    batch.
 
     ``source``: ``[1,3,H,W]`` in 0..1; ``driving``: batches ``[B,3,H,W]`` (the batch size is the
     caller's choice); ``initial``: the relative-mode reference frame ``[1,3,H,W]`` (default: the
@@ -157,9 +156,10 @@ def animate_stream(fom: FOM, source: torch.Tensor, driving: Iterable[torch.Tenso
 def animate(fom: FOM, source: torch.Tensor, driving: torch.Tensor, *, relative: bool = True,
             adapt_movement_scale: bool = True, initial_index: int = 0, batch_size: int = 8, device=None,
             precision: str = "auto", progress: Optional[ProgressFn] = None,
-            out: Optional[torch.Tensor] = None, resolution: int = RESOLUTION) -> torch.Tensor:
+            out: Optional[torch.Tensor] = None, resolution: Optional[int] = None) -> torch.Tensor:
     """Animate a whole IMAGE batch: ``source`` ``[1,H,W,3]``, ``driving`` ``[T,H,W,3]`` (0..1,
-    any size: both are brought to ``resolution`` squared) -> ``[T,256,256,3]`` float32 on the CPU.
+    any size: both are brought to ``resolution`` squared, default the model's
+    :attr:`~.load.FOM.input_size`, 256) -> ``[T,S,S,3]`` float32 on the CPU.
 
     Driving frames move to the device ``batch_size`` at a time and results are written into
     ``out`` (allocated here if not given) as they come, so only one batch is on the device.
@@ -174,7 +174,7 @@ def animate(fom: FOM, source: torch.Tensor, driving: torch.Tensor, *, relative: 
     if batch_size < 1:
         raise InputError("batch_size must be at least 1")
     dev = resolve_device(device)
-    res = resolution
+    res = fom.input_size if resolution is None else int(resolution)
     if out is None:
         out = torch.empty((n, res, res, 3), dtype=torch.float32)
     batches = (to_model_input(driving[i:i + batch_size], res, dev) for i in range(0, n, batch_size))

@@ -13,7 +13,6 @@ configs (0.1 and 0.01 in all of them).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +20,20 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
+from ..configs import load_preset
 from ..errors import CheckpointError
 from ..weights import check_state_dict, load_state_dict
 from . import model as M
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 REQUIRED = ("generator", "kp_detector")
+#: side of the square frames every published FOM checkpoint was trained on (vox-256): both what the
+#: networks read and what the generator writes
+RESOLUTION = 256
 
 
 def preset(name: str = "vox-256") -> dict:
     """A shipped config (``configs/<name>.json``), ``model_params`` as in the official YAML."""
-    return json.loads((CONFIG_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    return load_preset(__file__, name)
 
 
 @dataclass
@@ -45,6 +47,17 @@ class FOM:
 
     def modules_for_cache(self):
         return [self.kp_detector, self.generator]
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square frames the networks read (:data:`RESOLUTION`, 256, unless the config
+        names an ``input_size``)."""
+        return int(self.config.get("input_size", RESOLUTION))
+
+    @property
+    def output_size(self) -> int:
+        """Side of the square frames the generator writes (the input size: FOM does not upscale)."""
+        return self.input_size
 
     def optimize_for_inference(self) -> "FOM":
         """Fold BatchNorms, use sub-pixel upsampling convs and channels-last memory (faster on

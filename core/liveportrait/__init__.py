@@ -26,7 +26,8 @@ from .. import weights
 from ..cache import CACHE, file_key
 from ..device import resolve_device
 from ..errors import CheckpointError, WeightsMissingError
-from .load import KINDS, LivePortraitModels, load_liveportrait, load_module, load_retargeting, preset
+from .load import (INPUT_SIZE, KINDS, OUTPUT_SIZE, LivePortraitConfig, LivePortraitModels, load_liveportrait,
+                   load_module, load_retargeting, preset)
 from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
 from .render import (MASK_TEMPLATE, LivePortraitSource, extract_motion, mask_template, motion_keypoints,
                      portrait_source, prepare_source, render_frames, render_pasted, render_to_video, warp_decode)
@@ -105,15 +106,20 @@ def resolve_paths(variant: str = "human", download: bool = True, folder: Optiona
 
 def get_liveportrait(variant: str = "human", device="auto", download: bool = True,
                      folder: Optional[Path] = None) -> LivePortraitModels:
-    """All networks, loaded once (configuration detected from the files) and cached."""
+    """All networks, loaded once (configuration detected from the files), optimised for inference
+    (:meth:`LivePortraitModels.optimize_for_inference`) and cached."""
     paths = resolve_paths(variant, download, folder)
     dev = resolve_device(device)
     key = tuple(file_key(p) for p in paths.values())
-    return CACHE.get("liveportrait", key, lambda: load_liveportrait(paths, detect_preset(paths[KINDS[0]])),
-                     dev, torch.float32, info={"file": f"LivePortrait ({variant})"})
+
+    def load() -> LivePortraitModels:
+        return load_liveportrait(paths, detect_preset(paths[KINDS[0]])).optimize_for_inference()
+
+    return CACHE.get("liveportrait", key, load, dev, torch.float32, info={"file": f"LivePortrait ({variant})"})
 
 
-__all__ = ["DriveOptions", "KINDS", "VARIANTS", "LivePortraitModels", "LivePortraitSource", "MASK_TEMPLATE", "Motion",
-           "SourceMotion", "detect_preset", "driving_keypoints", "extract_motion", "file_ids", "get_liveportrait",
-           "load_liveportrait", "load_module", "load_retargeting", "mask_template", "motion_keypoints", "portrait_source",
-           "preset", "prepare_source", "render_frames", "render_pasted", "render_to_video", "resolve_paths", "warp_decode"]
+__all__ = ["DriveOptions", "INPUT_SIZE", "KINDS", "OUTPUT_SIZE", "VARIANTS", "LivePortraitConfig",
+           "LivePortraitModels", "LivePortraitSource", "MASK_TEMPLATE", "Motion", "SourceMotion", "detect_preset",
+           "driving_keypoints", "extract_motion", "file_ids", "get_liveportrait", "load_liveportrait", "load_module",
+           "load_retargeting", "mask_template", "motion_keypoints", "portrait_source", "preset", "prepare_source",
+           "render_frames", "render_pasted", "render_to_video", "resolve_paths", "warp_decode"]

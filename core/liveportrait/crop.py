@@ -17,11 +17,16 @@ import math
 from typing import Sequence, Tuple
 
 import numpy as np
+import torch
 
-from ..face import CropRecord
+from ..errors import InputError
+from ..face import NO_FACE_MESSAGE, CropRecord, crop_image, pick_largest
+from .load import OUTPUT_SIZE
 
 SOURCE_SCALE, SOURCE_VY = 2.3, -0.125
 DRIVING_SCALE, DRIVING_VY = 2.2, -0.1
+#: driving frames the face is looked for in (evenly spaced, first and last included)
+DRIVING_DETECT_FRAMES = 8
 
 _ANCHORS = {  # layout size -> (left-eye indices, right-eye indices, lip indices)
     106: ((33, 35, 40, 39), (87, 89, 94, 93), (52, 61)),
@@ -63,7 +68,7 @@ def crop_square(landmarks: np.ndarray, scale: float = SOURCE_SCALE, vy_ratio: fl
     return centre, side, angle
 
 
-def crop_matrix(landmarks: np.ndarray, dsize: int = 512, scale: float = SOURCE_SCALE,
+def crop_matrix(landmarks: np.ndarray, dsize: int = OUTPUT_SIZE, scale: float = SOURCE_SCALE,
                 vy_ratio: float = SOURCE_VY, rotate: bool = True) -> np.ndarray:
     """3x3 similarity transform, original pixel coordinates -> ``dsize`` crop coordinates
     (pixel centres at integers, as cv2.warpAffine uses them)."""
@@ -76,7 +81,7 @@ def crop_matrix(landmarks: np.ndarray, dsize: int = 512, scale: float = SOURCE_S
                      [0.0, 0.0, 1.0]])
 
 
-def crop_record(landmarks: np.ndarray, full_hw: Sequence[int], dsize: int = 512, scale: float = SOURCE_SCALE,
+def crop_record(landmarks: np.ndarray, full_hw: Sequence[int], dsize: int = OUTPUT_SIZE, scale: float = SOURCE_SCALE,
                 vy_ratio: float = SOURCE_VY, rotate: bool = True, detector: str = "landmarks") -> CropRecord:
     """The official crop as a :class:`CropRecord` (usable with ``face.crop_image`` / ``paste_back``)."""
     m = crop_matrix(landmarks, dsize, scale, vy_ratio, rotate)
@@ -96,3 +101,25 @@ def record_from_box(box, full_hw: Sequence[int], size: int, scale: float = SOURC
     if not face_box:
         return crop_from_box(box, full_hw, size, scale=1.0, vy=0.0)
     return crop_from_box(box, full_hw, size, scale=scale, vy=vy * scale)
+
+
+def crop_driving_video(frames: torch.Tensor, detector, size: int, device=None) -> torch.Tensor:
+    """A driving video cut to LivePortrait's driving crop, one box for the whole video.
+
+    ``frames``: IMAGE ``[T, H, W, 3]``; ``detector``: a :class:`core.face.FaceDetector`. The face is
+    looked for in up to :data:`DRIVING_DETECT_FRAMES` evenly spaced frames; the largest face's box
+    of each frame where one is found is averaged, and that box gives one crop
+    (:func:`record_from_box` with :data:`DRIVING_SCALE` / :data:`DRIVING_VY`, or the box as is
+    when the detector's boxes already are the crop) that every frame is cut to: ``[T, size, size, 3]``
+    float32 on the CPU, black where the square runs past the frame. ``device``: where the crops are
+    resampled. No face in any of those frames: :class:`InputError` naming the fallback detectors.
+    """
+    count = frames.shape[0]
+    picks = np.unique(np.linspace(0, count - 1, min(DRIVING_DETECT_FRAMES, count)).round().astype(int))
+    boxes = [pick_largest(found).box for found in (detector.detect(frames[i]) for i in picks) if found]
+    if not boxes:
+        raise InputError(NO_FACE_MESSAGE.replace("the image", "the driving video"))
+    box = np.mean(np.asarray(boxes, dtype=np.float64), axis=0)
+    record = record_from_box(box, tuple(frames.shape[1:3]), size, DRIVING_SCALE, DRIVING_VY,
+                             getattr(detector, "is_face_box", True))
+    return crop_image(frames, record, padding_mode="zeros", device=device)

@@ -24,10 +24,9 @@ from ..errors import InputError
 from ..progress import Progress, ProgressFn
 from ..resize import image_to_square_nchw
 from . import kinematics as K
-from .load import LivePortraitModels
+from .load import INPUT_SIZE, LivePortraitModels
 from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
 
-INPUT_SIZE = 256
 MASK_TEMPLATE = Path(__file__).resolve().parent / "configs" / "mask_template.png"
 _MASK: Optional[torch.Tensor] = None
 
@@ -70,12 +69,13 @@ def motion_info(models: LivePortraitModels, x: torch.Tensor, return_raw: bool = 
 
 @torch.inference_mode()
 def prepare_source(models: LivePortraitModels, crop: torch.Tensor, lmk203: Optional[torch.Tensor] = None,
-                   device=None, precision: str = "fp32", size: int = INPUT_SIZE,
+                   device=None, precision: str = "fp32", size: Optional[int] = None,
                    appearance: bool = True) -> LivePortraitSource:
-    """``crop``: the face crop as IMAGE ``[1,H,W,3]`` (resized to ``size``). ``appearance=False``: only
-    the portrait's own motion (what motion producers need), without the appearance volume."""
+    """``crop``: the face crop as IMAGE ``[1,H,W,3]`` (resized to ``size``, default the models'
+    :attr:`~.load.LivePortraitModels.input_size`). ``appearance=False``: only the portrait's own motion
+    (what motion producers need), without the appearance volume."""
     dev = resolve_device(device)
-    x = to_input(crop[:1], size, dev)
+    x = to_input(crop[:1], models.input_size if size is None else size, dev)
     with autocast(dev, resolve_dtype(precision, dev)):
         feature = models.appearance(x) if appearance else None
         info, raw = motion_info(models, x, return_raw=True)
@@ -91,14 +91,13 @@ NO_FACE_BOX_DETECTORS = ("center", "none (already cropped)", "none")
 
 def portrait_source(models: LivePortraitModels, portrait, device=None, precision: str = "fp32",
                     appearance: bool = True) -> LivePortraitSource:
-    """A :class:`core.portrait.Portrait` (from LoadPortrait) -> its LivePortrait source, cropped the
+    """A :class:`core.face.Portrait` (from LoadPortrait) -> its LivePortrait source, cropped the
     way LivePortrait was trained (``record`` = the crop at the output size, for paste-back).
     ``appearance=False`` skips the appearance volume (see :func:`prepare_source`)."""
     from ..face import crop_image
     from .crop import SOURCE_SCALE, SOURCE_VY, record_from_box
 
-    in_size = int(models.config.get("input_size", INPUT_SIZE))
-    out_size = int(models.config.get("output_size", 512))
+    in_size, out_size = models.input_size, models.output_size
     rec = portrait.record
     box = rec.bbox if rec.bbox is not None else (-0.5, -0.5, rec.full_size[1] - 0.5, rec.full_size[0] - 0.5)
     record = record_from_box(box, rec.full_size, out_size, SOURCE_SCALE, SOURCE_VY,
@@ -111,10 +110,12 @@ def portrait_source(models: LivePortraitModels, portrait, device=None, precision
 
 @torch.inference_mode()
 def extract_motion(models: LivePortraitModels, frames: torch.Tensor, fps: float = 25.0, batch_size: int = 8,
-                   device=None, precision: str = "fp32", size: int = INPUT_SIZE,
+                   device=None, precision: str = "fp32", size: Optional[int] = None,
                    progress: Optional[ProgressFn] = None) -> Motion:
-    """Driving face crops IMAGE ``[T,H,W,3]`` -> their :class:`Motion` (video-driven mode)."""
+    """Driving face crops IMAGE ``[T,H,W,3]`` -> their :class:`Motion` (video-driven mode), resized to
+    ``size`` (default the models' :attr:`~.load.LivePortraitModels.input_size`)."""
     dev = resolve_device(device)
+    size = models.input_size if size is None else size
     n = int(frames.shape[0])
     if n == 0:
         raise InputError("the driving video has no frames")

@@ -22,10 +22,11 @@ Res-block: ``shortcut + conv_1(lrelu(norm_1(conv_0(lrelu(norm_0(x))))))`` with t
 ``conv_s(norm_s(x))`` (1x1, no bias, no activation) when the channel count changes, else ``x``.
 conv_0/conv_1/conv_s are spectrally normalised (eval-only, see :class:`SNConv2d`).
 
-Speed: with autograd off (``no_grad`` / ``inference_mode``) the decoder runs an exact
-re-arrangement of the same computation (``SPADEDecoder._fast_forward``): official size, batch 1,
-2-core AVX-512 CPU, torch 2.13: 5.05 s -> 3.6 s per frame, max |diff| 4e-6 vs the module graph
-(which stays in use with autograd on).
+Speed: after :meth:`SPADEDecoder.optimize_for_inference` (called once by the inference loader,
+:func:`core.liveportrait.get_liveportrait`) the decoder runs an exact re-arrangement of the same
+computation (``SPADEDecoder._fast_forward``): official size, batch 1, 2-core AVX-512 CPU, torch 2.13:
+5.05 s -> 3.6 s per frame, max |diff| 4e-6 vs the module graph. A decoder without that call (training,
+gradients, the reference) always runs the module graph.
 """
 from __future__ import annotations
 
@@ -240,20 +241,20 @@ class SPADEDecoder(nn.Module):
     512x512; tiny fixture 8 at 16x16 -> 128x128), ``u = upscale``. Constructor kwargs are exactly
     ``model_params.spade_generator_params`` of LivePortrait's models.yaml.
 
-    Two numerically equivalent forward paths:
+    Two numerically equivalent forward paths, chosen explicitly:
 
-    * autograd on (training / ``torch.enable_grad``): the plain module graph (reference path);
-    * autograd off (``torch.no_grad`` / ``torch.inference_mode``) and ``self.fast_path`` (default
-      True): :meth:`_fast_forward`, an exact re-arrangement of the same computation (differs by
-      float32 summation order only: 8e-7 on the tiny fixture, 4e-6 at full size) that is 1.4x
-      faster on CPU - see its docstring.
+    * by default the plain module graph (the reference path; the one training and gradients use);
+    * after :meth:`optimize_for_inference` (``self.fast_path`` True): :meth:`_fast_forward`, an exact
+      re-arrangement of the same computation (differs by float32 summation order only: 8e-7 on the
+      tiny fixture, 4e-6 at full size) that is 1.4x faster on CPU - see its docstring. It computes no
+      gradients: the call freezes the parameters, and an input that requires a gradient is refused.
 
     Prepared weights of the fast path (spectral-normalised convs, folded SPADE kernels; 192 MB
-    at the official size, 136 MB with ``fold_gamma_beta = False``) are built on the first
-    no-grad call (~0.13 s) and cached; they are rebuilt whenever a parameter/buffer changes
-    (``load_state_dict``, ``.to()``/``.half()``, in-place edits of normal tensors - version
-    counters). In-place edits of *inference* tensors other than ``load_state_dict`` are not
-    seen: call :meth:`clear_cache` after those (it also frees the memory).
+    at the official size, 136 MB with ``fold_gamma_beta = False``) are built on its first call
+    (~0.13 s) and cached; they are rebuilt whenever a parameter/buffer changes (``load_state_dict``,
+    ``.to()``/``.half()``, in-place edits of normal tensors). In-place edits of *inference* tensors
+    other than ``load_state_dict`` are not seen: call :meth:`clear_cache` after those (it also frees
+    the memory).
     """
 
     def __init__(self, upscale: int = 1, block_expansion: int = 64, max_features: int = 512,
@@ -270,8 +271,8 @@ class SPADEDecoder(nn.Module):
         self.up = nn.Upsample(scale_factor=2)
         self.conv_img = nn.Sequential(nn.Conv2d(OUT_CHANNELS, 3 * upscale ** 2, 3, padding=1),
                                       nn.PixelShuffle(upscale))
-        #: use the fast path when autograd is off (set False to force the reference path)
-        self.fast_path = True
+        #: run :meth:`_fast_forward` (switched on by :meth:`optimize_for_inference`; False: the module graph)
+        self.fast_path = False
         #: channels_last activations in the fast path (faster oneDNN convolutions on CPU)
         self.channels_last = True
         #: fast path: phase-fold the 4x gamma/beta convs too (fewer MACs, more cached weights)
@@ -294,9 +295,23 @@ class SPADEDecoder(nn.Module):
         return torch.sigmoid(x)
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        if self.fast_path and not torch.is_grad_enabled():
-            return self._fast_forward(feature)
-        return self._reference_forward(feature)
+        if not self.fast_path:
+            return self._reference_forward(feature)
+        if torch.is_grad_enabled() and (feature.requires_grad or any(p.requires_grad for p in self.parameters())):
+            raise RuntimeError("this SPADEDecoder was optimised for inference (optimize_for_inference) and computes "
+                               "no gradients; run it under torch.no_grad() / torch.inference_mode() with an input "
+                               "that needs no gradient, or use a decoder without optimize_for_inference() for "
+                               "training and gradients")
+        return self._fast_forward(feature)
+
+    def optimize_for_inference(self) -> "SPADEDecoder":
+        """Use the inference-only fast path from now on (:meth:`_fast_forward`; outputs equal to float
+        rounding). Puts the module in eval mode and freezes its parameters (the fast path computes no
+        gradients), so do this only on a decoder used for inference; the prepared weights are built on
+        the first forward, on the device the module is then on. Returns ``self``."""
+        self.eval().requires_grad_(False)
+        self.fast_path = True
+        return self
 
     # -- fast path: prepared weights -----------------------------------------------------------
     def _state_key(self):
@@ -310,7 +325,7 @@ class SPADEDecoder(nn.Module):
         return tuple(key)
 
     def clear_cache(self) -> None:
-        """Drop the fast path's prepared weights (rebuilt on the next no-grad forward)."""
+        """Drop the fast path's prepared weights (rebuilt on the next fast-path forward)."""
         self._prepared = self._prepared_key = None
 
     def __getstate__(self):  # pickling / deepcopy: never carry the cache along

@@ -89,14 +89,14 @@ def _ditto_cfg(download: bool):
 def generate_motion(embeddings: AudioEmbeddings, source, checkpoint: str, steps: int = 50, guidance: float = 2.0,
                     seed: int = 0, pose_strength: float = 1.0, expression_strength: float = 1.0,
                     lip_strength: float = 1.0, emotion: str = "Neutral", eye_open: float = DEFAULT_EYE_OPEN, device="auto",
-                    download: bool = True, progress: Optional[Callable[[int, int], None]] = None,
-                    should_stop: Optional[Callable[[], bool]] = None) -> Motion:
+                    download: bool = True, progress: Optional[Callable[[int, int], None]] = None) -> Motion:
     """Audio embeddings + ``source`` (a :class:`~core.liveportrait.render.LivePortraitSource` with its
     raw motion-extractor heads) -> a composed Motion at the embeddings' frame rate.
 
     Ditto: ``steps`` DDIM steps, classifier-free ``guidance``, ``emotion`` one of
     :data:`core.motion.ditto.EMOTIONS`. JoyVASA: its fixed 50-step sampler, ``guidance`` = its cfg scale;
-    ``steps`` and ``emotion`` do not apply.
+    ``steps`` and ``emotion`` do not apply. ``progress(done, total)`` counts denoising steps; cancelling
+    goes through it (:mod:`core.progress`).
     """
     if not isinstance(embeddings, AudioEmbeddings):
         raise InputError("MotionDiT needs audio embeddings from AudioToEmbedding")
@@ -105,10 +105,10 @@ def generate_motion(embeddings: AudioEmbeddings, source, checkpoint: str, steps:
     fam, path = resolve_checkpoint(checkpoint, download)
     if fam == "ditto":
         motion = _ditto(embeddings, source, path, steps, guidance, seed, pose_strength, expression_strength,
-                        emotion, eye_open, device, download, progress, should_stop)
+                        emotion, eye_open, device, download, progress)
     else:
         motion = _joyvasa(embeddings, source, path, guidance, seed, pose_strength, expression_strength, device,
-                          progress, should_stop)
+                          progress)
     return scale_lips(motion, source.motion.exp, lip_strength)
 
 
@@ -126,7 +126,7 @@ def scale_lips(motion: Motion, exp_source: torch.Tensor, strength: float) -> Mot
 
 
 def _ditto(emb, source, path, steps, guidance, seed, pose_strength, expression_strength, emotion, eye_open,
-           device, download, progress, should_stop) -> Motion:
+           device, download, progress) -> Motion:
     from . import ditto
 
     check_spec(emb, DITTO_EXPECTED, "Ditto")
@@ -140,17 +140,15 @@ def _ditto(emb, source, path, steps, guidance, seed, pose_strength, expression_s
                             use_eye_ball=cfg.use_eye_ball, use_sc=cfg.use_sc)
     feats = emb.aligned()
     seq = ditto.generate(lmdm, feats, cond, ditto.source_vector(raw), steps=int(steps), guidance=float(guidance),
-                         seed=int(seed), overlap=int(cfg.overlap_v2), smooth=int(cfg.smo_k_d), progress=progress,
-                         should_stop=should_stop)
+                         seed=int(seed), overlap=int(cfg.overlap_v2), smooth=int(cfg.smo_k_d), progress=progress)
     return ditto.to_motion(seq, raw, fps=emb.fps, pose_strength=pose_strength, exp_strength=expression_strength,
                            v_min_max=cfg.v_min_max_for_clip, **({"delta_pitch": cfg.overall_ctrl_info["delta_pitch"]}
                                                                  if "delta_pitch" in cfg.overall_ctrl_info else {}))
 
 
-def _joyvasa(emb, source, path, guidance, seed, pose_strength, expression_strength, device, progress,
-             should_stop) -> Motion:
+def _joyvasa(emb, source, path, guidance, seed, pose_strength, expression_strength, device, progress) -> Motion:
     from . import joyvasa
-    from .joyvasa.audio import FRONT_PAD, SAMPLE_RATE
+    from ..audio_features.joyvasa import FRONT_PAD, SAMPLE_RATE
 
     check_spec(emb, {"encoder": JOYVASA_ENCODER, "chunking": JOYVASA_ENCODER, "checkpoint": path.name},
                f"JoyVASA ({path.name})")
@@ -158,7 +156,7 @@ def _joyvasa(emb, source, path, guidance, seed, pose_strength, expression_streng
     template = joyvasa.load_template(weights.resolve("joyvasa/motion_template"))
     n_pad = int(emb.features.shape[0]) - int(emb.num_frames)
     gen = joyvasa.generate(model, emb.features, template, cfg_scale=float(guidance), seed=int(seed),
-                           n_pad_frames=n_pad, progress=progress, should_stop=should_stop)
+                           n_pad_frames=n_pad, progress=progress)
     # JoyVASA's frame n covers audio [640 n - 1280, 640 n - 640): its first frames belong to the 1280 zeros
     # put in front of the audio. Dropping them aligns frame n with audio [640 n, 640 n + 640), one frame per
     # video frame of the audio (the official demo keeps them, showing the mouth 2 frames late).
@@ -193,7 +191,7 @@ def _load_joyvasa_encoder(device, dtype, path=None, download=True, layer=None):
     return _JoyVASAEncoder(_load("joyvasa", path, device), path)
 
 
-def _joyvasa_chunking(samples, enc, batch_size=None, progress=None, should_stop=None):
+def _joyvasa_chunking(samples, enc, batch_size=None, progress=None):
     from . import joyvasa
 
     if not isinstance(enc, _JoyVASAEncoder):

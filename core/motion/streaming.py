@@ -24,7 +24,7 @@ Usage::
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import torch
 
@@ -32,6 +32,7 @@ from ..audio_features import DittoOnlineFeatures
 from ..errors import InputError
 from ..liveportrait.motion import DriveOptions, driving_keypoints
 from ..liveportrait.render import LivePortraitSource, render_frames
+from ..progress import Progress, ProgressFn
 from . import ditto
 
 SAMPLE_RATE = 16000
@@ -57,12 +58,15 @@ class TalkingHeadStream:
     (``chunks [N, 6480] -> [N, 20, 1024]``, e.g. ``core.audio_features.get_encoder(...)``).
     ``steps`` DDIM steps per window (the online default is 10), ``eye_open`` / ``emotion`` the
     conditions, ``options`` the renderer's :class:`~core.liveportrait.motion.DriveOptions` (stitching on).
+    ``progress``: ``progress(done, steps)`` per motion window's DDIM steps (or a
+    :class:`~core.progress.Progress` they all count into); cancelling goes through it and through the
+    renderer's batches (:mod:`core.progress`).
     """
 
     def __init__(self, lp_models, source: LivePortraitSource, lmdm, encoder, steps: int = 10, guidance: float = 2.0,
                  seed: int = 0, emotion="Neutral", eye_open: float = 0.8, options: Optional[DriveOptions] = None,
                  device=None, precision: str = "fp32", batch_size: int = 10,
-                 should_stop: Optional[Callable[[], bool]] = None):
+                 progress: Union[Progress, ProgressFn, None] = None):
         if source.raw is None:
             raise InputError("the LivePortrait source lacks its raw motion-extractor outputs")
         self.models, self.source, self.device, self.precision = lp_models, source, device, precision
@@ -74,7 +78,7 @@ class TalkingHeadStream:
                                 sc=self.raw["kp"])
         self.generator = ditto.OnlineGenerator(lmdm, cond, ditto.source_vector(self.raw), steps=steps,
                                                guidance=guidance, seed=seed, init_features=silence_features(encoder),
-                                               should_stop=should_stop)
+                                               progress=progress)
         self.samples_in = 0
         self.frames_out = 0
         self._t0: Optional[float] = None

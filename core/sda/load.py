@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..files import atomic_write
 from ..weights import check_state_dict, load_checkpoint
 from .model import SCALAR_KEYS, SDAConfig, SDAModel
 
@@ -155,15 +155,8 @@ def convert_to_safetensors(src: os.PathLike, dst: Optional[os.PathLike] = None, 
     cfg, mean_face, states = read_checkpoint(src, config)
     flat = {f"{m}.{k}": v.detach().to("cpu").contiguous().clone() for m in MODULES for k, v in states[m].items()}
     flat["mean_face"] = torch.from_numpy(np.ascontiguousarray(mean_face, dtype=np.float64))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent)
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata={META_KEY: json.dumps(cfg.to_dict()), "converted_from": src.name})
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(dst) as tmp:
+        save_file(flat, str(tmp), metadata={META_KEY: json.dumps(cfg.to_dict()), "converted_from": src.name})
     return dst
 
 

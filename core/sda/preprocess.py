@@ -13,7 +13,7 @@ Face
     * Landmarks are what ``face_alignment``'s ``get_landmarks(img)[0]`` returns: ``[68, 2]`` (x, y)
       in pixel-centre coordinates (pixel ``img[y, x]`` is at ``(x, y)``, skimage's convention).
       :func:`face_alignment_landmarks` gets them with the pack's own S3FD + 2D-FAN
-      (:mod:`core.face`, :mod:`core.landmarks`) set up like the official ``FaceAlignment``
+      (:mod:`core.face.detectors`, :mod:`core.face.landmarks`) set up like the official ``FaceAlignment``
       (``flip_input=False``, the highest-scoring face) and rounded like face-alignment does
       (its landmarks are integers).
 
@@ -166,8 +166,8 @@ def face_alignment_landmarks(device="auto", download: bool = True) -> LandmarkFn
     pass, the coordinates rounded as face-alignment's integer output."""
     from ..cache import CACHE, file_key
     from ..device import resolve_device
-    from ..landmarks import FILE_ID, FANLandmarks
-    from ..portrait import get_detector
+    from ..face import get_detector
+    from ..face.landmarks import FILE_ID, FANLandmarks
     from ..weights import resolve
 
     dev = resolve_device(device)
@@ -182,7 +182,7 @@ def face_alignment_landmarks(device="auto", download: bool = True) -> LandmarkFn
             return None
         best = max(faces, key=lambda f: f.score)
         pts = fan.landmarks(image, best.box)  # pixel-centre floats
-        return np.trunc(pts + 0.5)  # face-alignment's int(x_span) (see core.landmarks)
+        return np.trunc(pts + 0.5)  # face-alignment's int(x_span) (see core.face.landmarks)
 
     return find
 

@@ -228,7 +228,7 @@ class StandIn:
             return report
 
         HOST.progress_factory = progress_factory
-        self._graph = importlib.import_module(f"{self.pack.__name__}.core.graph")
+        self._graph = importlib.import_module(f"{self.pack.__name__}.headless")
         self._errors = errors
         self._node: Optional[str] = None
 

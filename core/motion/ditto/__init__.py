@@ -19,12 +19,12 @@ from .compose import (BLINK_LEN, MOTION_DIM, blink_indices, clip_motion, compose
 from .conditions import EMOTIONS, NEUTRAL, Conditions, emo_track, emo_vector, emotion_index, eye_features
 from .load import DittoCfg, load_cfg, load_lmdm, lmdm_state_dict, parse_cfg
 from .model import LMDM, infer_config
-from .sampler import cosine_alphas_cumprod, ddim_sample, make_generator, make_schedule, time_pairs
+from .sampler import cosine_alphas_cumprod, guided_denoiser, make_generator, make_schedule, sample, time_pairs
 from .stream import OnlineGenerator, as_conditions, generate, num_windows, smooth_rows
 
 __all__ = ["BLINK_LEN", "Conditions", "DittoCfg", "EMOTIONS", "LMDM", "MOTION_DIM", "NEUTRAL", "OnlineGenerator",
-           "as_conditions", "blink_indices", "clip_motion", "compose_motion", "cosine_alphas_cumprod", "ddim_sample",
+           "as_conditions", "blink_indices", "clip_motion", "compose_motion", "cosine_alphas_cumprod",
            "driving_keypoints", "emo_track", "emo_vector", "emotion_index", "eye_features", "generate",
-           "infer_config", "lmdm_state_dict", "load_cfg", "load_lmdm", "make_generator", "make_schedule",
-           "num_windows", "parse_cfg", "smooth_rows", "source_motion", "source_vector", "split_vector",
-           "time_pairs", "to_motion"]
+           "guided_denoiser", "infer_config", "lmdm_state_dict", "load_cfg", "load_lmdm", "make_generator",
+           "make_schedule", "num_windows", "parse_cfg", "sample", "smooth_rows", "source_motion", "source_vector",
+           "split_vector", "time_pairs", "to_motion"]

@@ -10,6 +10,9 @@
 
   where ``x0`` is the guided prediction (``u + w (c - u)``, w = 2) and
   ``eps = sqrt(1/(1-a_t)) x_t - x0 / sqrt(1/a_t - 1)``. No clipping.
+* Shape (shared with JoyVASA's sampler): ``sample(denoiser, x_T, schedule, noise, progress)`` with
+  ``denoiser(x, t) -> x0`` a callable closing over the window's conditions and the guidance
+  (:func:`guided_denoiser` builds Ditto's), ``schedule`` a :class:`Schedule` (:func:`make_schedule`).
 * Random draws (reference order): the S-1 step noises ``z_0..z_{S-2}`` are drawn once per run and
   reused by every window; each window then draws only ``x_T``. :func:`draw_step_noise` and
   :func:`draw_x_T` draw from a ``torch.Generator`` in exactly that order, so a CPU generator seeded
@@ -19,12 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from ...errors import Cancelled
+from ...progress import Progress, ProgressFn, as_progress
+
+Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
 N_TIMESTEPS = 1000
 COSINE_S = 8e-3
@@ -50,12 +55,16 @@ def time_pairs(steps: int, n: int = N_TIMESTEPS) -> List[Tuple[int, int]]:
 
 @dataclass
 class Schedule:
-    """The per-step constants of one sampling setup (all float32 tensors on ``alphas_cumprod``'s device)."""
+    """The timesteps and per-step constants of one sampling setup (float32 tensors on
+    ``alphas_cumprod``'s device). Step ``i`` goes from ``pairs[i][0]`` to ``pairs[i][1]``; the
+    coefficients are those of the S-1 steps that do not end the run (``t' >= 0``)."""
 
     pairs: List[Tuple[int, int]]
-    alpha_next_sqrt: torch.Tensor   # (S-1,)
-    c: torch.Tensor                 # (S-1,)
-    sigma: torch.Tensor             # (S-1,)
+    alpha_next_sqrt: torch.Tensor   # (S-1,) sqrt(a_t')
+    c: torch.Tensor                 # (S-1,) the eps coefficient
+    sigma: torch.Tensor             # (S-1,) the noise coefficient
+    eps_xt: torch.Tensor            # (S-1,) sqrt(1 / (1 - a_t)): eps = eps_xt x_t - x0 / eps_x0
+    eps_x0: torch.Tensor            # (S-1,) sqrt(1 / a_t - 1)
 
     @property
     def steps(self) -> int:
@@ -64,7 +73,7 @@ class Schedule:
 
 def make_schedule(alphas_cumprod: torch.Tensor, steps: int, eta: float = 1.0) -> Schedule:
     pairs = time_pairs(steps, alphas_cumprod.shape[0])
-    an, cs, sg = [], [], []
+    an, cs, sg, ex, e0 = [], [], [], [], []
     for t, tn in pairs:
         if tn < 0:
             continue
@@ -75,9 +84,12 @@ def make_schedule(alphas_cumprod: torch.Tensor, steps: int, eta: float = 1.0) ->
         cs.append((1 - a_next - sigma ** 2).clamp_min(0).sqrt())
         an.append(a_next.sqrt())
         sg.append(sigma)
+        # the reference's predict_noise_from_start, term by term (LMDM.noise_from_x0)
+        ex.append(torch.sqrt(1.0 / (1.0 - a)))
+        e0.append(torch.sqrt(1.0 / a - 1))
     empty = alphas_cumprod.new_zeros(0)
     st = lambda v: torch.stack(v) if v else empty  # noqa: E731
-    return Schedule(pairs, st(an), st(cs), st(sg))
+    return Schedule(pairs, st(an), st(cs), st(sg), st(ex), st(e0))
 
 
 def draw_step_noise(steps: int, shape: Sequence[int], generator: Optional[torch.Generator] = None,
@@ -105,50 +117,56 @@ def make_generator(seed: Optional[int] = None, generator: Optional[torch.Generat
 
 
 @torch.no_grad()
-def ddim_sample(model, cond_frame: torch.Tensor, cond: torch.Tensor, steps: int, x_T: torch.Tensor,
-                step_noise: torch.Tensor, guidance: float = 2.0, schedule: Optional[Schedule] = None,
-                trajectory: Optional[list] = None, step_callback: Optional[Callable[[], None]] = None) -> torch.Tensor:
-    """DDIM (eta 1) with classifier-free guidance for one window.
-
-    ``cond_frame`` (B, 265), ``cond`` (B, L, C), ``x_T`` (B, L, 265), ``step_noise`` (S-1, B, L, 265)
-    (or (S-1, 1, L, 265), broadcast). ``trajectory``, when a list, receives ``x`` before each step and
-    then the output. ``step_callback`` is called after every step (progress / cancellation).
-    """
+def guided_denoiser(model, cond_frame: torch.Tensor, cond: torch.Tensor, guidance: float = 2.0) -> Denoiser:
+    """Ditto's denoiser for one window: ``denoiser(x, t) -> x0`` (float32, on the model's device), the
+    classifier-free guided prediction ``u + w (c - u)`` of LMDM ``model`` for ``cond_frame`` (B, 265) and
+    ``cond`` (B, L, C). The conditions are encoded once here, not at every step; ``x`` is cast to the
+    model's dtype (the diffusion state itself stays float32)."""
     dev = model.final_layer.weight.device
     dtype = model.final_layer.weight.dtype
-    sched = schedule if schedule is not None else make_schedule(model.alphas_cumprod, steps)
-    if step_noise.shape[0] < sched.steps - 1:
-        raise ValueError(f"{sched.steps} steps need {sched.steps - 1} step noises, got {step_noise.shape[0]}")
     cond_frame = cond_frame.to(dev, dtype)
     cond = cond.to(dev, dtype)
-    x = x_T.to(dev, torch.float32)          # the diffusion state stays float32 whatever the model dtype
-    b = x.shape[0]
+    b = cond.shape[0]
     enc_c = model.encode_cond(cond, b)      # step-independent: computed once per window
     enc_u = model.encode_cond(None, b)
+
+    def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
+        tt = torch.full((1,), int(t), dtype=torch.long, device=dev)
+        return model.guided(x.to(dtype), cond_frame, enc_c, enc_u, tt, guidance).float()
+
+    return denoise
+
+
+@torch.no_grad()
+def sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: Schedule, noise: Optional[torch.Tensor] = None,
+           progress: Union[Progress, ProgressFn, None] = None) -> torch.Tensor:
+    """DDIM (eta as in ``schedule``) from ``x_T`` (B, L, D), float32 on the device it is on.
+
+    ``denoiser(x, t) -> x0`` (e.g. :func:`guided_denoiser`) is called once per step with the float32
+    state and the step's timestep ``t``. ``noise`` (S-1, B, L, D) (or (S-1, 1, L, D), broadcast): the
+    pre-drawn step noises ``z_0..z_{S-2}`` (the reference draws them once per run,
+    :func:`draw_step_noise`); None draws each from the global CPU generator when needed. ``progress``:
+    a :class:`~core.progress.Progress` or ``progress(done, total)`` callback, stepped after every step
+    (the one place a run is cancelled)."""
+    n_noisy = schedule.steps - 1
+    if noise is not None and noise.shape[0] < n_noisy:
+        raise ValueError(f"{schedule.steps} steps need {n_noisy} step noises, got {noise.shape[0]}")
+    bar = as_progress(progress, schedule.steps)
+    x = x_T.to(torch.float32)
     i = 0
-    for t, t_next in sched.pairs:
-        if trajectory is not None:
-            trajectory.append(x)
-        tt = torch.full((1,), t, dtype=torch.long, device=dev)
-        x0 = model.guided(x.to(dtype), cond_frame, enc_c, enc_u, tt, guidance).float()
+    for t, t_next in schedule.pairs:
+        x0 = denoiser(x, t).to(torch.float32)
         if t_next < 0:
             x = x0
         else:
-            eps = model.noise_from_x0(x, tt, x0)
-            z = step_noise[i].to(dev, torch.float32)
-            x = x0 * sched.alpha_next_sqrt[i] + sched.c[i] * eps + sched.sigma[i] * z
+            eps = schedule.eps_xt[i] * x - x0 / schedule.eps_x0[i]
+            z = noise[i] if noise is not None else torch.randn(tuple(x.shape))
+            z = z.to(x.device, torch.float32)
+            x = x0 * schedule.alpha_next_sqrt[i] + schedule.c[i] * eps + schedule.sigma[i] * z
             i += 1
-        if step_callback is not None:
-            step_callback()
-    if trajectory is not None:
-        trajectory.append(x)
+        bar.step()
     return x
 
 
-def check_stop(should_stop: Optional[Callable[[], bool]]) -> None:
-    if should_stop is not None and should_stop():
-        raise Cancelled("Ditto motion generation was cancelled")
-
-
-__all__ = ["Schedule", "check_stop", "cosine_alphas_cumprod", "ddim_sample", "draw_step_noise", "draw_x_T",
-           "make_generator", "make_schedule", "time_pairs"]
+__all__ = ["Denoiser", "Schedule", "cosine_alphas_cumprod", "draw_step_noise", "draw_x_T", "guided_denoiser",
+           "make_generator", "make_schedule", "sample", "time_pairs"]

@@ -24,14 +24,15 @@ Random numbers (reference order): the S-1 step noises once per run, then ``x_T``
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ...errors import InputError
+from ...progress import Progress, ProgressFn, as_progress
 from .compose import POSE_DIMS, clip_motion
 from .conditions import AUDIO_DIM, Conditions
-from .sampler import check_stop, ddim_sample, draw_step_noise, draw_x_T, make_generator, make_schedule
+from .sampler import draw_step_noise, draw_x_T, guided_denoiser, make_generator, make_schedule, sample
 
 CondLike = Union[Conditions, torch.Tensor, Tuple]
 
@@ -68,11 +69,15 @@ def smooth_rows(seq: torch.Tensor, start: int, stop: int, k: int = 3, dims: int 
 
 
 class _Windows:
-    """Shared window state: the fused result, ``cond_frame`` updates, noise and sampling."""
+    """Shared window state: the fused result, ``cond_frame`` updates, noise and sampling.
+
+    ``progress``: a :class:`~core.progress.Progress` every window's steps count into, or a callback
+    (or None) given a new ``Progress(steps)`` per window."""
 
     def __init__(self, lmdm, source_vec, steps: int, guidance: float, overlap: int, fuse_length: int,
                  smooth_k: int, fix_kp_cond: int, fix_kp_cond_dims: Optional[Sequence[int]],
-                 generator: Optional[torch.Generator], noise, step_callback=None):
+                 generator: Optional[torch.Generator], noise,
+                 progress: Union[Progress, ProgressFn, None] = None):
         cfg = lmdm.config
         self.lmdm = lmdm
         self.seq_frames = int(cfg["seq_frames"])
@@ -105,7 +110,7 @@ class _Windows:
             self.generator = generator
             self.step_noise = draw_step_noise(self.steps, shape, generator)
             self._x_T = None
-        self.step_callback = step_callback
+        self.progress = progress
 
     def next_x_T(self) -> torch.Tensor:
         if self._x_T is not None:
@@ -115,9 +120,9 @@ class _Windows:
         return draw_x_T(self.shape, self.generator)
 
     def sample(self, cond_window: torch.Tensor) -> torch.Tensor:
-        x_T = self.next_x_T()
-        out = ddim_sample(self.lmdm, self.kp_cond[None], cond_window[None], self.steps, x_T, self.step_noise,
-                          guidance=self.guidance, schedule=self.schedule, step_callback=self.step_callback)
+        x_T = self.next_x_T().to(self.lmdm.final_layer.weight.device)
+        denoiser = guided_denoiser(self.lmdm, self.kp_cond[None], cond_window[None], self.guidance)
+        out = sample(denoiser, x_T, self.schedule, self.step_noise, as_progress(self.progress, self.steps))
         return out[0].float().cpu()
 
     def run(self, cond_window: torch.Tensor, trace: Optional[list] = None) -> torch.Tensor:
@@ -171,17 +176,17 @@ def num_windows(frames: int, overlap: int = 10, seq_frames: int = 80) -> int:
 @torch.no_grad()
 def generate(lmdm, features, cond: CondLike, source_vec, steps: int = 50, guidance: float = 2.0,
              seed: Optional[int] = None, generator: Optional[torch.Generator] = None, overlap: int = 10,
-             smooth: int = 3, progress: Optional[Callable[[int, int], None]] = None,
-             should_stop: Optional[Callable[[], bool]] = None, noise=None, trace: Optional[list] = None,
-             fix_kp_cond: int = 0, fix_kp_cond_dims: Optional[Sequence[int]] = None) -> torch.Tensor:
+             smooth: int = 3, progress: Union[Progress, ProgressFn, None] = None, noise=None,
+             trace: Optional[list] = None, fix_kp_cond: int = 0,
+             fix_kp_cond_dims: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Offline motion (T, 265) for (T, 1024) 25-fps audio features.
 
     ``cond``: see :func:`as_conditions`; ``source_vec`` (265,) the source's motion vector
     (:func:`~.compose.source_vector`), the first window's ``cond_frame``. Randomness: ``generator``
     (a CPU ``torch.Generator``), else ``seed`` (same seed -> same motion; None = random); or
     ``noise = (step_noise (S-1, 1, 80, 265), x_T (windows, 1, 80, 265))`` exactly. ``progress(done,
-    total)`` counts DDIM steps over all windows; ``should_stop()`` returning True raises
-    :class:`~core.errors.Cancelled`. ``trace``, when a list, receives per window
+    total)`` (or a :class:`~core.progress.Progress`) counts DDIM steps over all windows; cancelling
+    goes through it (:mod:`core.progress`). ``trace``, when a list, receives per window
     ``{start, n_real, kp_cond, pred}``.
     """
     feats = _features(features)
@@ -193,19 +198,10 @@ def generate(lmdm, features, cond: CondLike, source_vec, steps: int = 50, guidan
     n = feats.shape[0]
     if n == 0:
         raise InputError("no audio feature frames")
-    total = num_windows(n, overlap, lmdm.config["seq_frames"]) * steps
-    done = [0]
-
-    def tick():
-        done[0] += 1
-        if progress is not None:
-            progress(done[0], total)
-        check_stop(should_stop)
-
-    check_stop(should_stop)
+    bar = as_progress(progress, num_windows(n, overlap, lmdm.config["seq_frames"]) * steps)
     gen = None if noise is not None else make_generator(seed, generator)
     win = _Windows(lmdm, source_vec, steps, guidance, overlap, overlap, smooth, fix_kp_cond, fix_kp_cond_dims,
-                   gen, noise, step_callback=tick)
+                   gen, noise, progress=bar)
     idx = 0
     while idx < n:
         c = _pad_window(cond_all[idx:idx + win.seq_frames], win.seq_frames)
@@ -226,23 +222,24 @@ class OnlineGenerator:
     timeline index of the first buffer frame given to the conditions (emotion tracks are read at
     ``max(i, 0) % m``). ``v_min_max`` (4, 265) the cfg's optional clip ranges. ``d0`` (265,) is the
     relative-motion anchor, set by the first window (use it in :func:`~.compose.to_motion`).
+    ``progress``: ``progress(done, steps)`` per window's DDIM steps (or a :class:`~core.progress.Progress`
+    all windows count into); cancelling goes through it (:mod:`core.progress`).
     """
 
     def __init__(self, lmdm, cond: CondLike, source_vec, steps: int = 10, guidance: float = 2.0,
                  seed: Optional[int] = None, generator: Optional[torch.Generator] = None, overlap: int = 70,
                  smooth: int = 3, fix_kp_cond: int = 1, fix_kp_cond_dims: Optional[Sequence[int]] = (0, POSE_DIMS),
                  v_min_max=None, init_features=None, cond_start: Optional[int] = None, noise=None,
-                 should_stop: Optional[Callable[[], bool]] = None):
+                 progress: Union[Progress, ProgressFn, None] = None):
         self.conds = as_conditions(cond)
         if self.conds.dim != lmdm.config["cond_dim"]:
             raise InputError(f"the condition has {self.conds.dim} values per frame but the model expects "
                              f"{lmdm.config['cond_dim']}")
-        self.should_stop = should_stop
         gen = None if noise is not None else make_generator(seed, generator)
         seq = int(lmdm.config["seq_frames"])
         valid = seq - overlap
         self._win = _Windows(lmdm, source_vec, steps, guidance, overlap, min(overlap, valid), smooth, fix_kp_cond,
-                             fix_kp_cond_dims, gen, noise, step_callback=lambda: check_stop(should_stop))
+                             fix_kp_cond_dims, gen, noise, progress=progress)
         self.v_min_max = v_min_max
         init = torch.zeros(overlap, AUDIO_DIM) if init_features is None else _features(init_features)
         self._buffer = init.clone()          # timeline features not yet dropped
@@ -266,7 +263,6 @@ class OnlineGenerator:
         feats = self._buffer[self._local:self._local + seq]
         real = self._win.valid if feats.shape[0] == seq else feats.shape[0]
         feats = _pad_window(feats, seq)
-        check_stop(self.should_stop)
         cond = self.conds(feats, self._global + self._cond_start)
         res = self._win.run(cond, self.trace)
         if self.trace is not None:

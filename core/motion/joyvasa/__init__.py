@@ -11,11 +11,12 @@ Library use::
     motion = to_motion(gen, source_motion)                               # Motion(composed=True)
     x_d = driving_keypoints(source_motion, motion, drive_options("cli"), stitching_net, lip_net)
 
-Modules: :mod:`.model` (network), :mod:`.load` (checkpoints), :mod:`.audio` (windows, features),
-:mod:`.sampler` (DDPM + CFG), :mod:`.stream` (window loop, draw order), :mod:`.template`
-(de-normalisation, EMA), :mod:`.compose` (combination with the source).
+Modules: :mod:`.model` (network), :mod:`.load` (checkpoints), :mod:`.sampler` (DDPM + CFG),
+:mod:`.stream` (window loop, draw order), :mod:`.template` (de-normalisation, EMA), :mod:`.compose`
+(combination with the source). The audio front end (windows, features) is
+:mod:`core.audio_features.joyvasa`.
 """
-from .audio import WindowPlan, audio_features, plan_windows
+from ...audio_features.joyvasa import WindowPlan, audio_features, plan_windows
 from .compose import CLI_OPTIONS, GRADIO_OPTIONS, drive_options, to_motion
 from .load import load_joyvasa
 from .model import PE_MODES, JoyVASA

@@ -28,16 +28,15 @@ token (the code the released weights were trained with, before the 2025-12-09 fi
 from __future__ import annotations
 
 import copy
-import json
 import math
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+from ...configs import load_preset
+
 PE_MODES = ("constant_row", "sinusoidal")
 SCHEDULES = ("cosine", "linear", "quadratic", "sigmoid")
 
@@ -63,7 +62,7 @@ RELEASED: Dict[str, Any] = {
 
 def hubert_base_config() -> Dict[str, Any]:
     """chinese-hubert-base's architecture as ``transformers.HubertConfig`` arguments."""
-    data = json.loads((CONFIG_DIR / "chinese_hubert_base.json").read_text(encoding="utf-8"))
+    data = load_preset(__file__, "chinese_hubert_base")
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 

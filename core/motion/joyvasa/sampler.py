@@ -9,16 +9,24 @@ For t = T..1 (T = 50), with the schedule buffers (index 0 = ``beta_0 = 0``)::
     sigma_t = sigmas_inflex[t]    (flexibility 0)     z ~ N(0, I) for t > 1, z = 0 at t = 1
 
 The unconditional entry replaces the window's L audio tokens by ``null_audio_feat``; the previous
-motion / audio context is the same for both entries. Noise comes from a callable so the caller
-controls the draw order (:mod:`.stream`); all draws are made on the CPU.
+motion / audio context is the same for both entries (:func:`guided_denoiser`).
+
+Shape (shared with Ditto's sampler): ``sample(denoiser, x_T, schedule, noise, progress)`` with
+``denoiser(x, t) -> x0`` a callable closing over the window's audio, context and guidance, ``schedule``
+a :class:`Schedule` (:func:`make_schedule`) and ``noise`` the pre-drawn z for t = T..2 (the caller
+controls the draw order, :mod:`.stream`; all draws are made on the CPU).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Union
 
 import torch
 
+from ...progress import Progress, ProgressFn, as_progress
+
 NoiseFn = Callable[[int], torch.Tensor]
+Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def cpu_noise(generator: Optional[torch.Generator], shape) -> NoiseFn:
@@ -40,16 +48,39 @@ def step_coefficients(sched, t):
     return c0, c1, sched.get_sigmas(t, 0)
 
 
-@torch.no_grad()
-def sample_window(model, audio_feat: torch.Tensor, x_T: torch.Tensor, noise: NoiseFn,
-                  prev_motion_feat: Optional[torch.Tensor] = None, prev_audio_feat: Optional[torch.Tensor] = None,
-                  cfg_scale: float = 2.8, indicator: Optional[torch.Tensor] = None, keep: Iterable[int] = (),
-                  on_step: Optional[Callable[[int], None]] = None) -> Dict[object, torch.Tensor]:
-    """One window: ``{"x0": (N, L, m), t: x_t for t in keep}`` (x_t = the state after the step from t + 1).
+@dataclass
+class Schedule:
+    """The timesteps ``T..1`` of one run and the coefficients of each step (float32 tensors on the
+    diffusion schedule's device): ``x = c0 x_t + c1 x0 + sigma z``."""
 
-    ``audio_feat`` (N, L, d); ``prev_*`` default to the learned start context; ``noise(t)`` gives z
-    for t = T..2 in that order; ``on_step(t)`` is called after each step (may raise to cancel)."""
-    net, sched = model.denoising_net, model.diffusion_sched
+    timesteps: List[int]
+    c0: torch.Tensor        # (S,)
+    c1: torch.Tensor        # (S,)
+    sigma: torch.Tensor     # (S,); 0 at t = 1
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+
+def make_schedule(sched) -> Schedule:
+    """The :class:`Schedule` of a :class:`.model.DiffusionSchedule` (``model.diffusion_sched``): every
+    step's coefficients from :func:`step_coefficients`, one t at a time as the reference computes them."""
+    timesteps = list(range(sched.num_steps, 0, -1))
+    c0, c1, sigma = zip(*(step_coefficients(sched, t) for t in timesteps))
+    return Schedule(timesteps, torch.stack(c0), torch.stack(c1), torch.stack(sigma))
+
+
+@torch.no_grad()
+def guided_denoiser(model, audio_feat: torch.Tensor, prev_motion_feat: Optional[torch.Tensor] = None,
+                    prev_audio_feat: Optional[torch.Tensor] = None, cfg_scale: float = 2.8,
+                    indicator: Optional[torch.Tensor] = None) -> Denoiser:
+    """JoyVASA's denoiser for one window: ``denoiser(x, t) -> x0 = u + s (c - u)``, the denoising
+    network run once on the batch [null audio, audio] (last L tokens of each).
+
+    ``audio_feat`` (N, L, d); ``prev_*`` (the previous window's last motion / audio features) default to
+    the learned start context."""
+    net = model.denoising_net
     device = audio_feat.device
     n, length = audio_feat.shape[:2]
     if prev_motion_feat is None:
@@ -61,23 +92,41 @@ def sample_window(model, audio_feat: torch.Tensor, x_T: torch.Tensor, noise: Noi
     prev_motion_in = torch.cat([prev_motion_feat] * 2, dim=0)
     prev_audio_in = torch.cat([prev_audio_feat] * 2, dim=0)
     indicator_in = torch.cat([indicator] * 2, dim=0) if indicator is not None else None
-    keep = set(int(k) for k in keep)
-    out: Dict[object, torch.Tensor] = {}
-    x = x_T.to(device=device, dtype=audio_feat.dtype)
-    for t in range(sched.num_steps, 0, -1):
-        z = noise(t).to(device=device, dtype=x.dtype) if t > 1 else torch.zeros_like(x)
-        c0, c1, sigma = step_coefficients(sched, t)
-        step = torch.full((2 * n,), t, dtype=torch.long, device=device)
+
+    def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
+        step = torch.full((2 * n,), int(t), dtype=torch.long, device=device)
         res = net(torch.cat([x] * 2, dim=0), audio_in, prev_motion_in, prev_audio_in, step, indicator_in)
         uncond, cond = res[:n, -length:], res[n:, -length:]
-        x0 = uncond + cfg_scale * (cond - uncond)
-        x = c0 * x + c1 * x0 + sigma * z
-        if t - 1 in keep:
-            out[t - 1] = x.clone()
-        if on_step is not None:
-            on_step(t)
-    out["x0"] = x
-    return out
+        return uncond + cfg_scale * (cond - uncond)
+
+    return denoise
 
 
-__all__ = ["NoiseFn", "cpu_noise", "sample_window", "step_coefficients"]
+@torch.no_grad()
+def sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: Schedule, noise: Optional[torch.Tensor] = None,
+           progress: Union[Progress, ProgressFn, None] = None) -> torch.Tensor:
+    """DDPM ancestral sampling from ``x_T`` (N, L, m), in ``x_T``'s dtype on its device.
+
+    ``denoiser(x, t) -> x0`` (e.g. :func:`guided_denoiser`) is called once per step ``t = T..1``.
+    ``noise`` (S-1, N, L, m): the pre-drawn z for t = T..2 in that order (t = 1 adds none); None draws
+    each from the global CPU generator. ``progress``: a :class:`~core.progress.Progress` or
+    ``progress(done, total)`` callback, stepped after every step (the one place a run is cancelled)."""
+    n_noisy = schedule.steps - 1
+    if noise is not None and noise.shape[0] < n_noisy:
+        raise ValueError(f"{schedule.steps} steps need {n_noisy} noise draws, got {noise.shape[0]}")
+    bar = as_progress(progress, schedule.steps)
+    x = x_T
+    for i, t in enumerate(schedule.timesteps):
+        if i < n_noisy:
+            z = noise[i] if noise is not None else torch.randn(tuple(x.shape), dtype=torch.float32)
+            z = z.to(device=x.device, dtype=x.dtype)
+        else:
+            z = torch.zeros_like(x)
+        x0 = denoiser(x, t)
+        x = schedule.c0[i] * x + schedule.c1[i] * x0 + schedule.sigma[i] * z
+        bar.step()
+    return x
+
+
+__all__ = ["Denoiser", "NoiseFn", "Schedule", "cpu_noise", "guided_denoiser", "make_schedule", "sample",
+           "step_coefficients"]

@@ -1,6 +1,6 @@
 """JoyVASA's window loop (``gen_motion_sequence``): audio -> normalised motion -> per-frame pose.
 
-* Windows of L = 100 frames (:mod:`.audio`), no overlap. Window 0's context is the learned
+* Windows of L = 100 frames (:mod:`core.audio_features.joyvasa`), no overlap. Window 0's context is the learned
   ``start_motion_feat`` / ``start_audio_feat``; window i > 0 uses the last Lp = 10 generated frames
   and the last 10 audio features of window i - 1 (the conditional features, not the null ones).
 * Random draws (CPU): ``x_T = randn(1, L, m)`` once, **reused as x_T for every window**; then per
@@ -11,14 +11,14 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
-from ...errors import Cancelled, InputError
-from ...progress import Progress
-from .audio import iter_windows
-from .sampler import NoiseFn, cpu_noise, sample_window
+from ...audio_features.joyvasa import iter_windows
+from ...errors import InputError
+from ...progress import Progress, ProgressFn, as_progress
+from .sampler import NoiseFn, cpu_noise, guided_denoiser, make_schedule, sample
 from .template import MotionTemplate, load_template, to_pose_sequence
 
 AudioOrFeatures = Union[torch.Tensor, Tuple[torch.Tensor, int]]
@@ -50,10 +50,12 @@ def _feature_windows(model, source: AudioOrFeatures, n_pad_frames: Optional[int]
 def generate_normalized(model, audio_or_features: AudioOrFeatures, cfg_scale: float = 2.8,
                         x_T: Optional[torch.Tensor] = None, noise: Optional[NoiseFn] = None,
                         generator: Optional[torch.Generator] = None, n_pad_frames: Optional[int] = None,
-                        progress: Optional[Callable] = None, should_stop: Optional[Callable[[], bool]] = None,
+                        progress: Union[Progress, ProgressFn, None] = None,
                         return_windows: bool = False) -> Dict[str, object]:
     """Normalised motion ``{"motion": (T, m)}`` (+ ``window_motion`` (W, L, m) / ``window_audio_feat`` (W, L, d)
-    when ``return_windows``). ``x_T``/``noise`` override the draws from ``generator``."""
+    when ``return_windows``). ``x_T``/``noise`` override the draws from ``generator``. ``progress``
+    (a callback or a :class:`~core.progress.Progress`) counts denoising steps over all windows;
+    cancelling goes through it (:mod:`core.progress`)."""
     L, Lp, m = model.n_motions, model.n_prev_motions, model.config["motion_feat_dim"]
     n_windows, n_pad, feats_iter = _feature_windows(model, audio_or_features, n_pad_frames)
     if n_pad < 0 or n_pad >= L:
@@ -63,21 +65,15 @@ def generate_normalized(model, audio_or_features: AudioOrFeatures, cfg_scale: fl
     draw = noise if noise is not None else cpu_noise(generator, shape)
     if x_T is None:
         x_T = torch.randn(shape, generator=generator, dtype=torch.float32)
-    steps = model.diffusion_sched.num_steps
-    bar = Progress(n_windows * steps, progress)
-
-    def on_step(_t: int) -> None:
-        if should_stop is not None and should_stop():
-            raise Cancelled("JoyVASA generation cancelled")
-        bar.step()
+    schedule = make_schedule(model.diffusion_sched)
+    bar = as_progress(progress, n_windows * schedule.steps)
+    x_T = x_T.to(device=device, dtype=model.null_audio_feat.dtype)
 
     prev_motion = prev_audio = None
     pieces: List[torch.Tensor] = []
     win_motion: List[torch.Tensor] = []
     win_audio: List[torch.Tensor] = []
     for i, feat in enumerate(feats_iter):
-        if should_stop is not None and should_stop():
-            raise Cancelled("JoyVASA generation cancelled")
         feat = feat.to(device=device, dtype=model.null_audio_feat.dtype)
         last = i == n_windows - 1
         indicator = None
@@ -85,9 +81,10 @@ def generate_normalized(model, audio_or_features: AudioOrFeatures, cfg_scale: fl
             indicator = torch.ones(1, L, device=device)
             if last and n_pad > 0:
                 indicator[:, -n_pad:] = 0
-        res = sample_window(model, feat, x_T, draw, prev_motion, prev_audio, cfg_scale=cfg_scale,
-                            indicator=indicator, on_step=on_step)
-        x0 = res["x0"]
+        # this window's z for t = T..2, drawn in that order (as the reference does, step by step)
+        z = torch.stack([draw(t) for t in schedule.timesteps[:-1]]) if schedule.steps > 1 else None
+        denoiser = guided_denoiser(model, feat, prev_motion, prev_audio, cfg_scale=cfg_scale, indicator=indicator)
+        x0 = sample(denoiser, x_T, schedule, z, bar)
         prev_motion = x0[:, -Lp:].clone()
         prev_audio = feat[:, -Lp:]
         if return_windows:
@@ -104,8 +101,8 @@ def generate_normalized(model, audio_or_features: AudioOrFeatures, cfg_scale: fl
 
 def generate(model, audio_or_features: AudioOrFeatures, template: Union[MotionTemplate, str, object],
              cfg_scale: float = 2.8, seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
-             smooth: bool = True, progress: Optional[Callable] = None,
-             should_stop: Optional[Callable[[], bool]] = None, n_pad_frames: Optional[int] = None,
+             smooth: bool = True, progress: Union[Progress, ProgressFn, None] = None,
+             n_pad_frames: Optional[int] = None,
              x_T: Optional[torch.Tensor] = None, noise: Optional[NoiseFn] = None) -> Dict[str, torch.Tensor]:
     """De-normalised per-frame motion (float32 CPU): ``exp`` [T, 21, 3], ``scale`` [T], ``t`` [T, 3],
     ``pitch``/``yaw``/``roll`` [T] degrees, ``R`` [T, 3, 3] (row-vector convention).
@@ -114,13 +111,12 @@ def generate(model, audio_or_features: AudioOrFeatures, template: Union[MotionTe
     (``(features, n_pad_frames)``, or the features with ``n_pad_frames=``). ``seed`` (or a CPU
     ``generator``) fixes the draws; neither = the global RNG. ``cfg_scale``: the official CLI uses
     2.8, its README examples 2.0, its Gradio demo 4.0. ``progress(done, total)`` counts
-    denoising steps; ``should_stop()`` returning True raises :class:`~core.errors.Cancelled`."""
+    denoising steps; cancelling goes through it (:mod:`core.progress`)."""
     if generator is None and seed is not None:
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
     tpl = load_template(template)
     res = generate_normalized(model, audio_or_features, cfg_scale=cfg_scale, x_T=x_T, noise=noise,
-                              generator=generator, n_pad_frames=n_pad_frames, progress=progress,
-                              should_stop=should_stop)
+                              generator=generator, n_pad_frames=n_pad_frames, progress=progress)
     return to_pose_sequence(tpl, res["motion"], smooth=smooth)
 
 

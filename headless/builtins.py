@@ -1,9 +1,10 @@
 """Headless stand-ins for the few ComfyUI core nodes our workflows use.
 
-They exist only in the headless runner's registry (inside ComfyUI the real ones are used), take
-the same inputs and return the same types, so one workflow JSON runs in both places:
-LoadImage, LoadAudio, LoadVideo, GetVideoComponents, SaveImage, PreviewImage, CreateVideo,
-SaveVideo.
+They exist only in the headless runner's registry (``run.py`` adds :data:`BUILTIN_NODES` to the pack's
+nodes; inside ComfyUI the real ones are used), take the same inputs and return the same types, so one
+workflow JSON runs in both places: LoadImage, LoadAudio, LoadVideo, GetVideoComponents, SaveImage,
+PreviewImage, CreateVideo, SaveVideo. They read and write files by the same rules as the pack's nodes
+(:mod:`core.host_files`).
 """
 from __future__ import annotations
 
@@ -15,8 +16,15 @@ from ..core import audio as core_audio
 from ..core import image as core_image
 from ..core import video as core_video
 from ..core.errors import InputError
-from .base import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, file_metadata, list_input_files, progress,
-                   resolve_input_file, save_path, validate_input_file, video_preview)
+from ..core.files import atomic_write
+from ..core.host import HOST
+from ..core.host_files import (IMAGE_EXTENSIONS, file_metadata, list_input_files, resolve_input_file, save_path,
+                               validate_input_file, video_preview)
+
+#: what LoadAudio lists (ffmpeg reads the sound of the video containers too)
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".aac", ".mp4", ".webm", ".mkv", ".mov")
+#: what LoadVideo lists
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
 class LoadImage:
@@ -79,9 +87,8 @@ class SaveImage:
         results = []
         for frame in core_image.image_to_uint8(images):
             path, sub, name, kind = save_path(filename_prefix, "png", temp=self.TEMP)
-            tmp = path.with_name("." + name + ".partial")
-            Image.fromarray(frame).save(tmp, format="PNG", pnginfo=info)
-            tmp.replace(path)
+            with atomic_write(path) as tmp:
+                Image.fromarray(frame).save(tmp, format="PNG", pnginfo=info)
             results.append({"filename": name, "subfolder": sub, "type": kind})
         return {"ui": {"images": results}}
 
@@ -127,9 +134,6 @@ class CreateVideo:
 
     def execute(self, images, fps, audio=None):
         return (HeadlessVideo(images, audio, Fraction(fps).limit_denominator(1001)),)
-
-
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
 class LoadVideo:
@@ -195,7 +199,7 @@ class SaveVideo:
         path, sub, name, kind = save_path(filename_prefix, "mp4", width=w, height=h)
         core_video.write_video(path, images, fps=float(rate), audio=audio,
                                metadata=file_metadata(prompt, extra_pnginfo),
-                               progress=progress("SaveVideo"))
+                               progress=HOST.progress("SaveVideo"))
         return {"ui": video_preview(name, sub, kind)}
 
 

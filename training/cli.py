@@ -1,25 +1,24 @@
-#!/usr/bin/env python3
 """Train or fine-tune Ditto's audio-to-motion model (LMDM) on talking-face videos.
 
-Run from anywhere (the repository root is put on ``sys.path``)::
+Run from the pack's folder (``python /path/to/the/pack/training ...`` works from anywhere)::
 
     # 1. cache LivePortrait motion + HuBERT features, one .safetensors per clip (resumable)
-    python scripts/train_motion.py build-dataset videos/ --out data/ditto [--flip] [--no-crop]
+    python -m training build-dataset videos/ --out data/ditto [--flip] [--no-crop]
 
     # 2. fine-tune the released model (EMA weights -> runs/me/lmdm_ema.safetensors; resumable)
-    python scripts/train_motion.py train --data data/ditto --out runs/me \\
+    python -m training train --data data/ditto --out runs/me \\
         --init models/ditto/lmdm_v0.4_hubert.pth --steps 2000 --batch-size 32
 
     #    or train a new one from scratch with a given size
-    python scripts/train_motion.py train --data data/ditto --out runs/small --latent-dim 256 \\
+    python -m training train --data data/ditto --out runs/small --latent-dim 256 \\
         --ff-size 512 --num-layers 4 --num-heads 4 --steps 50000
 
     # 3. (optional) export the EMA or raw weights of a training state at any time
-    python scripts/train_motion.py export runs/me/train_state.pt --out lmdm_step1200.safetensors
+    python -m training export runs/me/train_state.pt --out lmdm_step1200.safetensors
 
 The checkpoint loads with ``core.motion.ditto.load_lmdm`` and drives ``ditto.generate``.
 Without an emotion model the neutral label is used on every frame, without MediaPipe landmarks
-a constant neutral eye condition (see ``core/motion/ditto/train.py``).
+a constant neutral eye condition (see ``training/build.py``).
 """
 from __future__ import annotations
 
@@ -28,9 +27,10 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # so `core` imports as a top-level package (like bench/common.py)
+from ..core.errors import InputError, TalkingHeadError
+from .build import VIDEO_EXTENSIONS, build_dataset, find_videos, hubert_features_fn
+from .checkpoints import export_from_state
+from .loop import train
 
 
 def _add_build(sub) -> None:
@@ -72,18 +72,21 @@ def _add_train(sub) -> None:
     p.add_argument("--out", dest="out_dir", help="run folder (training state, log, checkpoint)")
     p.add_argument("--init", default=None, help="checkpoint to fine-tune (official lmdm_v0.4_hubert.pth or a "
                                                 "safetensors twin); omit to train from scratch")
-    p.add_argument("--latent-dim", type=int, help="model width for a new model (released: 512)")
-    p.add_argument("--ff-size", type=int, help="feed-forward width for a new model (released: 1024)")
-    p.add_argument("--num-layers", type=int, help="decoder layers for a new model (released: 8)")
-    p.add_argument("--num-heads", type=int, help="attention heads (new model; overrides an --init file's)")
-    p.add_argument("--num-encoder-layers", type=int, help="condition-encoder layers for a new model (released: 2)")
-    p.add_argument("--steps", type=int, help="total optimiser steps (default 2000)")
-    p.add_argument("--batch-size", type=int, help="windows per step (default 32)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.02)")
-    p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps (default 0)")
-    p.add_argument("--grad-clip", type=float, help="gradient-norm clip, 0 = off (default 1.0)")
-    p.add_argument("--ema-decay", type=float, help="EMA decay (default 0.999)")
+    for flag, kind, text in (  # the numeric settings: flag, type, help
+            ("--latent-dim", int, "model width for a new model (released: 512)"),
+            ("--ff-size", int, "feed-forward width for a new model (released: 1024)"),
+            ("--num-layers", int, "decoder layers for a new model (released: 8)"),
+            ("--num-heads", int, "attention heads (new model; overrides an --init file's)"),
+            ("--num-encoder-layers", int, "condition-encoder layers for a new model (released: 2)"),
+            ("--steps", int, "total optimiser steps (default 2000)"),
+            ("--batch-size", int, "windows per step (default 32)"),
+            ("--lr", float, "AdamW learning rate (default 1e-4)"),
+            ("--weight-decay", float, "AdamW weight decay (default 0.02)"),
+            ("--warmup-steps", int, "linear learning-rate warm-up steps (default 0)"),
+            ("--grad-clip", float, "gradient-norm clip, 0 = off (default 1.0)"),
+            ("--ema-decay", float, "EMA decay (default 0.999)"),
+    ):
+        p.add_argument(flag, type=kind, help=text)
     p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", default=None,
                    help="use the EMA decay from the first step (default: min(decay, (1+n)/(10+n)))")
     p.add_argument("--cond-drop", dest="cond_drop_prob", type=float, help="condition drop probability (default 0.2)")
@@ -112,7 +115,7 @@ def _add_export(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="train_motion.py", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     _add_build(sub)
@@ -133,26 +136,23 @@ def _videos(items):
 
 
 def cmd_build(args) -> int:
-    from core.errors import InputError
-    from core.motion.ditto import train as T
-
     # the videos first: a wrong path should not wait for (or download) the models
-    found = T.find_videos(_videos(args.videos))
+    found = find_videos(_videos(args.videos))
     absent = [str(v) for v, _ in found if not v.is_file()]
     if absent or not found:
         raise InputError(f"no video at {', '.join(absent)}" if absent else
-                         f"no videos ({', '.join(sorted(T.VIDEO_EXTENSIONS))}) found in {' '.join(args.videos)}")
+                         f"no videos ({', '.join(sorted(VIDEO_EXTENSIONS))}) found in {' '.join(args.videos)}")
     download = not args.no_download
-    from core.liveportrait import get_liveportrait
+    from ..core.liveportrait import get_liveportrait
 
     models = get_liveportrait("human", device=args.device, download=download,
                               folder=Path(args.liveportrait_dir) if args.liveportrait_dir else None)
     dev = next(models.motion.parameters()).device
-    features_fn = T.hubert_features_fn(device=dev, model_path=args.hubert, download=download)
-    res = T.build_dataset(found, args.out, models, features_fn, fps=args.fps, crop=not args.no_crop,
-                          detector=args.detector, crop_scale=args.crop_scale, crop_vy=args.crop_vy,
-                          batch_size=args.batch_size, precision=args.precision, flip=args.flip, device=dev,
-                          download=download)
+    features_fn = hubert_features_fn(device=dev, model_path=args.hubert, download=download)
+    res = build_dataset(found, args.out, models, features_fn, fps=args.fps, crop=not args.no_crop,
+                        detector=args.detector, crop_scale=args.crop_scale, crop_vy=args.crop_vy,
+                        batch_size=args.batch_size, precision=args.precision, flip=args.flip, device=dev,
+                        download=download)
     print(f"written {len(res['written'])}, kept {len(res['kept'])}, skipped {len(res['skipped'])}")
     for video, reason in res["skipped"]:
         print(f"  skipped {video}: {reason}")
@@ -166,8 +166,6 @@ _TRAIN_KEYS = ("data", "out_dir", "init", "latent_dim", "ff_size", "num_layers",
 
 
 def cmd_train(args) -> int:
-    from core.motion.ditto import train as T
-
     cfg = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
     for k in _TRAIN_KEYS:
         v = getattr(args, k, None)
@@ -178,22 +176,18 @@ def cmd_train(args) -> int:
     if not cfg.get("data") or not cfg.get("out_dir"):
         print("train: --data and --out are required (or set them in --config)", file=sys.stderr)
         return 2
-    res = T.train(cfg)
+    res = train(cfg)
     return 0 if res.checkpoint is not None else 1
 
 
 def cmd_export(args) -> int:
-    from core.motion.ditto import train as T
-
-    path = T.export_from_state(args.state, args.out, use_ema=not args.raw)
+    path = export_from_state(args.state, args.out, use_ema=not args.raw)
     print(f"wrote {path}")
     return 0
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from core.errors import TalkingHeadError
-
     try:
         return {"build-dataset": cmd_build, "train": cmd_train, "export": cmd_export}[args.command](args)
     except TalkingHeadError as exc:
@@ -204,5 +198,4 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["main", "parser"]

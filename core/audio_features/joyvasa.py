@@ -1,4 +1,5 @@
-"""JoyVASA's audio windows and per-window audio features (``gen_motion_sequence``'s first half).
+"""JoyVASA's audio front end: audio windows and per-window audio features (``gen_motion_sequence``'s
+first half). The motion model itself is :mod:`core.motion.joyvasa`.
 
 16 kHz mono audio, no normalisation. The official code pads ``1280`` zeros in front and ``640``
 behind, so motion frame ``n`` covers original samples ``[640 n - 1280, 640 n - 640)`` (the first
@@ -25,8 +26,8 @@ from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 
-from ...errors import InputError
-from ...progress import Progress
+from ..errors import InputError
+from ..progress import Progress
 
 SAMPLE_RATE = 16000
 FRONT_PAD = 1280

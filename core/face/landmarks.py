@@ -2,8 +2,7 @@
 
 Library use::
 
-    from core.landmarks import face_landmarks, get_landmarker
-    from core.portrait import get_detector
+    from core.face import face_landmarks, get_detector, get_landmarker
 
     found = face_landmarks(frames, get_detector("face-alignment sfd"), get_landmarker())
     # found[i]: [68, 2] landmarks of the largest face of frame i, or None
@@ -27,8 +26,8 @@ helpers (``utils.crop``, ``utils.flip``, ``utils.get_preds_fromhm``):
 
 Coordinates
 -----------
-Boxes and landmarks here use the pack's *pixel-centre* convention (see :mod:`core.face`): pixel
-``image[y, x]`` is centred on ``(x, y)``. face-alignment's boxes use the "image spans 0..W"
+Boxes and landmarks here use the pack's *pixel-centre* convention (see :mod:`core.face.crop`):
+pixel ``image[y, x]`` is centred on ``(x, y)``. face-alignment's boxes use the "image spans 0..W"
 convention (pixel ``x`` covers ``[x, x + 1]``), so a box goes to face-alignment as ``box + 0.5``.
 
 ``get_preds_fromhm`` returns two things. ``preds`` are heatmap coordinates in the same
@@ -62,14 +61,14 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import weights
-from .cache import CACHE, file_key
-from .device import resolve_device
-from .errors import InputError
-from .face import FaceDetector, _import_face_alignment, pick_largest
-from .image import as_uint8_rgb, ensure_image
-from .progress import Progress, ProgressFn
-from .weights import check_state_dict, load_state_dict
+from .. import weights
+from ..cache import CACHE, file_key
+from ..device import resolve_device
+from ..errors import InputError
+from ..image import as_uint8_rgb, ensure_image
+from ..progress import Progress, ProgressFn
+from ..weights import check_state_dict, load_state_dict
+from .detectors import FaceDetector, _import_face_alignment, pick_largest
 
 log = logging.getLogger(__name__)
 

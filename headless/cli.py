@@ -1,11 +1,13 @@
-"""The command line: run a workflow JSON headlessly, manage weights, inspect media.
+"""The command line: run a workflow JSON headlessly, manage weights, inspect media, convert workflows.
 
 Started through ``run.py`` at the pack root, which loads the pack (under any folder name) and
-passes its node registry here, so this module never imports the node layer itself::
+passes its node registry (the pack's nodes plus :mod:`.builtins`) here, so this module never
+imports the node layer itself::
 
     python run.py workflows/api/portrait_still_video.api.json --set portrait.image=me.jpg --set audio.audio=hi.wav
     python run.py weights list | weights where ID | weights fetch ID | weights convert SRC [DST]
     python run.py probe output/TalkingHead/talk_00001_.mp4
+    python run.py convert workflows/api/NAME.api.json NAME.json   # (or back)
 """
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import graph, weights
-from .errors import Cancelled, TalkingHeadError
-from .host import ENV_OFFLINE, HOST
-from .progress import TerminalBar
+from ..core import weights
+from ..core.errors import Cancelled, TalkingHeadError
+from ..core.host import ENV_OFFLINE, HOST
+from ..core.progress import TerminalBar
+from .executor import execute
+from .overrides import apply_overrides
+from .ui_format import as_api, load_workflow, ui_to_api
 
 COMMANDS = ("run", "weights", "probe", "nodes", "convert")
 
@@ -79,20 +84,22 @@ def _absolutize(overrides: List[str]) -> List[str]:
 
 
 def _configure(args) -> None:
+    """Point the host at the folders and the progress display the command line asks for."""
+    hooks = {}
     if getattr(args, "models_dir", None):
-        HOST.models_dir = Path(args.models_dir).resolve()
+        hooks["models_dir"] = Path(args.models_dir).resolve()
     if getattr(args, "offline", False):
         os.environ[ENV_OFFLINE] = "1"
-    if getattr(args, "command", None) != "run":
-        return
-    inputs = [Path(d).resolve() for d in args.input_dir] or [Path.cwd() / "input", Path.cwd()]
-    extra = _file_overrides(args.overrides)
-    HOST.input_dirs = lambda: inputs + [r for r in extra if r not in inputs]
-    if args.output_dir:
-        out = Path(args.output_dir).resolve()
-        HOST.output_dir = lambda: out
-    if not args.quiet:
-        HOST.progress_factory = lambda label="": TerminalBar(f"  {label}" if label else "  progress")
+    if getattr(args, "command", None) == "run":
+        inputs = [Path(d).resolve() for d in args.input_dir] or [Path.cwd() / "input", Path.cwd()]
+        extra = _file_overrides(args.overrides)
+        hooks["input_dirs"] = lambda: inputs + [r for r in extra if r not in inputs]
+        if args.output_dir:
+            out = Path(args.output_dir).resolve()
+            hooks["output_dir"] = lambda: out
+        if not args.quiet:
+            hooks["progress_factory"] = lambda label="": TerminalBar(f"  {label}" if label else "  progress")
+    HOST.configure(**hooks)
 
 
 def _output_files(outputs: Dict[str, dict]) -> List[Path]:
@@ -105,15 +112,21 @@ def _output_files(outputs: Dict[str, dict]) -> List[Path]:
     return files
 
 
-def cmd_run(args, registry: Dict[str, type]) -> int:
-    prompt = graph.load_workflow(args.workflow, registry)
-    prompt = graph.apply_overrides(prompt, _absolutize(args.overrides), registry=registry)
+def cmd_run(args, registry: Dict[str, type], upgrader=None) -> int:
+    notes: List[str] = []
+    prompt = load_workflow(args.workflow, registry, upgrader=upgrader, notes=notes)
+    if notes:
+        print(f"note: {args.workflow} was saved by an older version of the pack; it was read as today's "
+              f"nodes:", file=sys.stderr)
+        for line in notes:
+            print(f"  - {line}", file=sys.stderr)
+    prompt = apply_overrides(prompt, _absolutize(args.overrides), registry=registry)
 
     def on_node(node_id, class_type, title, index, count):
         if not args.quiet:
             print(f"[{index}/{count}] node {node_id}: {title or class_type}", file=sys.stderr)
 
-    result = graph.execute(prompt, registry, on_node=on_node)
+    result = execute(prompt, registry, on_node=on_node)
     files = _output_files(result["outputs"])
     for f in files:
         print(f)
@@ -146,6 +159,22 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def _layout_engine():
+    """``(api_to_ui, load_meta, meta_path)`` from ``tools/``: authoring code, which only this command
+    needs and only a git checkout has (the registry package leaves tools/ out)."""
+    tools = __name__.rsplit(".", 2)[0] + ".tools"
+    try:
+        from ..tools.layout import api_to_ui
+        from ..tools.workflow_meta import load_meta, meta_path
+    except ModuleNotFoundError as exc:
+        if exc.name not in (tools, tools + ".layout", tools + ".workflow_meta"):
+            raise
+        raise TalkingHeadError("converting API format to UI format needs the layout engine in the pack's tools/ "
+                               "folder, which only a git checkout of the pack has (UI -> API works without "
+                               "it)") from exc
+    return api_to_ui, load_meta, meta_path
+
+
 def cmd_convert(args, registry: Dict[str, type]) -> int:
     """UI format -> API format, or API format -> UI format (laid out left to right, with the
     groups and notes of the workflow's ``NAME.meta.json`` sidecar or ``--meta``)."""
@@ -154,17 +183,21 @@ def cmd_convert(args, registry: Dict[str, type]) -> int:
     except (OSError, ValueError) as exc:
         raise TalkingHeadError(f"cannot read workflow {args.source}: {exc}") from exc
     if isinstance(data, dict) and isinstance(data.get("nodes"), list):
-        out = graph.ui_to_api(data, registry)
+        out = ui_to_api(data, registry)
     else:
-        meta_file = Path(args.meta) if args.meta else graph.meta_path(args.source)
-        meta = graph.load_meta(meta_file) if args.meta or meta_file.is_file() else None
-        out = graph.api_to_ui(graph.as_api(data, registry), registry, meta)
+        api_to_ui, load_meta, meta_path = _layout_engine()
+        meta_file = Path(args.meta) if args.meta else meta_path(args.source)
+        meta = load_meta(meta_file) if args.meta or meta_file.is_file() else None
+        out = api_to_ui(as_api(data, registry), registry, meta)
     Path(args.target).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(args.target)
     return 0
 
 
-def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[], Dict[str, type]]] = None) -> int:
+def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[], Dict[str, type]]] = None,
+         upgrader=None) -> int:
+    """The command line. ``registry_factory()`` gives the node classes; ``upgrader`` (the pack's
+    ``nodes.legacy``, see :class:`~.ui_format.Upgrader`) reads workflows saved by older versions."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")  # `run.py workflow.json ...` is `run.py run workflow.json ...`
@@ -176,13 +209,13 @@ def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[
     try:
         _configure(args)
         if args.command == "run":
-            return cmd_run(args, registry_factory())
+            return cmd_run(args, registry_factory(), upgrader)
         if args.command == "weights":
             return cmd_weights(args)
         if args.command == "convert":
             return cmd_convert(args, registry_factory())
         if args.command == "probe":
-            from .video import probe_json
+            from ..core.video import probe_json
 
             print(probe_json(args.file))
             return 0
