@@ -960,11 +960,18 @@ def test_output_folder_not_writable(pack, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.setattr(host, "output_dir", lambda: out)
-    # SaveMotion's temporary file cannot be written (a folder squats on its name)
-    (out / ".m_00001_.safetensors.partial").mkdir()
+    # SaveMotion's temporary file cannot be written (refused half-way): the error names the file, and neither
+    # the motion file nor its temporary file is left
+    lp = sub(pack, "core.liveportrait")
+
+    def refused(self, path):
+        Path(path).write_bytes(b"half")
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(lp.Motion, "save", refused)
     with pytest.raises(errors.TalkingHeadError, match=r"(?s)cannot write.*m_00001_\.safetensors.*writable"):
         saves["SaveMotion"]("m")
-    assert sorted(p.name for p in out.iterdir()) == [".m_00001_.safetensors.partial"]
+    assert list(out.iterdir()) == []
 
 
 def test_output_folder_read_only(pack, tmp_path, monkeypatch):

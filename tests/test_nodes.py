@@ -37,6 +37,7 @@ def test_core_never_imports_comfyui_and_pack_uses_relative_imports():
 def test_pack_loads_from_odd_folder_name_with_complete_specs(pack):
     mappings, names = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
     assert set(mappings) == {"TalkingHead_LoadPortrait", "TalkingHead_ResizePad256", "TalkingHead_MuxVideo",
+                             "TalkingHead_LoadLivePortrait",
                              "TalkingHead_UnloadModels", "TalkingHead_FOMAnimate", "TalkingHead_LivePortraitRender",
                              "TalkingHead_LivePortraitRenderVideo",
                              "TalkingHead_LivePortraitExtractMotion", "TalkingHead_SaveMotion",
