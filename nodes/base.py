@@ -42,12 +42,19 @@ NODE_CLASS_MAPPINGS: Dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: Dict[str, str] = {}
 
 
-def register(name: str, display: str):
-    """Class decorator: publish a node as ``<PREFIX><name>`` with a plain display name, its inputs
-    read from its ``INPUTS`` declaration (see :mod:`nodes.specs`), its outputs from ``OUTPUTS``
-    (``(name, type, tooltip)`` each), its FUNCTION (``run`` unless it says otherwise) guarded by
-    :func:`finite_guard`."""
+def register(name: str, display: Optional[str] = None, category: Optional[str] = None):
+    """Class decorator: publish a node as ``<PREFIX><name>`` with a plain display name (``name`` unless
+    given), in ``TalkingHead/<category>``, described by its docstring (one paragraph, shown as the node's
+    description), its inputs read from its ``INPUTS`` declaration (see :mod:`nodes.specs`), its outputs
+    from ``OUTPUTS`` (``(name, type, tooltip)`` each), its FUNCTION (``run`` unless it says otherwise)
+    guarded by :func:`finite_guard`."""
+    display = display or name
+
     def wrap(cls):
+        if category is not None:
+            cls.CATEGORY = f"{CATEGORY}/{category}"
+        if "DESCRIPTION" not in cls.__dict__ and cls.__doc__:
+            cls.DESCRIPTION = " ".join(cls.__doc__.split())
         if "INPUTS" in cls.__dict__ and "INPUT_TYPES" not in cls.__dict__:
             cls.INPUT_TYPES = classmethod(lambda c: input_types(c.INPUTS))
         if "OUTPUTS" in cls.__dict__:  # ((name, type, tooltip), ...) -> ComfyUI's three tuples

@@ -6,15 +6,14 @@ from ..core import fom as core_fom
 from ..core import sda as core_sda
 from ..core import weights
 from . import specs
-from .base import CATEGORY, progress, register, using
+from .base import progress, register, using
 
 
-@register("FOMAnimate", "FOMAnimate")
+@register("FOMAnimate", category="classic")
 class FOMAnimate:
-    DESCRIPTION = ("Animate a portrait with a driving video using the First Order Motion Model (vox-256). "
-                   "The portrait is encoded once; driving frames run in batches on the GPU. Relative mode "
-                   "transfers the driving face's motion, not its shape.")
-    CATEGORY = f"{CATEGORY}/classic"
+    """Animate a portrait with a driving video using the First Order Motion Model (vox-256). The portrait is encoded
+    once; driving frames run in batches on the GPU. Relative mode transfers the driving face's motion, not its
+    shape."""
     OUTPUTS = (
         ("frames", "IMAGE", "The animated portrait, 256x256, one frame per driving frame."),
     )
@@ -62,13 +61,12 @@ class FOMAnimate:
 ALIGN_CHOICES = ["align (face landmarks)", "already aligned"]
 
 
-@register("SDABase", "SDABase")
+@register("SDABase", category="classic")
 class SDABase:
-    DESCRIPTION = ("Speech-driven animation (GRID model): a 128x96 talking face at 25 fps made from a face image "
-                   "and speech. The face is aligned to the model's mean face with 68 face landmarks, as the "
-                   "original code does. GRID was trained on a few speakers: a frontal, evenly lit face works best. "
-                   "Feed the result to ResizePad256 -> FOMAnimate to move your own portrait with it.")
-    CATEGORY = f"{CATEGORY}/classic"
+    """Speech-driven animation (GRID model): a 128x96 talking face at 25 fps made from a face image and speech. The
+    face is aligned to the model's mean face with 68 face landmarks, as the original code does. GRID was trained on
+    a few speakers: a frontal, evenly lit face works best. Feed the result to ResizePad256 -> FOMAnimate to move
+    your own portrait with it."""
     OUTPUTS = (
         ("frames", "IMAGE", "The talking face, one frame per 40 ms of speech (128x96 for GRID)."),
         ("audio", "AUDIO", "The speech as the model heard it (mono, at the model's sample rate)."),

@@ -11,7 +11,7 @@ from ..core.files import atomic_write
 from ..core.liveportrait.crop import crop_driving_video
 from ..core.liveportrait.pipeline import LivePortraitSet, render_images
 from . import specs
-from .base import (CATEGORY, LIVEPORTRAIT_TYPE, MOTION_TYPE, file_metadata, list_input_files, progress, register,
+from .base import (LIVEPORTRAIT_TYPE, MOTION_TYPE, file_metadata, list_input_files, progress, register,
                    resolve_input_file, save_path, using, validate_input_file, video_preview)
 
 CROP_CHOICES = ["detect face (one box for the video)", "as is (already face crops)"]
@@ -50,13 +50,11 @@ def _keypoints(lp_set: LivePortraitSet, portrait, motion, relative, region, stit
     return models, source, x_d
 
 
-@register("LoadLivePortrait", "LoadLivePortrait")
+@register("LoadLivePortrait", category="loaders")
 class LoadLivePortrait:
-    DESCRIPTION = ("Load a LivePortrait model set once for the whole graph: connect its output to every LivePortrait "
-                   "node (ExtractMotion, Render, RenderVideo, ProceduralMotion, MotionDiT). The choice of model set, "
-                   "device and precision is made here, once. The files come from models/liveportrait (downloaded "
-                   "when missing and allowed).")
-    CATEGORY = f"{CATEGORY}/loaders"
+    """Load a LivePortrait model set once for the whole graph: connect its output to every LivePortrait node
+    (ExtractMotion, Render, RenderVideo, ProceduralMotion, MotionDiT). The choice of model set, device and precision
+    is made here, once. The files come from models/liveportrait (downloaded when missing and allowed)."""
     OUTPUTS = (
         ("liveportrait", LIVEPORTRAIT_TYPE, "The loaded LivePortrait model set."),
     )
@@ -78,12 +76,11 @@ class LoadLivePortrait:
         return (LivePortraitSet(model, device=device, precision=precision, download=auto_download).load(),)
 
 
-@register("LivePortraitExtractMotion", "LivePortraitExtractMotion")
+@register("LivePortraitExtractMotion", category="liveportrait")
 class LivePortraitExtractMotion:
-    DESCRIPTION = ("Video-driven LivePortrait: read the head pose, expression, scale and translation of every "
-                   "frame of a driving video with LivePortrait's motion extractor. The result drives "
-                   "LivePortraitRender like MotionDiT's audio-driven motion does.")
-    CATEGORY = f"{CATEGORY}/liveportrait"
+    """Video-driven LivePortrait: read the head pose, expression, scale and translation of every frame of a driving
+    video with LivePortrait's motion extractor. The result drives LivePortraitRender like MotionDiT's audio-driven
+    motion does."""
     OUTPUTS = (
         ("motion", MOTION_TYPE, "Per-frame LivePortrait motion (pose, expression, translation, scale)."),
     )
@@ -115,12 +112,11 @@ class LivePortraitExtractMotion:
         return (motion,)
 
 
-@register("LivePortraitRender", "LivePortraitRender")
+@register("LivePortraitRender", category="liveportrait")
 class LivePortraitRender:
-    DESCRIPTION = ("Render the portrait with LivePortrait following a motion (from a driving video, MotionDiT or "
-                   "procedural motion): warping + decoding in batches, stitching, optional lip normalisation, "
-                   "then the faces pasted back into the full portrait with a feathered mask.")
-    CATEGORY = f"{CATEGORY}/liveportrait"
+    """Render the portrait with LivePortrait following a motion (from a driving video, MotionDiT or procedural motion):
+    warping + decoding in batches, stitching, optional lip normalisation, then the faces pasted back into the full
+    portrait with a feathered mask."""
     OUTPUTS = (
         ("frames", "IMAGE", "The animated portrait at its full size (faces pasted back), or the face crops when "
                             "paste_back is off."),
@@ -160,13 +156,11 @@ def _video_inputs():
     return {"required": required, "optional": optional, "hidden": dict(specs.SAVE_HIDDEN)}
 
 
-@register("LivePortraitRenderVideo", "LivePortraitRenderVideo")
+@register("LivePortraitRenderVideo", category="liveportrait")
 class LivePortraitRenderVideo:
-    DESCRIPTION = ("LivePortraitRender and MuxVideo in one node, for long audio: every batch of frames is rendered, "
-                   "pasted back and written straight into the mp4 (H.264 + AAC), so memory stays the same whatever "
-                   "the length (no IMAGE batch of the whole video). The file appears under its final name only "
-                   "once it is complete; a cancel leaves nothing behind.")
-    CATEGORY = f"{CATEGORY}/liveportrait"
+    """LivePortraitRender and MuxVideo in one node, for long audio: every batch of frames is rendered, pasted back and
+    written straight into the mp4 (H.264 + AAC), so memory stays the same whatever the length (no IMAGE batch of the
+    whole video). The file appears under its final name only once it is complete; a cancel leaves nothing behind."""
     OUTPUT_NODE = True
     OUTPUTS = (
         ("filename", "STRING", "Full path of the written mp4."),
@@ -204,11 +198,10 @@ class LivePortraitRenderVideo:
         return {"ui": video_preview(filename, subfolder, kind), "result": (str(path),)}
 
 
-@register("SaveMotion", "SaveMotion")
+@register("SaveMotion", category="liveportrait")
 class SaveMotion:
-    DESCRIPTION = ("Save a motion (from a driving video, MotionDiT or procedural motion) as a .safetensors file in "
-                   "the output folder, to render it again later with LoadMotion.")
-    CATEGORY = f"{CATEGORY}/liveportrait"
+    """Save a motion (from a driving video, MotionDiT or procedural motion) as a .safetensors file in the output
+    folder, to render it again later with LoadMotion."""
     OUTPUT_NODE = True
     OUTPUTS = (
         ("filename", "STRING", "Full path of the saved motion file."),
@@ -234,10 +227,9 @@ class SaveMotion:
                                 f"{filename}"]}, "result": (str(path),)}
 
 
-@register("LoadMotion", "LoadMotion")
+@register("LoadMotion", category="liveportrait")
 class LoadMotion:
-    DESCRIPTION = "Load a motion saved by SaveMotion (a .safetensors file in the input folder)."
-    CATEGORY = f"{CATEGORY}/liveportrait"
+    """Load a motion saved by SaveMotion (a .safetensors file in the input folder)."""
     OUTPUTS = (
         ("motion", MOTION_TYPE, "The motion."),
         ("fps", "FLOAT", "Its frame rate."),

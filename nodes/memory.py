@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..core import weights
 from ..core.cache import CACHE
-from .base import ANY, CATEGORY, register
+from .base import ANY, register
 from .specs import dynamic
 
 
@@ -11,11 +11,10 @@ def family_choices():
     return ["all"] + sorted({mf.family for mf in weights.manifest().values()})
 
 
-@register("UnloadModels", "UnloadModels")
+@register("UnloadModels", category="memory")
 class UnloadModels:
-    DESCRIPTION = ("Unload this pack's cached models (all, or one family) and empty the GPU cache. The input "
-                   "passes through unchanged, so the node can sit between two stages of a graph.")
-    CATEGORY = f"{CATEGORY}/memory"
+    """Unload this pack's cached models (all, or one family) and empty the GPU cache. The input passes through
+    unchanged, so the node can sit between two stages of a graph."""
     OUTPUT_NODE = True
     OUTPUTS = (
         ("passthrough", ANY, "Whatever came in, unchanged (connect it to the next stage to order the unload)."),

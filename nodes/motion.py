@@ -7,7 +7,7 @@ from ..core import audio_features as af
 from ..core.motion import dit, procedural
 from ..core.motion.ditto.conditions import EMOTIONS
 from . import specs
-from .base import CATEGORY, EMBEDS_TYPE, MOTION_TYPE, progress, register, using
+from .base import EMBEDS_TYPE, MOTION_TYPE, progress, register, using
 
 #: AudioToEmbedding's choices -> (encoder, chunking) of core.audio_features
 ENCODER_CHOICES = {
@@ -21,13 +21,11 @@ LIVEPORTRAIT_INPUT = specs.liveportrait("The LivePortrait model set, from LoadLi
                                         "set as the renderer's.")
 
 
-@register("ProceduralMotion", "ProceduralMotion")
+@register("ProceduralMotion", category="motion")
 class ProceduralMotion:
-    DESCRIPTION = ("A talking head without any motion model: the mouth opens with the loudness of the speech, "
-                   "the eyes blink naturally and the head moves a little. Needs only the LivePortrait weights. "
-                   "Connect the motion to LivePortraitRender, which drives the mouth and eyes through "
-                   "LivePortrait's retargeting networks.")
-    CATEGORY = f"{CATEGORY}/motion"
+    """A talking head without any motion model: the mouth opens with the loudness of the speech, the eyes blink
+    naturally and the head moves a little. Needs only the LivePortrait weights. Connect the motion to
+    LivePortraitRender, which drives the mouth and eyes through LivePortrait's retargeting networks."""
     OUTPUTS = (
         ("motion", MOTION_TYPE, "Per-frame motion for this portrait (one frame per video frame of the audio)."),
         ("fps", "FLOAT", "The frame rate (connect it to MuxVideo)."),
@@ -57,12 +55,11 @@ class ProceduralMotion:
         return (motion, float(fps))
 
 
-@register("AudioToEmbedding", "AudioToEmbedding")
+@register("AudioToEmbedding", category="motion")
 class AudioToEmbedding:
-    DESCRIPTION = ("Speech features for MotionDiT: the audio is made mono, resampled to 16 kHz and encoded "
-                   "with HuBERT, cut into chunks exactly as the chosen motion model was trained "
-                   "(25 features per second). Also measures the loudness per frame.")
-    CATEGORY = f"{CATEGORY}/motion"
+    """Speech features for MotionDiT: the audio is made mono, resampled to 16 kHz and encoded with HuBERT, cut into
+    chunks exactly as the chosen motion model was trained (25 features per second). Also measures the loudness per
+    frame."""
     OUTPUTS = (
         ("embeddings", EMBEDS_TYPE, "Audio features at 25 fps with a record of how they were made (MotionDiT "
                                     "checks it)."),
@@ -98,12 +95,11 @@ class AudioToEmbedding:
         return (emb,)
 
 
-@register("MotionDiT", "MotionDiT")
+@register("MotionDiT", category="motion")
 class MotionDiT:
-    DESCRIPTION = ("Audio-driven LivePortrait motion from a diffusion model: Ditto's LMDM (streamed in 80-frame "
-                   "windows with cross-fades) or JoyVASA (4-second windows). The motion is made for this portrait "
-                   "(its own pose and face shape) and goes to LivePortraitRender.")
-    CATEGORY = f"{CATEGORY}/motion"
+    """Audio-driven LivePortrait motion from a diffusion model: Ditto's LMDM (streamed in 80-frame windows with
+    cross-fades) or JoyVASA (4-second windows). The motion is made for this portrait (its own pose and face shape)
+    and goes to LivePortraitRender."""
     OUTPUTS = (
         ("motion", MOTION_TYPE, "Per-frame motion for this portrait."),
         ("fps", "FLOAT", "The frame rate (25; connect it to MuxVideo)."),

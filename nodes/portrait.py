@@ -7,16 +7,15 @@ from ..core import face, image as core_image
 from ..core.errors import InputError
 from ..core.face import load_portrait
 from . import specs
-from .base import (CATEGORY, IMAGE_EXTENSIONS, PORTRAIT_TYPE, list_input_files, register, resolve_input_file,
+from .base import (IMAGE_EXTENSIONS, PORTRAIT_TYPE, list_input_files, register, resolve_input_file,
                    validate_input_file)
 
 
-@register("LoadPortrait", "LoadPortrait")
+@register("LoadPortrait", category="portrait")
 class LoadPortrait:
-    DESCRIPTION = ("Load a portrait photo, find the face and cut a square crop around it. The crop record "
-                   "lets the renderers paste the animated face back into the full picture. EXIF rotation, "
-                   "transparency, grayscale, palette and 16-bit files are handled.")
-    CATEGORY = f"{CATEGORY}/portrait"
+    """Load a portrait photo, find the face and cut a square crop around it. The crop record lets the renderers paste
+    the animated face back into the full picture. EXIF rotation, transparency, grayscale, palette and 16-bit files
+    are handled."""
     OUTPUTS = (
         ("portrait", PORTRAIT_TYPE, "The portrait for the animation nodes (crop, full image, crop record)."),
         ("face_crop", "IMAGE", "The square face crop."),

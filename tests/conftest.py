@@ -96,3 +96,43 @@ def lp_set(pack, model="human", precision="fp32", device="cpu", download=False):
     (found,) = pack.NODE_CLASS_MAPPINGS["TalkingHead_LoadLivePortrait"]().run(model, precision, device=device,
                                                                              auto_download=download)
     return found
+
+
+@pytest.fixture
+def isolated_weights(tmp_path, monkeypatch):
+    """The weights manager searches folders under tmp_path only (the host's models dir and the pack's weights
+    dir), with no environment variable set (models folder, offline switches)."""
+    from core import weights
+    from core.host import HOST
+
+    monkeypatch.setattr(HOST, "models_dir", tmp_path / "models")
+    monkeypatch.setattr(HOST, "model_folders", None)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "packweights")
+    for var in ("TALKINGHEAD_MODELS", "TALKINGHEAD_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def run_headless(cwd: Path, workflow: str, *sets: str, inputs: Path, models: Path, offline: bool = True,
+                 timeout: int = 600) -> Path:
+    """``python run.py workflows/<workflow> --input-dir INPUTS --models-dir MODELS --set ...`` as a user types it
+    (in ``cwd``); fails with the runner's stderr unless it succeeds, and returns the file it wrote last."""
+    import subprocess
+
+    command = [sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / workflow), "--input-dir", str(inputs),
+               "--models-dir", str(models), *(["--offline"] if offline else [])]
+    for item in sets:
+        command += ["--set", item]
+    res = subprocess.run(command + ["--quiet"], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    return Path(res.stdout.strip().splitlines()[-1])
+
+
+def mp4_facts(path: Path):
+    """``((width, height, frames), audio codec or None, audio seconds or None)`` of a written video."""
+    from core import video
+
+    info = video.probe(path)
+    audio = info["audio"]
+    return ((info["video"]["width"], info["video"]["height"], info["video"]["frames"]),
+            audio["codec"] if audio else None, video.audio_duration(path) if audio else None)

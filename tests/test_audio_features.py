@@ -246,13 +246,10 @@ def test_bad_hubert_files(tmp_path, tiny_ctc, no_cache):
 
 # --------------------------------------------------------------------------- weights and dependencies
 @pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setattr(HOST, "models_dir", tmp_path / "models")
-    monkeypatch.setattr(HOST, "model_folders", None)
-    monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "packweights")
-    monkeypatch.delenv("TALKINGHEAD_MODELS", raising=False)
+def isolated(isolated_weights, monkeypatch):
+    """The weights manager's folders under tmp_path only, offline."""
     monkeypatch.setenv("TALKINGHEAD_OFFLINE", "1")
-    return tmp_path
+    return isolated_weights
 
 
 def test_missing_hubert_names_folder_source_and_licence(isolated):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tolerance as tol
-from conftest import FIXTURES, ROOT, sub
+from conftest import FIXTURES, ROOT, mp4_facts, run_headless, sub
 from core import fom as F
 from core.errors import CheckpointError, InputError
 from core.resize import resize_pad
@@ -309,22 +309,15 @@ def test_missing_checkpoint_message(pack, monkeypatch, tmp_path):
 
 def test_fom_workflow_headless_with_tiny_weights(tmp_path):
     """workflows/fom_animate_video.json end to end: portrait + driving video -> FOMAnimate -> MuxVideo."""
-    import subprocess
-    import sys
+    from core import video
 
     (tmp_path / "models" / "fom").mkdir(parents=True)
     (tmp_path / "models" / "fom" / "tiny-cpk.pth.tar").write_bytes((FIXTURES / "fom" / "tiny-cpk.pth.tar").read_bytes())
-    res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "fom_animate_video.json"),
-                          "--input-dir", str(ROOT / "example_inputs"), "--models-dir", str(tmp_path / "models"),
-                          "--set", "animate.checkpoint=tiny-cpk.pth.tar", "--set", "portrait.detector=center",
-                          "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    mp4 = Path(res.stdout.strip().splitlines()[-1])
-    from core import video
-
-    info = video.probe(mp4)
-    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (256, 256, 50)
-    assert info["audio"]["codec"] == "aac" and video.audio_duration(mp4) == pytest.approx(2.0, abs=2e-3)
+    mp4 = run_headless(tmp_path, "fom_animate_video.json", "animate.checkpoint=tiny-cpk.pth.tar",
+                       "portrait.detector=center", inputs=ROOT / "example_inputs", models=tmp_path / "models",
+                       offline=False, timeout=300)
+    size, codec, seconds = mp4_facts(mp4)
+    assert size == (256, 256, 50) and codec == "aac" and seconds == pytest.approx(2.0, abs=2e-3)
     frames = np.stack(list(video.read_frames(mp4)))
     assert frames.std(axis=0).mean() > 0.5  # the frames differ: the portrait moves with the driving video
 

@@ -19,7 +19,6 @@ from core import weights as W  # noqa: E402
 from core.cache import CACHE  # noqa: E402
 from core.errors import CheckpointError, InputError, WeightsMissingError  # noqa: E402
 from core.face import Face, FaceDetector  # noqa: E402
-from core.host import HOST  # noqa: E402
 
 OFFICIAL, TWIN = W.model_file(L.FILE_ID).names
 # a pixel-centre face box in the 200x180 test picture; its crop square runs past the top and left
@@ -234,13 +233,8 @@ def test_face_landmarks_none_where_no_face_and_largest_face_otherwise():
 
 
 @pytest.fixture
-def isolated(tmp_path, monkeypatch, offline):
-    monkeypatch.setattr(HOST, "models_dir", tmp_path / "models")
-    monkeypatch.setattr(HOST, "model_folders", None)
-    monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "packweights")
-    for var in ("TALKINGHEAD_MODELS", "TALKINGHEAD_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    yield tmp_path
+def isolated(isolated_weights, offline):
+    yield isolated_weights
     CACHE.unload("face")
 
 

@@ -57,6 +57,18 @@ def load_portrait(nodes, h: int, w: int):
     return nodes["TalkingHead_LoadPortrait"]().run("", "center", 256, 1.8, -0.1, image_in=image)["result"][0]
 
 
+def procedural_setup(pack, tmp_path, seconds: float, h: int = 150, w: int = 120):
+    """The tiny LivePortrait set in ``tmp_path/models``, a ``h`` x ``w`` portrait and ``seconds`` of speech turned
+    into ProceduralMotion: ``(nodes, set, portrait, audio, motion, fps)``."""
+    models_dir(tmp_path / "models")
+    nodes = pack.NODE_CLASS_MAPPINGS
+    portrait = load_portrait(nodes, h, w)
+    lps = lp_set(pack)
+    audio = speech(seconds)
+    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 0, 1.0, 1.0, True)
+    return nodes, lps, portrait, audio, motion, fps
+
+
 def render_args(lps, portrait, motion, batch_size=4):
     """LivePortraitRender's inputs (``lps``: the LivePortrait set as LoadLivePortrait makes it)."""
     return dict(liveportrait=lps, portrait=portrait, motion=motion, relative=True, region="all",
@@ -73,12 +85,7 @@ def frames_of(path) -> np.ndarray:
 def test_render_video_equals_render_then_mux(pack, tmp_path):
     """The node's mp4 is LivePortraitRender + MuxVideo's: same streams, frame count, size and audio length, and the
     same decoded frames (up to codec noise); the same preview entry; without paste-back, a video of the crops."""
-    models_dir(tmp_path / "models")
-    nodes = pack.NODE_CLASS_MAPPINGS
-    portrait = load_portrait(nodes, 150, 120)
-    lps = lp_set(pack)
-    audio = speech(1.2)
-    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 0, 1.0, 1.0, True)
+    nodes, lps, portrait, audio, motion, fps = procedural_setup(pack, tmp_path, 1.2)
     assert len(motion) == 30
     res = nodes["TalkingHead_LivePortraitRenderVideo"]().run(**render_args(lps, portrait, motion), fps=fps,
                                                              filename_prefix="long/direct", audio=audio,
@@ -113,12 +120,7 @@ def test_render_video_equals_render_then_mux(pack, tmp_path):
 
 def test_render_video_cancel_leaves_no_file(pack, tmp_path, monkeypatch):
     """A cancel after some batches went into ffmpeg leaves neither the mp4 nor its temporary file."""
-    models_dir(tmp_path / "models")
-    nodes = pack.NODE_CLASS_MAPPINGS
-    portrait = load_portrait(nodes, 150, 120)
-    lps = lp_set(pack)
-    audio = speech(1.0)
-    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 0, 1.0, 1.0, True)
+    nodes, lps, portrait, audio, motion, fps = procedural_setup(pack, tmp_path, 1.0)
     host, errors = sub(pack, "core.host").HOST, sub(pack, "core.errors")
     video = sub(pack, "core.video")
     writes = []
@@ -149,13 +151,8 @@ def test_render_video_memory_does_not_grow_with_length(pack, tmp_path, monkeypat
     150th frame to the 600th. The networks' forward pass is swapped for a cheap stand-in with the same output (their
     cost is per batch and they keep nothing; the real ones run in the tests above): the motion, the keypoints, the
     paste-back into the full portrait, the uint8 conversion and the pipe into ffmpeg are the node's own."""
-    models_dir(tmp_path / "models")
-    nodes = pack.NODE_CLASS_MAPPINGS
     h, w, n = 320, 256, 600
-    portrait = load_portrait(nodes, h, w)
-    lps = lp_set(pack)
-    audio = speech(n / 25)
-    motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 0, 1.0, 1.0, True)
+    nodes, lps, portrait, audio, motion, fps = procedural_setup(pack, tmp_path, n / 25, h, w)
     assert len(motion) == n
     render = sub(pack, "core.liveportrait.render")
 

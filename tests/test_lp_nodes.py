@@ -1,14 +1,12 @@
 """LivePortrait nodes: the video-driven workflow headless on the tiny weights, the nodes under
 the fake ComfyUI, and the missing-weights message."""
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FIXTURES, ROOT, lp_set, sub
+from conftest import FIXTURES, ROOT, lp_set, mp4_facts, run_headless, sub
 
 WEIGHTS = FIXTURES / "liveportrait" / "weights"
 
@@ -26,17 +24,10 @@ def test_video_driven_workflow_headless(tmp_path):
     inputs.mkdir()
     shutil.copy(ROOT / "example_inputs" / "portrait.png", inputs / "portrait.png")
     shutil.copy(FIXTURES / "driving_short.mp4", inputs / "driving.mp4")
-    res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "liveportrait_video_driven.json"),
-                          "--input-dir", str(inputs), "--models-dir", str(models_dir(tmp_path / "models")), "--offline",
-                          "--set", "portrait.detector=center", "--set", "motion.crop=as is (already face crops)",
-                          "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    mp4 = Path(res.stdout.strip().splitlines()[-1])
-    from core import video
-
-    info = video.probe(mp4)
-    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (480, 600, 6)
-    assert info["audio"]["codec"] == "aac" and video.audio_duration(mp4) == pytest.approx(6 / 25, abs=2e-3)
+    mp4 = run_headless(tmp_path, "liveportrait_video_driven.json", "portrait.detector=center",
+                       "motion.crop=as is (already face crops)", inputs=inputs, models=models_dir(tmp_path / "models"))
+    size, codec, seconds = mp4_facts(mp4)
+    assert size == (480, 600, 6) and codec == "aac" and seconds == pytest.approx(6 / 25, abs=2e-3)
 
 
 def test_nodes_under_comfy(comfy_pack):
@@ -80,16 +71,10 @@ def test_motion_driven_workflow_headless(tmp_path):
     shutil.copy(ROOT / "example_inputs" / "portrait.png", inputs / "portrait.png")
     shutil.copy(ROOT / "example_inputs" / "speech.wav", inputs / "speech.wav")
     Motion.load(ROOT / "example_inputs" / "motion.safetensors").frames(0, 5).save(inputs / "motion.safetensors")
-    res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / "liveportrait_motion_driven.json"),
-                          "--input-dir", str(inputs), "--models-dir", str(models_dir(tmp_path / "models")), "--offline",
-                          "--set", "portrait.detector=center", "--quiet"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    from core import video
-
-    info = video.probe(Path(res.stdout.strip().splitlines()[-1]))
-    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (480, 600, 5)
-    assert info["audio"]["codec"] == "aac"
+    mp4 = run_headless(tmp_path, "liveportrait_motion_driven.json", "portrait.detector=center", inputs=inputs,
+                       models=models_dir(tmp_path / "models"))
+    size, codec, _ = mp4_facts(mp4)
+    assert size == (480, 600, 5) and codec == "aac"
 
 
 def test_save_and_load_motion_nodes(pack, tmp_path):

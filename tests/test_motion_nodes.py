@@ -1,7 +1,5 @@
 """Audio -> motion nodes and workflows, headless on tiny weights: procedural motion (LivePortrait weights only)."""
 import shutil
-import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -9,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, lp_set, sub
+from conftest import ROOT, lp_set, run_headless, sub
 from test_lp_nodes import models_dir
 
 
@@ -37,12 +35,8 @@ def speech_inputs(tmp_path: Path, seconds: float = 0.6) -> Path:
 
 
 def run_workflow(tmp_path, name, *sets):
-    res = subprocess.run([sys.executable, str(ROOT / "run.py"), str(ROOT / "workflows" / name),
-                          "--input-dir", str(tmp_path / "in"), "--models-dir", str(tmp_path / "models"), "--offline",
-                          "--set", "portrait.detector=center", *[a for s in sets for a in ("--set", s)], "--quiet"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    return Path(res.stdout.strip().splitlines()[-1])
+    return run_headless(tmp_path, name, "portrait.detector=center", *sets, inputs=tmp_path / "in",
+                        models=tmp_path / "models")
 
 
 def test_procedural_workflow_headless(tmp_path):

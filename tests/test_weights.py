@@ -17,15 +17,9 @@ from core.host import HOST
 
 
 @pytest.fixture
-def isolated(tmp_path, monkeypatch):
+def isolated(isolated_weights):
     """Search folders under tmp_path only: host models dir, pack weights dir, no env var."""
-    monkeypatch.setattr(HOST, "models_dir", tmp_path / "models")
-    monkeypatch.setattr(HOST, "model_folders", None)
-    monkeypatch.setattr(W, "WEIGHTS_DIR", tmp_path / "packweights")
-    monkeypatch.delenv("TALKINGHEAD_MODELS", raising=False)
-    for var in ("TALKINGHEAD_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
+    return isolated_weights
 
 
 def test_manifest_is_complete():
