@@ -66,7 +66,9 @@ NODES = {  # node id -> display name
     "TalkingHead_UnloadModels": "UnloadModels",
     "TalkingHead_FOMAnimate": "FOMAnimate",
     "TalkingHead_LivePortraitExtractMotion": "LivePortraitExtractMotion",
+    "TalkingHead_LoadLivePortrait": "LoadLivePortrait",
     "TalkingHead_LivePortraitRender": "LivePortraitRender",
+    "TalkingHead_LivePortraitRenderVideo": "LivePortraitRenderVideo",
     "TalkingHead_SaveMotion": "SaveMotion",
     "TalkingHead_LoadMotion": "LoadMotion",
     "TalkingHead_ProceduralMotion": "ProceduralMotion",
@@ -363,6 +365,57 @@ def test_unload_models_passthrough_between_stages(comfy):
     assert entry["status"]["status_str"] == "success", _errors(entry)
     assert entry["outputs"]["4"]["images"][0]["filename"].startswith("unload_")
     assert "text" in entry["outputs"]["9"]
+
+
+#: (output type, input type) pairs for the link rule; lists stand for custom nodes returning their options
+LINK_CASES = [("IMAGE", "IMAGE"), ("IMAGE", "MASK"), ("*", "IMAGE"), ("IMAGE", "*"), ("STRING,INT", "INT"),
+              ("STRING", "INT,FLOAT"), ("A, B", "B"), ("STRING,*", "INT"), ("INT", "FLOAT,*"), ("INT", "FLOAT,INT"),
+              ("COMFY_MATCHTYPE_V3", "IMAGE"), ("IMAGE", "COMFY_MATCHTYPE_V3"), (["a", "b"], "COMBO"),
+              (["a", "b"], ["a", "b"]), (["a", "b"], ["a", "c"]), (["a"], "STRING"), ("STRING", "COMBO"),
+              ("TALKINGHEAD_LIVEPORTRAIT", "TALKINGHEAD_LIVEPORTRAIT"), ("TALKINGHEAD_MOTION", "TALKINGHEAD_PORTRAIT")]
+
+
+def test_link_rule_is_comfyuis():
+    """The headless runner accepts a link exactly when ComfyUI 0.8.0's own ``validate_node_input`` does (run in
+    ComfyUI's interpreter, from its checkout), for plain, wildcard, union, MatchType and list types."""
+    import importlib
+
+    import run  # the pack loaded the way run.py loads it (headless/ imports core/ as its sibling)
+
+    link_accepted = importlib.import_module(f"{run.load_pack().__name__}.headless.validation").link_accepted
+    script = ("import json, sys\n"
+              "from comfy_execution.validation import validate_node_input\n"
+              "print(json.dumps([bool(validate_node_input(a, b)) for a, b in json.load(sys.stdin)]))\n")
+    env = dict(os.environ)
+    extra_path = os.environ.get("COMFYUI_PYTHONPATH", "").strip()
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH", "")) if p)
+    res = subprocess.run([os.environ.get("COMFYUI_PYTHON") or sys.executable, "-c", script],
+                         input=json.dumps(LINK_CASES), cwd=COMFYUI_DIR, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    theirs = json.loads(res.stdout.strip().splitlines()[-1])
+    ours = [link_accepted(a, b) for a, b in LINK_CASES]
+    assert ours == theirs, [(case, o, t) for case, o, t in zip(LINK_CASES, ours, theirs) if o != t]
+    assert True in ours and False in ours
+
+
+def test_workflow_saved_before_loadliveportrait_fails_naming_the_input(comfy):
+    """A 0.2 prompt (each LivePortrait node with its own model/precision/device widgets, no LoadLivePortrait) is
+    refused by ComfyUI before it runs, naming the missing ``liveportrait`` input of each such node, as the
+    README and the headless runner's note say."""
+    prompt = json.loads((WORKFLOWS / "liveportrait_procedural.api.json").read_text())
+    (loader,) = [k for k, n in prompt.items() if n["class_type"] == "TalkingHead_LoadLivePortrait"]
+    settings = prompt.pop(loader)["inputs"]
+    users = [k for k, n in prompt.items() if n["inputs"].pop("liveportrait", None) is not None]
+    for key in users:
+        prompt[key]["inputs"].update(settings)
+    assert len(users) == 2
+    status, reply = comfy.post("/prompt", {"prompt": prompt})
+    assert status == 400 and reply["error"]["type"] == "prompt_outputs_failed_validation", reply
+    for key in users:
+        (error,) = [e for e in reply["node_errors"][key]["errors"] if e["type"] == "required_input_missing"]
+        assert error["message"] == "Required input is missing" and error["extra_info"]["input_name"] == "liveportrait"
 
 
 def test_every_workflow_case_has_a_workflow():

@@ -206,17 +206,10 @@ class StandIn:
     def _configure_host(self) -> None:
         host_mod = importlib.import_module(f"{self.pack.__name__}.core.host")
         errors = importlib.import_module(f"{self.pack.__name__}.core.errors")
-        HOST = host_mod.HOST
-        HOST.models_dir = self.base / "models"
-        HOST.input_dirs = lambda: [self.base / "input"]
-        HOST.output_dir = lambda: self.base / "output"
-        HOST.temp_dir = lambda: self.base / "temp"
 
         def check_interrupt():
             if self.interrupted.is_set():
                 raise errors.Cancelled("Processing interrupted")
-
-        HOST.check_interrupt = check_interrupt
 
         def progress_factory(label=""):
             def report(done, total, preview=None):
@@ -227,7 +220,9 @@ class StandIn:
                                             "node": self._node}, job[3])
             return report
 
-        HOST.progress_factory = progress_factory
+        host_mod.HOST.configure(models_dir=self.base / "models", input_dirs=lambda: [self.base / "input"],
+                                output_dir=lambda: self.base / "output", temp_dir=lambda: self.base / "temp",
+                                check_interrupt=check_interrupt, progress_factory=progress_factory)
         self._graph = importlib.import_module(f"{self.pack.__name__}.headless")
         self._errors = errors
         self._node: Optional[str] = None
