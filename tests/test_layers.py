@@ -51,8 +51,8 @@ def _literal_import_name(node: ast.Call) -> Optional[str]:
     return None
 
 
-def forbidden_imports(path: Path, root: Path) -> List[str]:
-    """``"core/x.py:12 imports nodes.base"`` for every import in ``path`` that reaches a forbidden layer."""
+def forbidden_imports(path: Path, root: Path, forbidden: frozenset = FORBIDDEN) -> List[str]:
+    """``"core/x.py:12 imports nodes.base"`` for every import in ``path`` that reaches a ``forbidden`` layer."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = _package_of(path, root)
     found = []
@@ -60,7 +60,7 @@ def forbidden_imports(path: Path, root: Path) -> List[str]:
     def check(line: int, dotted: List[str], pack_relative: bool) -> None:
         # absolute names: the first part is a top-level module; relative: the first part under the pack root
         top = dotted[0]
-        if top in FORBIDDEN or top == "<above the pack>":
+        if top in forbidden or top == "<above the pack>":
             where = "the pack's " if pack_relative else ""
             found.append((line, f"{path.relative_to(root).as_posix()}:{line} imports {where}{'.'.join(dotted)}"))
 
@@ -90,6 +90,21 @@ def test_core_imports_no_layer_above_it_and_no_comfyui():
     assert len(modules) > 20, "core/ not found where expected"
     found = [line for path in modules for line in forbidden_imports(path, ROOT)]
     assert not found, "core/ must stay the model library:\n" + "\n".join(found)
+
+
+#: the layers beside core/ and what each may not import: the node adapters know nothing of the runner, the
+#: authoring tools or training; the runner gets the nodes only as the registry it is handed (run.py), and the
+#: tools only inside ``run.py convert``, which loads them lazily by a relative name
+SIDE_LAYERS = {"nodes": frozenset({"headless", "tools", "training"}),
+               "headless": frozenset({"nodes", "training"} | set(COMFYUI))}
+
+
+@pytest.mark.parametrize("layer", sorted(SIDE_LAYERS))
+def test_nodes_and_headless_keep_to_their_layer(layer):
+    modules = sorted(p for p in (ROOT / layer).rglob("*.py") if "__pycache__" not in p.parts)
+    assert modules, f"{layer}/ not found"
+    found = [line for path in modules for line in forbidden_imports(path, ROOT, SIDE_LAYERS[layer])]
+    assert not found, f"{layer}/ reaches a layer it must not:\n" + "\n".join(found)
 
 
 def test_the_import_check_sees_every_form(tmp_path):
