@@ -38,10 +38,14 @@ class MissingDependencyError(TalkingHeadError):
     """An optional package a chosen setting needs is not installed."""
 
 
+class FramesTooLargeError(TalkingHeadError):
+    """A whole video asked for as one IMAGE batch would not fit in the free memory."""
+
+
 # The pack is imported under its install folder's name, so the classes' real module is something like
 # "/home/me/ComfyUI/custom_nodes/ComfyUI-Talking Head.core.errors", and ComfyUI shows an error's type as
 # "<module>.<class>". A short fixed name reads as what it is, wherever the pack is installed.
 for _cls in (TalkingHeadError, InputError, NonFiniteAudioError, WeightsMissingError, CheckpointError,
-             NonFiniteOutputError, Cancelled, MissingDependencyError):
+             NonFiniteOutputError, Cancelled, MissingDependencyError, FramesTooLargeError):
     _cls.__module__ = "TalkingHead"
 del _cls
