@@ -311,24 +311,29 @@ class VideoWriter:
 def write_video(path, frames, fps: float = 25.0, audio=None, crf: int = 19, preset: str = "medium",
                 chunk: int = 32, metadata: Optional[Mapping[str, str]] = None, min_frames: int = 0,
                 progress: Optional[ProgressFn] = None) -> Path:
-    """Write an IMAGE batch (or an iterable of batches) to ``path`` atomically.
+    """Write an IMAGE batch, a :class:`~.frames.FrameStream` (pulled ``chunk`` frames at a time, so memory
+    stays bounded whatever the length) or an iterable of batches to ``path`` atomically.
 
     ``min_frames``: hold the last frame until the video has at least this many frames (e.g. a
     still portrait over a whole speech: ``audio.num_video_frames(audio, fps)``).
     """
-    if isinstance(frames, (torch.Tensor, np.ndarray)):
-        n = int(frames.shape[0])
+    from .frames import FrameStream
+
+    expected: Optional[int] = None
+    if isinstance(frames, (FrameStream, torch.Tensor, np.ndarray)):
+        n = len(frames)
         if n == 0:
-            raise InputError("no frames to write: the IMAGE batch is empty")
-        total = max(n, int(min_frames))
-        batches: Iterable = _held(frames, total, chunk)
-        steps = -(-n // chunk) + -(-(total - n) // chunk)  # batches _held yields
-        bar = Progress(steps, progress)
-        expected: Optional[int] = total
+            what = frames.label if isinstance(frames, FrameStream) else "the IMAGE batch"
+            raise InputError(f"no frames to write: {what} is empty")
+        expected = max(n, int(min_frames))
+        parts = frames.batches(chunk) if isinstance(frames, FrameStream) else \
+            (frames[i:i + chunk] for i in range(0, n, chunk))
+        batches: Iterable = _held(parts, n, expected, chunk)
+        bar = Progress(-(-n // chunk) + -(-(expected - n) // chunk), progress)  # the batches _held yields
     else:
         if min_frames:
             raise InputError("min_frames needs an IMAGE batch, not a stream of batches")
-        batches, bar, expected = frames, None, None
+        batches, bar = frames, None
     with VideoWriter(path, fps, audio, crf, preset, expected_frames=expected, metadata=metadata) as writer:
         for batch in batches:
             writer.write(batch)
@@ -337,14 +342,16 @@ def write_video(path, frames, fps: float = 25.0, audio=None, crf: int = 19, pres
     return writer.path
 
 
-def _held(frames, total: int, chunk: int) -> Iterator:
-    """``frames`` in chunks, then the last frame repeated until ``total`` frames were given."""
-    n = int(frames.shape[0])
-    for i in range(0, n, chunk):
-        yield frames[i:i + chunk]
-    last = frames_to_uint8(frames[n - 1:n])
-    for i in range(n, total, chunk):
-        yield np.repeat(last, min(chunk, total - i), axis=0)
+def _held(batches: Iterable, n: int, total: int, chunk: int) -> Iterator:
+    """The ``n`` frames of ``batches``, then the last frame repeated (``chunk`` at a time) until ``total``."""
+    last = None
+    for batch in batches:
+        last = batch[-1:]
+        yield batch
+    if total > n:
+        frozen = frames_to_uint8(last)
+        for i in range(n, total, chunk):
+            yield np.repeat(frozen, min(chunk, total - i), axis=0)
 
 
 # ------------------------------------------------------------------------ reading / probing

@@ -12,7 +12,8 @@ from ..core.cache import CACHE
 from ..core.host import HOST
 from ..core.host_files import (IMAGE_EXTENSIONS, file_metadata, list_input_files,  # noqa: F401 (re-exported)
                                resolve_input_file, save_path, validate_input_file, video_preview)
-from .specs import EMBEDS_TYPE, LIVEPORTRAIT_TYPE, MOTION_TYPE, PORTRAIT_TYPE, input_types  # noqa: F401 (re-exported)
+from .specs import (EMBEDS_TYPE, FRAMES_TYPE, LIVEPORTRAIT_TYPE, MOTION_TYPE,  # noqa: F401 (re-exported)
+                    PORTRAIT_TYPE, input_types)
 
 PREFIX = "TalkingHead_"
 CATEGORY = "TalkingHead"

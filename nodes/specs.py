@@ -17,6 +17,8 @@ PORTRAIT_TYPE = "TALKINGHEAD_PORTRAIT"
 MOTION_TYPE = "TALKINGHEAD_MOTION"
 EMBEDS_TYPE = "TALKINGHEAD_AUDIO_EMBEDS"
 LIVEPORTRAIT_TYPE = "TALKINGHEAD_LIVEPORTRAIT"
+#: a video as a :class:`core.frames.FrameStream`: made batch by batch when the next node pulls it
+FRAMES_TYPE = "TALKINGHEAD_FRAMES"
 
 
 class dynamic:  # noqa: N801 - reads as a marker in the declarations
@@ -73,13 +75,20 @@ def portrait(tooltip: str = "From LoadPortrait.") -> tuple:
     return (PORTRAIT_TYPE, {"tooltip": tooltip})
 
 
+def frames(tooltip: str) -> tuple:
+    return (FRAMES_TYPE, {"tooltip": tooltip})
+
+
 def motion(tooltip: str) -> tuple:
     return (MOTION_TYPE, {"tooltip": tooltip})
 
 
 #: the hidden inputs of nodes that embed the workflow in the files they write (like ComfyUI's save nodes)
 SAVE_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+#: the hidden inputs of nodes with an IMAGE output made only when something is connected to it
+#: (:func:`nodes.base.linked_outputs`)
+GRAPH_HIDDEN = {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}
 
-__all__ = ["EMBEDS_TYPE", "LIVEPORTRAIT_TYPE", "MOTION_TYPE", "PORTRAIT_TYPE", "SAVE_HIDDEN", "auto_download",
-           "batch_size", "device", "dynamic", "fps", "input_types", "keep_loaded", "liveportrait", "motion",
-           "portrait", "precision", "seed"]
+__all__ = ["EMBEDS_TYPE", "FRAMES_TYPE", "GRAPH_HIDDEN", "LIVEPORTRAIT_TYPE", "MOTION_TYPE", "PORTRAIT_TYPE",
+           "SAVE_HIDDEN", "auto_download", "batch_size", "device", "dynamic", "fps", "frames", "input_types",
+           "keep_loaded", "liveportrait", "motion", "portrait", "precision", "seed"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from ..core import audio as core_audio
 from ..core import resize, video
+from ..core.errors import InputError
+from ..core.frames import FrameStream
 from . import specs
 from .base import file_metadata, progress, register, save_path, video_preview
 
@@ -56,13 +58,16 @@ class MuxVideo:
     )
     INPUTS = {
         "required": {
-            "images": ("IMAGE", {"tooltip": "The video frames (odd sizes get one edge row/column repeated)."}),
             "fps": specs.fps("Frames per second of the video (talking-head models use 25)."),
             "filename_prefix": ("STRING", {"default": "TalkingHead/talk",
                                            "tooltip": "Name of the file in the output folder; may contain a sub-folder. "
                                                       "A counter is appended: prefix_00001_.mp4."}),
         },
         "optional": {
+            "frames": specs.frames("The video as a frame stream (a node's frame_stream output): written batch by "
+                                   "batch, so memory stays the same whatever the length. Connect this or images."),
+            "images": ("IMAGE", {"tooltip": "The video frames as one IMAGE batch (from any node). Connect this or "
+                                            "frames. Odd sizes get one edge row/column repeated."}),
             "audio": ("AUDIO", {"tooltip": "Sound track; trimmed or padded with silence to the video's length."}),
             "crf": ("INT", {"default": 19, "min": 0, "max": 51, "step": 1,
                             "tooltip": "H.264 quality: lower is better and bigger (17-23 is typical)."}),
@@ -76,19 +81,23 @@ class MuxVideo:
         "hidden": dict(specs.SAVE_HIDDEN),
     }
 
-    def run(self, images, fps, filename_prefix, audio=None, crf=19, preset="medium", extend_to_audio=False,
-            save_output=True, prompt=None, extra_pnginfo=None):
+    def run(self, images=None, fps=25.0, filename_prefix="TalkingHead/talk", audio=None, crf=19, preset="medium",
+            extend_to_audio=False, save_output=True, frames=None, prompt=None, extra_pnginfo=None):
+        if (frames is None) == (images is None):
+            raise InputError("MuxVideo needs its video from one input: connect either frames (a frame stream) or "
+                             "images (an IMAGE batch)" + (", not both" if frames is not None else ""))
+        source = frames if frames is not None else FrameStream.from_images(images, fps, label="MuxVideo's images")
         track = core_audio.from_comfy(audio) if audio is not None else None
         # no samples at all is a video without sound (written without an audio track); a few samples,
         # less than one frame, is a broken file, not speech
         if track is not None and track.num_samples > 0:
             core_audio.require_one_frame(track, fps, "MuxVideo's audio input")
-        h, w = int(images.shape[1]), int(images.shape[2])
-        path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=w, height=h)
-        total = int(images.shape[0])
+        path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=source.width,
+                                                    height=source.height)
+        total = len(source)
         if extend_to_audio and track is not None:
             total = max(total, core_audio.num_video_frames(track, fps))
-        video.write_video(path, images, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
+        video.write_video(path, source, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
                           metadata=file_metadata(prompt, extra_pnginfo),
                           progress=progress("MuxVideo"))
         return {"ui": video_preview(filename, subfolder, kind), "result": (str(path),)}

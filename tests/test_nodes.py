@@ -122,6 +122,32 @@ def test_mux_node_in_comfy_naming_ui_metadata_and_progress(comfy_pack):
     assert 'prompt={"1": {"class_type": "X"}}' in meta and "workflow=" in meta
 
 
+def test_mux_node_writes_a_frame_stream_batch_by_batch(pack, tmp_path):
+    """MuxVideo's frames input: the stream is pulled in the writer's chunks (never whole), the last frame is held
+    to the audio's end, and exactly one of frames / images must be connected."""
+    frames, errors = sub(pack, "core.frames"), sub(pack, "core.errors")
+    made = []
+
+    def source():
+        for i in range(0, 40, 7):
+            made.append(min(7, 40 - i))
+            yield torch.full((made[-1], 32, 32, 3), i / 40)
+
+    stream = frames.FrameStream(source, 40, 32, 32, 25.0, label="test stream")
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_MuxVideo"]()
+    audio = {"waveform": 0.1 * torch.randn(1, 1, 32000), "sample_rate": 16000}  # 2 s: 50 frames at 25 fps
+    res = node.run(fps=25.0, filename_prefix="s/s", frames=stream, audio=audio, extend_to_audio=True,
+                   preset="ultrafast")
+    info = sub(pack, "core.video").probe(res["result"][0])
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (32, 32, 50)
+    assert sum(made) == 40 and max(made) == 7  # produced in the producer's batches, pulled once
+    with pytest.raises(errors.InputError, match="connect either frames .* or images"):
+        node.run(fps=25.0, filename_prefix="s/none")
+    with pytest.raises(errors.InputError, match="not both"):
+        node.run(torch.rand(2, 32, 32, 3), 25.0, "s/both", frames=stream)
+    assert sorted(p.name for p in (tmp_path / "output" / "s").iterdir()) == ["s_00001_.mp4"]
+
+
 def test_cancel_mid_mux_leaves_nothing(comfy_pack):
     mm = comfy_pack.comfy
     utils = __import__("comfy.utils", fromlist=["x"])
