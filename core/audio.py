@@ -62,7 +62,10 @@ class Audio:
         return self.num_samples / self.sample_rate
 
     def is_silent(self, threshold: float = 1e-4) -> bool:
-        return self.num_samples == 0 or float(self.waveform.abs().max()) < threshold
+        if self.num_samples == 0:
+            return True
+        lo, hi = torch.aminmax(self.waveform)  # the peak without an abs() copy of the whole waveform
+        return max(-float(lo), float(hi)) < threshold
 
 
 def from_comfy(audio: Mapping, batch_index: int = 0) -> Audio:
@@ -304,18 +307,35 @@ def num_video_frames(audio: Audio, fps: float) -> int:
     return int(np.ceil(audio.num_samples * float(fps) / audio.sample_rate - 1e-9))
 
 
+#: samples squared and summed at a time by :func:`energy_envelope` (in two float64 buffers of 512 KB reused for
+#: every block), so the envelope of a long recording never holds a float64 copy of the whole waveform
+ENVELOPE_BLOCK_SAMPLES = 1 << 16
+
+
 def energy_envelope(audio: Audio, fps: float = 25.0) -> torch.Tensor:
     """RMS loudness per video frame ``[num_video_frames]`` of the mono signal, 0..1 scaled by
-    the clip's 99th percentile (so quiet and loud recordings drive the mouth alike)."""
+    the clip's 99th percentile (so quiet and loud recordings drive the mouth alike).
+
+    The squares are summed a block of frames at a time (:data:`ENVELOPE_BLOCK_SAMPLES`), so memory
+    beyond the result does not grow with the length of the audio."""
     mono = to_mono(audio).waveform[0]
     n = num_video_frames(audio, fps)
     if n == 0:
         return torch.zeros(0)
-    edges = [samples_for_frames(i, fps, audio.sample_rate) for i in range(n + 1)]
-    sq = torch.cat([torch.zeros(1), torch.cumsum(mono.double() ** 2, 0)])
-    lo = torch.tensor(edges[:-1]).clamp(max=mono.numel())
-    hi = torch.tensor(edges[1:]).clamp(max=mono.numel())
-    rms = ((sq[hi] - sq[lo]) / (hi - lo).clamp(min=1)).clamp(min=0).sqrt().float()
+    edges = torch.tensor([samples_for_frames(i, fps, audio.sample_rate) for i in range(n + 1)]).clamp(max=mono.numel())
+    block = max(1, int(ENVELOPE_BLOCK_SAMPLES * float(fps) / audio.sample_rate))  # frames per block
+    longest = int((edges[block:] - edges[:-block]).max()) if n > block else int(edges[-1] - edges[0])
+    squares = torch.empty(longest, dtype=torch.float64)
+    sq = torch.zeros(longest + 1, dtype=torch.float64)  # sq[j] = sum of the block's first j squares
+    rms = torch.empty(n, dtype=torch.float32)
+    for f0 in range(0, n, block):
+        f1 = min(f0 + block, n)
+        s0, s1 = int(edges[f0]), int(edges[f1])
+        part = squares[:s1 - s0]
+        part.copy_(mono[s0:s1]).square_()
+        torch.cumsum(part, 0, out=sq[1:s1 - s0 + 1])
+        lo, hi = edges[f0:f1] - s0, edges[f0 + 1:f1 + 1] - s0
+        rms[f0:f1] = ((sq[hi] - sq[lo]) / (hi - lo).clamp(min=1)).clamp(min=0).sqrt()
     ref = torch.quantile(rms, 0.99) if rms.numel() > 1 else rms.max()
     return (rms / ref).clamp(0, 1) if float(ref) > 1e-6 else torch.zeros_like(rms)
 
@@ -326,24 +346,40 @@ def join_segments(segments, fps: float, sample_rate: Optional[int] = None, chann
     ``segments``: ``[(frames [T_i,H,W,3], audio or None), ...]`` with audio as :class:`Audio` or an AUDIO
     dict. Every segment's audio is resampled to ``sample_rate`` (default: the first segment's), given
     ``channels`` (default: the most any segment has; mono is duplicated), and trimmed or padded with
-    silence to exactly its frames' duration at ``fps``, so each speaker stays in sync after joining.
-    Returns ``(frames [sum T_i,H,W,3], Audio)``.
+    silence to exactly its frames' duration at ``fps``, so each speaker stays in sync after joining
+    (:func:`join_segment_audio`). Returns ``(frames [sum T_i,H,W,3], Audio)``.
     """
     if not segments:
         raise InputError("no segments to join")
-    sizes = {tuple(f.shape[1:]) for f, _ in segments}
-    if len(sizes) != 1:
-        raise InputError(f"the segments have different frame sizes {sorted(sizes)}; bring them to one size first "
+    require_one_frame_size([tuple(f.shape[1:]) for f, _ in segments])
+    audio = join_segment_audio([(int(f.shape[0]), a) for f, a in segments], fps, sample_rate, channels)
+    return torch.cat([f for f, _ in segments], 0), audio
+
+
+def require_one_frame_size(sizes) -> None:
+    """Refuse segments whose frames differ in size (``sizes``: each segment's ``(H, W, C)``)."""
+    found = {tuple(int(v) for v in size) for size in sizes}
+    if len(found) > 1:
+        raise InputError(f"the segments have different frame sizes {sorted(found)}; bring them to one size first "
                          f"(e.g. ResizePad256 or FOMAnimate, which output 256x256)")
+
+
+def join_segment_audio(segments, fps: float, sample_rate: Optional[int] = None,
+                       channels: Optional[int] = None) -> Audio:
+    """The joined audio of :func:`join_segments` from each segment's frame count alone (so the frames may be
+    streams that were not made yet): ``segments`` = ``[(frame count, audio or None), ...]``; every segment's
+    audio fitted to exactly its frames' duration at ``fps`` on the joined timeline."""
+    if not segments:
+        raise InputError("no segments to join")
     audios = [None if a is None else from_comfy(a) for _, a in segments]
     known = [a for a in audios if a is not None]
     rate = int(sample_rate or (known[0].sample_rate if known else 16000))
     chans = int(channels or max([a.channels for a in known] or [1]))
     parts, done = [], 0
-    for (frames, _), a in zip(segments, audios):
+    for (count, _), a in zip(segments, audios):
         # boundaries on the joined timeline, so rounding never accumulates
-        n = samples_for_frames(done + int(frames.shape[0]), fps, rate) - samples_for_frames(done, fps, rate)
-        done += int(frames.shape[0])
+        n = samples_for_frames(done + int(count), fps, rate) - samples_for_frames(done, fps, rate)
+        done += int(count)
         if a is None:
             parts.append(torch.zeros(chans, n))
             continue
@@ -352,5 +388,4 @@ def join_segments(segments, fps: float, sample_rate: Optional[int] = None, chann
         if w.shape[0] != chans:
             w = w.mean(0, keepdim=True).expand(chans, -1) if w.shape[0] != 1 else w.expand(chans, -1)
         parts.append(fit_length(Audio(w.contiguous(), rate), n).waveform)
-    frames = torch.cat([f for f, _ in segments], 0)
-    return frames, Audio(torch.cat(parts, 1), rate)
+    return Audio(torch.cat(parts, 1), rate)

@@ -129,16 +129,24 @@ class FrameStream:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         made = 0
-        for batch in self._source():
-            if batch.ndim != 4 or tuple(batch.shape[1:]) != (self.height, self.width, 3):
-                raise TalkingHeadError(f"{self.label}: a batch of shape {tuple(batch.shape)} in a stream of "
-                                       f"{self.width}x{self.height} frames")
-            made += int(batch.shape[0])
-            if made > self.count:
-                raise TalkingHeadError(f"{self.label}: the producer made more than the {self.count} frames "
-                                       f"it announced")
-            yield batch
-            check_cancel()
+        produced = iter(self._source())
+        try:
+            for batch in produced:
+                if batch.ndim != 4 or tuple(batch.shape[1:]) != (self.height, self.width, 3):
+                    raise TalkingHeadError(f"{self.label}: a batch of shape {tuple(batch.shape)} in a stream of "
+                                           f"{self.width}x{self.height} frames")
+                made += int(batch.shape[0])
+                if made > self.count:
+                    raise TalkingHeadError(f"{self.label}: the producer made more than the {self.count} frames "
+                                           f"it announced")
+                yield batch
+                check_cancel()
+        finally:
+            # a pull that stops early (a cancel, an error downstream) ends the producer now, so that its own
+            # clean-up (unloading a model, closing a decoder) runs at once, not when the traceback is freed
+            close = getattr(produced, "close", None)
+            if close is not None:
+                close()
         if made != self.count:
             raise TalkingHeadError(f"{self.label}: the producer ended after {made} of the {self.count} frames it "
                                    f"announced")
@@ -155,10 +163,16 @@ class FrameStream:
                 held += take
                 batch = batch[take:]
                 if held == size:
-                    yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                    # drop the parts before handing the chunk on: the consumer holds one chunk, not two
+                    chunk = pending[0] if len(pending) == 1 else torch.cat(pending)
                     pending, held = [], 0
+                    yield chunk
+                    del chunk
+            del batch
         if held:
-            yield pending[0] if len(pending) == 1 else torch.cat(pending)
+            chunk = pending[0] if len(pending) == 1 else torch.cat(pending)
+            del pending
+            yield chunk
 
     def check_fits(self, what: Optional[str] = None, alternative: str = "") -> None:
         """Refuse (:class:`FramesTooLargeError`) when the whole video as one IMAGE batch would take more

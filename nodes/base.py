@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from typing import Callable, Dict, Iterator, Optional, TypeVar
+from typing import Callable, Dict, Iterator, Optional, Set, TypeVar
 
 from ..core import checks
 from ..core.cache import CACHE
@@ -109,7 +109,9 @@ def check_outputs(cls, result) -> None:
     names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
     for rtype, name, value in zip(cls.RETURN_TYPES, names, values or ()):
         kind = FINITE_CHECKS.get(rtype) if isinstance(rtype, str) else None
-        if kind is not None:
+        # None: an output made only when connected, and nothing was (a stream's batches are checked by its
+        # producer as they are made; FRAMES is not among FINITE_CHECKS)
+        if kind is not None and value is not None:
             checks.require_finite_output(kind, value, f"{cls.DISPLAY_NAME}'s {name.lower()} output")
 
 
@@ -138,6 +140,66 @@ def finite_guard(cls):
     guarded._finite_guard = True
     setattr(cls, cls.FUNCTION, guarded)
     return cls
+
+
+def linked_outputs(prompt, unique_id) -> Optional[Set[int]]:
+    """The indices of this node's outputs that some node of the graph takes as an input, read from the hidden
+    PROMPT (the API-format graph) and UNIQUE_ID inputs (:data:`nodes.specs.GRAPH_HIDDEN`); None when that is
+    unknown (a direct call without them, a node id the graph does not have), so the caller makes every output."""
+    if not isinstance(prompt, dict) or unique_id is None or str(unique_id) not in {str(k) for k in prompt}:
+        return None
+    me = str(unique_id)
+    found: Set[int] = set()
+    for node in prompt.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for value in (inputs or {}).values():
+            # a link is [source node id, output index]
+            if isinstance(value, (list, tuple)) and len(value) == 2 and str(value[0]) == me \
+                    and isinstance(value[1], int) and not isinstance(value[1], bool):
+                found.add(value[1])
+    return found
+
+
+def image_output(stream, slot: int, linked: Optional[Set[int]], what: str, alternative: str):
+    """The IMAGE output ``slot`` made from ``stream`` (a :class:`core.frames.FrameStream`) when something is
+    connected to it (or when ``linked`` is None: unknown), else None. Refused before any work
+    (:class:`core.errors.FramesTooLargeError`, naming ``what``, the size and ``alternative``) when the whole video
+    would not fit in the free memory."""
+    if linked is not None and slot not in linked:
+        return None
+    return stream.materialize(what, alternative)
+
+
+#: the key :func:`mark_linked_outputs` adds to the inputs of a node whose IMAGE outputs are made only when linked
+LINKS_KEY = "talkinghead_linked_outputs"
+
+
+def _uses_links(cls) -> bool:
+    """Whether a node class reads its linked outputs (it asks for the hidden PROMPT and UNIQUE_ID)."""
+    found = cls.__dict__.get("_USES_LINKS")
+    if found is None:
+        hidden = set(cls.INPUT_TYPES().get("hidden", {}).values())
+        found = cls._USES_LINKS = {"PROMPT", "UNIQUE_ID"} <= hidden
+    return found
+
+
+def mark_linked_outputs(prompt) -> None:
+    """Write into ``prompt`` (API format, in place), for each of this pack's nodes that makes IMAGE outputs only
+    when they are connected, which of its outputs are: ``inputs[LINKS_KEY] = "0,2"``.
+
+    ComfyUI caches a node's outputs under a key made of its inputs, not of which of its outputs are
+    connected: without this, a graph run first with only the frame stream connected, then again with the
+    IMAGE output connected too, would hand the cached ``None`` on. The key is not a declared input, so
+    ComfyUI's validation and the node's call ignore it; only the cache key sees it. Installed as a
+    ``PromptServer`` on-prompt handler (:mod:`nodes.web_routes`), so it runs on every queued prompt."""
+    if not isinstance(prompt, dict):
+        return
+    for node_id, node in prompt.items():
+        cls = NODE_CLASS_MAPPINGS.get(node.get("class_type")) if isinstance(node, dict) else None
+        if cls is None or not _uses_links(cls) or not isinstance(node.get("inputs"), dict):
+            continue
+        linked = linked_outputs(prompt, node_id) or set()
+        node["inputs"][LINKS_KEY] = ",".join(str(i) for i in sorted(linked))
 
 
 @contextlib.contextmanager

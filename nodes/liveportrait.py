@@ -1,18 +1,25 @@
 """LivePortrait nodes: the model set (LoadLivePortrait), motion from a driving video, rendering a portrait from
-motion (to an IMAGE batch, or straight to an mp4 for long audio), saving and loading motion."""
+motion (a frame stream, IMAGE batches when connected, or straight to an mp4), saving and loading motion."""
 from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence
+
+import torch
 
 from ..core import checks
 from ..core import face as core_face
+from ..core import frames as core_frames
 from ..core import liveportrait as lp
-from ..core import video as core_video
+from ..core.cache import CACHE
+from ..core.errors import FramesTooLargeError
 from ..core.face import get_detector
 from ..core.files import atomic_write
+from ..core.frames import FrameStream
 from ..core.liveportrait.crop import crop_driving_video
-from ..core.liveportrait.pipeline import LivePortraitSet, render_images
+from ..core.liveportrait.pipeline import LivePortraitSet, render_images, render_stream
 from . import specs
-from .base import (LIVEPORTRAIT_TYPE, MOTION_TYPE, file_metadata, list_input_files, progress, register,
-                   resolve_input_file, save_path, using, validate_input_file, video_preview)
+from .base import (FRAMES_TYPE, LIVEPORTRAIT_TYPE, MOTION_TYPE, image_output, linked_outputs, list_input_files,
+                   progress, register, resolve_input_file, save_path, using, validate_input_file)
 
 CROP_CHOICES = ["detect face (one box for the video)", "as is (already face crops)"]
 #: the inputs every LivePortrait renderer shares (LivePortraitRender, LivePortraitRenderVideo)
@@ -112,28 +119,130 @@ class LivePortraitExtractMotion:
         return (motion,)
 
 
+#: what to do instead of asking for a whole long video as one IMAGE batch
+RENDER_ALTERNATIVE = ("connect LivePortraitRender's frame_stream output to MuxVideo's frames input (or use "
+                      "LivePortraitRenderVideo, which writes the mp4 itself) instead")
+
+
+def _unloading(stream: FrameStream, family: str) -> FrameStream:
+    """``stream`` whose every pull ends by unloading ``family`` from the cache (keep_model_loaded off): after the
+    last batch, and also when the pull fails or is cancelled. The producer loads the networks again through the
+    cache on the next pull."""
+    def source() -> Iterator[torch.Tensor]:
+        with using(family, False):
+            yield from stream
+    return FrameStream(source, stream.count, stream.height, stream.width, stream.fps, stream.label)
+
+
+def _check_fits_together(streams: Sequence[FrameStream], what: str, alternative: str) -> None:
+    """:meth:`FrameStream.check_fits` for several IMAGE batches made in one pass (they are in memory together)."""
+    free = core_frames.available_memory()
+    need = sum(s.nbytes for s in streams)
+    if free is None or need <= core_frames.MEMORY_SHARE * free:
+        return
+    sizes = " and of ".join(f"{s.width}x{s.height}" for s in streams)
+    raise FramesTooLargeError(f"{what}: {streams[0].count} frames of {sizes} as IMAGE batches would need "
+                              f"{need / 2 ** 30:.1f} GiB, and {free / 2 ** 30:.1f} GiB of memory is free. "
+                              f"{alternative}")
+
+
+class _Rendering:
+    """One rendering of a portrait following a motion: the driving keypoints computed once (the networks loaded
+    now), then the frames as streams (made when pulled) or as IMAGE batches."""
+
+    def __init__(self, lp_set: LivePortraitSet, portrait, motion, relative, region, stitching, multiplier,
+                 batch_size, expression_friendly, normalize_lip, node: str) -> None:
+        self.lp_set, self.portrait, self.batch_size = lp_set, portrait, batch_size
+        self.fps = getattr(motion, "fps", None)
+        self.models, self.source, self.x_d = _keypoints(lp_set, portrait, motion, relative, region, stitching,
+                                                        multiplier, expression_friendly, normalize_lip)
+        self.bar = progress(node)
+
+    def stream(self, paste_back: bool, label: str) -> FrameStream:
+        """The full portraits with the faces pasted back, or the face crops; each batch checked as it is made."""
+        return render_stream(self.lp_set, self.source, self.x_d, self.portrait.full if paste_back else None,
+                             batch_size=self.batch_size, progress=self.bar, label=label, fps=self.fps)
+
+    def images(self):
+        """``(pasted, faces)`` as IMAGE batches, rendered in one pass."""
+        return render_images(self.models, self.source, self.x_d, self.portrait.full, batch_size=self.batch_size,
+                             device=self.lp_set.device, precision=self.lp_set.precision, progress=self.bar)
+
+
 @register("LivePortraitRender", category="liveportrait")
 class LivePortraitRender:
     """Render the portrait with LivePortrait following a motion (from a driving video, MotionDiT or procedural motion):
     warping + decoding in batches, stitching, optional lip normalisation, then the faces pasted back into the full
-    portrait with a feathered mask."""
+    portrait with a feathered mask. The frame_stream output renders batch by batch while the next node pulls it
+    (MuxVideo's frames: memory stays the same whatever the length); the IMAGE outputs are made only when something
+    is connected to them."""
     OUTPUTS = (
         ("frames", "IMAGE", "The animated portrait at its full size (faces pasted back), or the face crops when "
-                            "paste_back is off."),
-        ("face_frames", "IMAGE", "The rendered face crops (512x512)."),
+                            "paste_back is off, as one IMAGE batch (made only when connected; for long videos use "
+                            "frame_stream)."),
+        ("face_frames", "IMAGE", "The rendered face crops (512x512), as one IMAGE batch (made only when connected)."),
+        ("frame_stream", FRAMES_TYPE, "The frames (full portrait, or the face crops when paste_back is off) as a "
+                                      "frame stream: rendered batch by batch when the next node (MuxVideo's frames "
+                                      "input, ...) pulls it, so memory stays the same whatever the length."),
     )
     CHECK_OUTPUTS = True  # the warping and decoding networks run in fp16 on a GPU
-    INPUTS = {"required": RENDER_REQUIRED, "optional": RENDER_OPTIONAL}
+    INPUTS = {"required": RENDER_REQUIRED, "optional": RENDER_OPTIONAL, "hidden": dict(specs.GRAPH_HIDDEN)}
+
+    @staticmethod
+    def frame_stream(liveportrait, portrait, motion, relative, region, stitching, multiplier, batch_size,
+                     expression_friendly=False, normalize_lip=False, paste_back=True,
+                     node: str = "LivePortraitRender", label: Optional[str] = None) -> FrameStream:
+        """The frame_stream output (networks loaded and keypoints computed now; frames rendered when pulled),
+        called ``label`` in messages (default ``<node>'s frame_stream output``). LivePortraitRenderVideo's too."""
+        rendering = _Rendering(liveportrait, portrait, motion, relative, region, stitching, multiplier, batch_size,
+                               expression_friendly, normalize_lip, node)
+        return rendering.stream(paste_back, label or f"{node}'s frame_stream output")
 
     def run(self, liveportrait, portrait, motion, relative, region, stitching, multiplier, batch_size,
-            expression_friendly=False, normalize_lip=False, paste_back=True, keep_model_loaded=True):
-        with using("liveportrait", keep_model_loaded, lambda: liveportrait):
-            models, source, x_d = _keypoints(liveportrait, portrait, motion, relative, region, stitching, multiplier,
-                                             expression_friendly, normalize_lip)
-            frames, faces = render_images(models, source, x_d, portrait.full if paste_back else None,
-                                          batch_size=batch_size, device=liveportrait.device,
-                                          precision=liveportrait.precision, progress=progress("LivePortraitRender"))
-        return (frames if paste_back else faces, faces)
+            expression_friendly=False, normalize_lip=False, paste_back=True, keep_model_loaded=True,
+            prompt=None, unique_id=None):
+        linked = linked_outputs(prompt, unique_id)
+        wanted = [linked is None or slot in linked for slot in range(2)]  # frames, face_frames
+        # the stream is pulled after this node: when it is connected it unloads the networks itself (after its
+        # pull); else they go now, once the IMAGE outputs are made (and on an error, in any case)
+        pulled_later = linked is not None and 2 in linked
+        try:
+            frames, faces, stream = self._outputs(liveportrait, portrait, motion, relative, region, stitching,
+                                                  multiplier, batch_size, expression_friendly, normalize_lip,
+                                                  paste_back, keep_model_loaded or pulled_later, linked, wanted)
+        except BaseException:
+            if not keep_model_loaded:
+                CACHE.unload("liveportrait")
+            raise
+        if not keep_model_loaded:
+            stream = _unloading(stream, "liveportrait")
+        return (frames, faces, stream)
+
+    @staticmethod
+    def _outputs(liveportrait, portrait, motion, relative, region, stitching, multiplier, batch_size,
+                 expression_friendly, normalize_lip, paste_back, keep_loaded, linked, wanted):
+        """``(frames or None, face_frames or None, frame_stream)``; the networks unloaded at the end unless
+        ``keep_loaded``."""
+        with using("liveportrait", keep_loaded, lambda: liveportrait):
+            rendering = _Rendering(liveportrait, portrait, motion, relative, region, stitching, multiplier,
+                                   batch_size, expression_friendly, normalize_lip, "LivePortraitRender")
+            stream = rendering.stream(paste_back, "LivePortraitRender's frame_stream output")
+            frames = faces = None
+            if wanted[0] and wanted[1] and paste_back:  # both in one pass
+                _check_fits_together([rendering.stream(True, "frames"), rendering.stream(False, "face_frames")],
+                                     "LivePortraitRender's frames and face_frames outputs", RENDER_ALTERNATIVE)
+                frames, faces = rendering.images()
+            elif not paste_back and (wanted[0] or wanted[1]):  # both are the face crops
+                name = "frames" if wanted[0] else "face_frames"
+                crops = rendering.stream(False, f"LivePortraitRender's {name} output").materialize(
+                    None, RENDER_ALTERNATIVE)
+                frames, faces = (crops if wanted[0] else None), (crops if wanted[1] else None)
+            else:
+                frames = image_output(rendering.stream(True, "LivePortraitRender's frames output"), 0, linked,
+                                      None, RENDER_ALTERNATIVE)
+                faces = image_output(rendering.stream(False, "LivePortraitRender's face_frames output"), 1, linked,
+                                     None, RENDER_ALTERNATIVE)
+        return frames, faces, stream
 
 
 def _video_inputs():
@@ -173,29 +282,17 @@ class LivePortraitRenderVideo:
     def run(self, liveportrait, portrait, motion, relative, region, stitching, multiplier, batch_size, fps,
             filename_prefix, expression_friendly=False, normalize_lip=False, paste_back=True, keep_model_loaded=True,
             audio=None, crf=19, preset="medium", save_output=True, prompt=None, extra_pnginfo=None):
-        with using("liveportrait", keep_model_loaded, lambda: liveportrait):
-            models, source, x_d = _keypoints(liveportrait, portrait, motion, relative, region, stitching, multiplier,
-                                             expression_friendly, normalize_lip)
-            if paste_back:
-                h, w = (int(v) for v in portrait.full.shape[1:3])
-            else:
-                h = w = models.output_size
-            path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=w,
-                                                        height=h)
-            with core_video.VideoWriter(path, fps=fps, audio=audio, crf=crf, preset=preset,
-                                        expected_frames=int(x_d.shape[0]),
-                                        metadata=file_metadata(prompt, extra_pnginfo)) as writer:
-                def write(frames):
-                    # no IMAGE output to check here: each batch is checked before it is encoded, and
-                    # an error aborts the writer, so no video with black frames is left behind
-                    checks.require_finite_output("image", frames, "a batch of frames rendered by "
-                                                                   "LivePortraitRenderVideo")
-                    writer.write(frames)
+        from .video import MuxVideo
 
-                lp.render_to_video(models, source, x_d, write, portrait.full if paste_back else None,
-                                   batch_size=batch_size, device=liveportrait.device,
-                                   precision=liveportrait.precision, progress=progress("LivePortraitRenderVideo"))
-        return {"ui": video_preview(filename, subfolder, kind), "result": (str(path),)}
+        # LivePortraitRender's frame stream written by MuxVideo: each batch is checked as it is rendered, and an
+        # error or a cancel aborts the writer, so no partial video is left behind
+        with using("liveportrait", keep_model_loaded, lambda: liveportrait):
+            stream = LivePortraitRender.frame_stream(liveportrait, portrait, motion, relative, region, stitching,
+                                                     multiplier, batch_size, expression_friendly, normalize_lip,
+                                                     paste_back, node="LivePortraitRenderVideo",
+                                                     label="LivePortraitRenderVideo's frames")
+            return MuxVideo().run(frames=stream, fps=fps, filename_prefix=filename_prefix, audio=audio, crf=crf,
+                                  preset=preset, save_output=save_output, prompt=prompt, extra_pnginfo=extra_pnginfo)
 
 
 @register("SaveMotion", category="liveportrait")

@@ -1,27 +1,50 @@
 """ResizePad256, MuxVideo and JoinSegments."""
 from __future__ import annotations
 
+import torch
+
 from ..core import audio as core_audio
 from ..core import resize, video
+from ..core.device import resolve_device
 from ..core.errors import InputError
 from ..core.frames import FrameStream
+from ..core.progress import Progress
 from . import specs
-from .base import file_metadata, progress, register, save_path, video_preview
+from .base import (FRAMES_TYPE, file_metadata, image_output, linked_outputs, progress, register, save_path,
+                   video_preview)
 
 PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+
+
+def _alternative(node: str, also: str) -> str:
+    return f"connect {node}'s frame_stream output to MuxVideo's frames input (or {also}) instead"
+
+
+def _reporting(stream: FrameStream, label: str) -> FrameStream:
+    """``stream`` whose pulls report progress (frames done of all) on the host's bar for ``label``."""
+    def source():
+        bar = Progress(len(stream), progress(label))
+        for batch in stream:
+            bar.step(int(batch.shape[0]))
+            yield batch
+    return FrameStream(source, stream.count, stream.height, stream.width, stream.fps, stream.label)
 
 
 @register("ResizePad256", category="image")
 class ResizePad256:
     """Scale frames so the long side is `size` (aspect ratio kept) and pad them centred to a square, on the GPU, whole
     batches at once. 'crop' fills the square instead; 'stretch' ignores the aspect ratio. Defaults reproduce the
-    classic SDA -> FOM 128x96 -> 256x256 step."""
+    classic SDA -> FOM 128x96 -> 256x256 step. Takes a frame stream (frames) or an IMAGE batch (images); the result
+    is a frame stream, resized batch by batch as the next node pulls it, and an IMAGE batch when connected."""
     OUTPUTS = (
-        ("images", "IMAGE", "The frames as size x size squares."),
+        ("images", "IMAGE", "The frames as size x size squares, as one IMAGE batch (made only when connected; for "
+                            "long videos use frame_stream)."),
+        ("frame_stream", FRAMES_TYPE, "The frames as size x size squares, as a frame stream: resized batch by batch "
+                                      "when the next node pulls it (MuxVideo's frames, FOMAnimate's "
+                                      "driving_frames, ...), so memory stays the same whatever the length."),
     )
     INPUTS = {
         "required": {
-            "images": ("IMAGE", {"tooltip": "Frames to resize (any size; a video is a batch)."}),
             "size": ("INT", {"default": 256, "min": 8, "max": 4096, "step": 1,
                              "tooltip": "Side of the square output in pixels."}),
             "mode": (resize.RESIZE_MODES, {"default": "pad",
@@ -34,17 +57,46 @@ class ResizePad256:
                                                       "tooltip": "Resampling filter (bilinear matches the classic pipeline)."}),
         },
         "optional": {
+            "frames": specs.frames("Frames to resize as a frame stream (e.g. SDABase's frame_stream), pulled batch by "
+                                   "batch. Connect this or images."),
+            "images": ("IMAGE", {"tooltip": "Frames to resize as one IMAGE batch (any size; a video is a batch). "
+                                            "Connect this or frames."}),
             "antialias": ("BOOLEAN", {"default": False,
                                       "tooltip": "Blur before shrinking to avoid aliasing (off = classic behaviour)."}),
             "device": specs.device("Where the resize runs; results return to the CPU."),
         },
+        "hidden": dict(specs.GRAPH_HIDDEN),
     }
 
-    def run(self, images, size, mode, pad_mode, pad_value, interpolation, antialias=False, device="auto"):
-        out = resize.resize_pad(images, size=size, mode=mode, pad_mode=pad_mode, pad_value=pad_value,
-                                interpolation=interpolation, antialias=antialias, device=device,
-                                out_device=images.device, progress=progress("ResizePad256"))
-        return (out,)
+    def run(self, images=None, size=256, mode="pad", pad_mode="constant", pad_value=0.0, interpolation="bilinear",
+            antialias=False, device="auto", frames=None, prompt=None, unique_id=None):
+        if (frames is None) == (images is None):
+            raise InputError("ResizePad256 needs its frames from one input: connect either frames (a frame stream) "
+                             "or images (an IMAGE batch)" + (", not both" if frames is not None else ""))
+        linked = linked_outputs(prompt, unique_id)
+        options = dict(size=size, mode=mode, pad_mode=pad_mode, pad_value=pad_value, interpolation=interpolation,
+                       antialias=antialias, device=device)
+        if frames is not None:
+            source = frames
+        elif images.ndim == 4 and images.shape[-1] == 3:
+            batch = 16 if resolve_device(device).type == "cpu" else 256  # resize_pad's own chunks
+            source = FrameStream.from_images(images, batch_size=batch, label="ResizePad256's images input")
+        elif linked is None or 1 not in linked:
+            source = None  # not RGB frames: an IMAGE output only, as before streams
+        else:
+            raise InputError(f"ResizePad256's frame_stream output needs RGB frames [B,H,W,3]; the images input has "
+                             f"shape {tuple(images.shape)}: use the images output")
+        stream = None if source is None else source.map(
+            lambda batch: resize.resize_pad(batch, out_device="cpu", **options), size, size, "ResizePad256's frames")
+        out = None
+        if images is not None:
+            if linked is None or 0 in linked:  # an IMAGE in memory already: resized whole, as it always was
+                out = resize.resize_pad(images, out_device=images.device, progress=progress("ResizePad256"),
+                                        **options)
+        else:
+            out = image_output(_reporting(stream, "ResizePad256"), 0, linked, "ResizePad256's images output",
+                               _alternative("ResizePad256", "FOMAnimate's driving_frames"))
+        return (out, stream)
 
 
 @register("MuxVideo", category="video")
@@ -106,29 +158,59 @@ class MuxVideo:
 @register("JoinSegments", category="video")
 class JoinSegments:
     """Join talking-head segments one after another (several speakers, each with their own portrait and speech). Each
-    segment's audio is fitted to its frames so every speaker stays in sync."""
+    segment's audio is fitted to its frames so every speaker stays in sync. A segment's frames come as a frame stream
+    (frames_i) or an IMAGE batch (images_i); the joined frames are a frame stream, and an IMAGE batch when
+    connected."""
     OUTPUTS = (
-        ("images", "IMAGE", "All frames in order."),
+        ("images", "IMAGE", "All frames in order, as one IMAGE batch (made only when connected; for long videos use "
+                            "frame_stream)."),
         ("audio", "AUDIO", "The audio of all segments in order, at the first segment's rate."),
+        ("frame_stream", FRAMES_TYPE, "All frames in order as a frame stream: each segment pulled batch by batch "
+                                      "when the next node (MuxVideo's frames, ...) pulls it, so memory stays the "
+                                      "same whatever the length."),
     )
     INPUTS = {
         "required": {
-            "images_1": ("IMAGE", {"tooltip": "Frames of segment 1."}),
-            "images_2": ("IMAGE", {"tooltip": "Frames of segment 2."}),
             "fps": specs.fps("Frame rate of the segments."),
         },
         "optional": {
-            **{f"audio_{i}": ("AUDIO", {"tooltip": f"Audio of segment {i} (silence when not connected)."})
-               for i in (1, 2)},
-            **{name: spec for i in (3, 4) for name, spec in (
-                (f"images_{i}", ("IMAGE", {"tooltip": f"Frames of segment {i}."})),
+            **{name: spec for i in (1, 2, 3, 4) for name, spec in (
+                (f"frames_{i}", specs.frames(f"Frames of segment {i} as a frame stream (e.g. FOMAnimate's "
+                                             f"frame_stream). Connect this or images_{i}"
+                                             + (" (segment 1 and 2 are needed)." if i < 3 else "."))),
+                (f"images_{i}", ("IMAGE", {"tooltip": f"Frames of segment {i} as one IMAGE batch. Connect this or "
+                                                      f"frames_{i}" + (" (segment 1 and 2 are needed)." if i < 3
+                                                                       else ".")})),
                 (f"audio_{i}", ("AUDIO", {"tooltip": f"Audio of segment {i} (silence when not connected)."})))},
         },
+        "hidden": dict(specs.GRAPH_HIDDEN),
     }
 
-    def run(self, images_1, images_2, fps, **optional):
+    def run(self, images_1=None, images_2=None, fps=25.0, prompt=None, unique_id=None, **optional):
         inputs = {"images_1": images_1, "images_2": images_2, **optional}
-        segments = [(inputs[f"images_{i}"], inputs.get(f"audio_{i}")) for i in range(1, 5)
-                    if inputs.get(f"images_{i}") is not None]
-        frames, audio = core_audio.join_segments(segments, fps)
-        return (frames, core_audio.to_comfy(audio))
+        segments = []
+        for i in range(1, 5):
+            frames, images = inputs.get(f"frames_{i}"), inputs.get(f"images_{i}")
+            if frames is not None and images is not None:
+                raise InputError(f"JoinSegments' segment {i} has frames from two inputs: connect either frames_{i} "
+                                 f"(a frame stream) or images_{i} (an IMAGE batch), not both")
+            if frames is None and images is None:
+                if i < 3:
+                    raise InputError(f"JoinSegments needs segment {i}: connect either frames_{i} (a frame stream) "
+                                     f"or images_{i} (an IMAGE batch)")
+                continue
+            segments.append((i, frames, images, inputs.get(f"audio_{i}")))
+        core_audio.require_one_frame_size([(f.height, f.width, 3) if f is not None else tuple(im.shape[1:])
+                                           for _, f, im, _ in segments])
+        audio = core_audio.join_segment_audio([(len(f) if f is not None else int(im.shape[0]), a)
+                                               for _, f, im, a in segments], fps)
+        linked = linked_outputs(prompt, unique_id)
+        stream = FrameStream.concat([f if f is not None else FrameStream.from_images(im, fps, label=f"JoinSegments' "
+                                                                                                  f"images_{i} input")
+                                     for i, f, im, _ in segments], label="JoinSegments' frames")
+        if all(f is None for _, f, _, _ in segments):  # IMAGE batches in memory already: joined as they always were
+            out = torch.cat([im for _, _, im, _ in segments], 0) if linked is None or 0 in linked else None
+        else:
+            out = image_output(stream, 0, linked, "JoinSegments' images output",
+                               _alternative("JoinSegments", "ResizePad256's frames"))
+        return (out, core_audio.to_comfy(audio), stream)

@@ -1,4 +1,5 @@
-"""HTTP routes the pack adds to ComfyUI's server.
+"""What the pack adds to ComfyUI's server: an HTTP route for its templates, and an on-prompt hook that puts
+which outputs of our nodes are connected into their cache key (:func:`on_prompt`).
 
 ComfyUI serves a pack's workflow templates with an aiohttp static route at
 ``/api/workflow_templates/<folder name>/``. aiohttp keeps such a prefix URL-encoded and compares
@@ -50,8 +51,18 @@ def add_template_route(routes, folder_name: str, pack_dir: Path = PACK_DIR) -> b
     return True
 
 
+def on_prompt(json_data):
+    """ComfyUI's on-prompt hook: mark which outputs of our nodes are linked (:func:`nodes.base.mark_linked_outputs`,
+    part of their cache key); the request is returned as it came otherwise."""
+    from .base import mark_linked_outputs
+
+    if isinstance(json_data, dict):
+        mark_linked_outputs(json_data.get("prompt"))
+    return json_data
+
+
 def install(folder_name: str) -> bool:
-    """Add the routes to the running ComfyUI server (False outside ComfyUI)."""
+    """Add the routes and the on-prompt hook to the running ComfyUI server (False outside ComfyUI)."""
     try:
         from server import PromptServer
     except ImportError:
@@ -59,4 +70,6 @@ def install(folder_name: str) -> bool:
     instance = getattr(PromptServer, "instance", None)
     if instance is None:
         return False
+    if hasattr(instance, "add_on_prompt_handler"):
+        instance.add_on_prompt_handler(on_prompt)
     return add_template_route(instance.routes, folder_name)

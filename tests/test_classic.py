@@ -62,12 +62,15 @@ def test_sda_node(pack, tmp_path, monkeypatch):
     t = torch.arange(int(0.5 * sr)) / sr
     audio = {"waveform": (0.3 * torch.sin(2 * torch.pi * 180 * t)).reshape(1, 1, -1), "sample_rate": sr}
     face = torch.rand(1, 40, 30, 3, generator=torch.Generator().manual_seed(0))
-    frames, used, fps = node.run(face, audio, "already aligned", 3, "tiny-grid.dat", chunk_frames=4)
+    frames, used, fps, stream = node.run(face, audio, "already aligned", 3, "tiny-grid.dat", chunk_frames=4)
     assert frames.shape == (12, 16, 12, 3) and fps == 25.0  # (25000 + 8000 - 10000) // 2000 + 1 at 50 kHz
     assert fps == 25.0 and 0 <= frames.min() and frames.max() <= 250 / 255 + tol.elementwise_bound(2, 1.0)
     assert used["sample_rate"] == 50000 and used["waveform"].shape[-1] == 25000
-    again, _, _ = node.run(face, audio, "already aligned", 3, "tiny-grid.dat", chunk_frames=12)
-    other, _, _ = node.run(face, audio, "already aligned", 4, "tiny-grid.dat")
+    # the frame_stream output: the same frames, generated chunk by chunk anew on each pull
+    assert (len(stream), stream.height, stream.width, stream.fps) == (12, 16, 12, 25.0)
+    assert [b.shape[0] for b in stream] == [4, 4, 4] and torch.equal(torch.cat(list(stream)), frames)
+    again, _, _, _ = node.run(face, audio, "already aligned", 3, "tiny-grid.dat", chunk_frames=12)
+    other, _, _, _ = node.run(face, audio, "already aligned", 4, "tiny-grid.dat")
     # chunking changes only the GRU's matmul blocking (float rounding of the same network)
     tol.close_network(frames, again, tol.SDA)
     assert not torch.allclose(frames, other, atol=1e-3)
@@ -76,6 +79,30 @@ def test_sda_node(pack, tmp_path, monkeypatch):
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.InputError, match="already aligned"):
         node.run(face, audio, "align (face landmarks)", 0, "tiny-grid.dat")
+
+
+def test_sda_node_frame_stream_loads_its_model_when_pulled(pack, tmp_path):
+    """Only SDABase's frame_stream connected: nothing is generated when the node runs; the stream, pulled later (its
+    model meanwhile unloaded), loads the model again through the cache and, with keep_model_loaded off, frees it
+    when the pull ends; every pull gives the frames of the IMAGE output."""
+    classic_models(tmp_path / "models")
+    cache = sub(pack, "core.cache").CACHE
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_SDABase"]()
+    sr = 16000
+    audio = {"waveform": (0.3 * torch.sin(2 * torch.pi * 180 * torch.arange(8000) / sr)).reshape(1, 1, -1),
+             "sample_rate": sr}
+    face = torch.rand(1, 40, 30, 3, generator=torch.Generator().manual_seed(0))
+    expected, _, _, _ = node.run(face, audio, "already aligned", 5, "tiny-grid.dat", chunk_frames=5)
+    graph = {"3": {"class_type": "TalkingHead_SDABase", "inputs": {}},
+             "4": {"class_type": "TalkingHead_ResizePad256", "inputs": {"frames": ["3", 3]}},
+             "6": {"class_type": "TalkingHead_MuxVideo", "inputs": {"fps": ["3", 2], "audio": ["3", 1]}}}
+    frames, used, fps, stream = node.run(face, audio, "already aligned", 5, "tiny-grid.dat", chunk_frames=5,
+                                         keep_model_loaded=False, prompt=graph, unique_id="3")
+    assert frames is None and fps == 25.0 and used["sample_rate"] == 50000
+    assert len(cache.entries("sda")) == 1  # kept for the pull
+    cache.unload("sda")
+    assert [b.shape[0] for b in stream] == [5, 5, 2] and cache.entries("sda") == []
+    assert torch.equal(stream.materialize(), expected) and cache.entries("sda") == []
 
 
 def test_sda_and_hubert_under_comfyui_memory_management(comfy_pack, tmp_path):
@@ -90,8 +117,8 @@ def test_sda_and_hubert_under_comfyui_memory_management(comfy_pack, tmp_path):
     sr = 16000
     audio = {"waveform": 0.3 * torch.sin(2 * torch.pi * 150 * torch.arange(8000) / sr).reshape(1, 1, -1),
              "sample_rate": sr}
-    frames, _, _ = nodes["TalkingHead_SDABase"]().run(torch.rand(1, 40, 30, 3), audio, "already aligned", 0,
-                                                       "tiny-grid.dat")
+    frames, _, _, _ = nodes["TalkingHead_SDABase"]().run(torch.rand(1, 40, 30, 3), audio, "already aligned", 0,
+                                                          "tiny-grid.dat")
     (emb,) = nodes["TalkingHead_AudioToEmbedding"]().run(audio, "HuBERT-large (Ditto)")
     assert frames.shape[0] == 12 and emb.features.shape[1] == 1024
     loaded = comfy_pack.comfy.current_loaded_models

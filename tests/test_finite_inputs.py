@@ -195,7 +195,7 @@ def test_audio_shorter_than_one_frame_is_refused_by_the_nodes_that_make_frames(p
         nodes["TalkingHead_SDABase"]().run(face, one, "already aligned", 0, "tiny-grid.dat")
     # one frame's worth (0.04 s) is enough: one frame
     frame = {"waveform": 0.3 * torch.randn(1, 1, 640), "sample_rate": 16000}
-    frames, _, _ = nodes["TalkingHead_SDABase"]().run(face, frame, "already aligned", 0, "tiny-grid.dat")
+    frames, _, _, _ = nodes["TalkingHead_SDABase"]().run(face, frame, "already aligned", 0, "tiny-grid.dat")
     assert frames.shape[0] == 1
     # the still-face workflow muxes the speech straight away: MuxVideo refuses it too, and writes nothing
     with pytest.raises(errors.InputError, match="MuxVideo's audio input " + minimum):
@@ -260,17 +260,30 @@ def test_model_output_with_nan_is_stopped_naming_the_node(pack, monkeypatch):
     the node and the output instead of handing NaN on (black frames, or a crash in a later node)."""
     checks = sub(pack, "core.checks")
     nodes = pack.NODE_CLASS_MAPPINGS
-    fom = sub(pack, "core.fom")
-    monkeypatch.setattr(fom, "get_fom", lambda *a, **k: object())
-    monkeypatch.setattr(fom, "animate", lambda model, portrait, driving, **k: _nan_image(driving.shape[0]))
+    fom, frame_streams = sub(pack, "core.fom"), sub(pack, "core.frames")
+    monkeypatch.setattr(fom, "get_fom", lambda *a, **k: SimpleNamespace(input_size=8))
+
+    def animated(make):  # core.fom.frame_stream made to give `make(count)` as the animation
+        return lambda model, portrait, driving, **k: frame_streams.FrameStream.from_images(make(len(driving)))
+
+    monkeypatch.setattr(fom, "frame_stream", animated(_nan_image))
     with pytest.raises(checks.NonFiniteOutputError, match=r"FOMAnimate's frames output has 2 NaN/inf values in 1 "
                                                           r"of 3 frames although the node's inputs were finite"):
         nodes["TalkingHead_FOMAnimate"]().run(torch.rand(1, 32, 32, 3), torch.rand(3, 32, 32, 3), "x", True, True,
                                               False, 8, "fp32")
-    monkeypatch.setattr(fom, "animate", lambda model, portrait, driving, **k: torch.rand(driving.shape[0], 8, 8, 3))
-    (frames,) = nodes["TalkingHead_FOMAnimate"]().run(torch.rand(1, 32, 32, 3), torch.rand(3, 32, 32, 3), "x", True,
-                                                      True, False, 8, "fp32")
-    assert frames.shape[0] == 3
+    # only the frame_stream output connected: no IMAGE is made, and the stream refuses the batch as it is made
+    graph = {"5": {"class_type": "TalkingHead_FOMAnimate", "inputs": {}},
+             "6": {"class_type": "TalkingHead_MuxVideo", "inputs": {"frames": ["5", 1]}}}
+    frames, stream = nodes["TalkingHead_FOMAnimate"]().run(torch.rand(1, 32, 32, 3), torch.rand(3, 32, 32, 3), "x",
+                                                           True, True, False, 8, "fp32", prompt=graph, unique_id="5")
+    assert frames is None and len(stream) == 3
+    with pytest.raises(checks.NonFiniteOutputError, match=r"FOMAnimate's frame stream has 2 NaN/inf values in 1 of 3 "
+                                                          r"frames"):
+        list(stream)
+    monkeypatch.setattr(fom, "frame_stream", animated(lambda n: torch.rand(n, 8, 8, 3)))
+    frames, stream = nodes["TalkingHead_FOMAnimate"]().run(torch.rand(1, 32, 32, 3), torch.rand(3, 32, 32, 3), "x",
+                                                           True, True, False, 8, "fp32")
+    assert frames.shape[0] == 3 and len(stream) == 3
     dit = sub(pack, "core.motion.dit")
     monkeypatch.setattr(dit, "generate_motion", lambda *a, **k: _motion(pack, bad="exp"))
     no_set = SimpleNamespace(source=lambda portrait: None)  # a LivePortrait set not needed here
@@ -284,9 +297,9 @@ def test_model_output_with_nan_is_stopped_naming_the_node(pack, monkeypatch):
 
 
 def test_liveportrait_renderers_never_hand_on_nan_frames(pack, tmp_path, monkeypatch):
-    """LivePortraitRender (IMAGE outputs) and LivePortraitRenderVideo (frames straight into the mp4) on the tiny
-    weights, their renderer made to produce one NaN pixel in the second batch: refused, naming the node, and the
-    video writer leaves no file (not even a partial one)."""
+    """LivePortraitRender (IMAGE outputs, and its frame stream into MuxVideo) and LivePortraitRenderVideo (the same
+    stream written by MuxVideo's code) on the tiny weights, their renderer made to produce one NaN pixel in the
+    second batch: refused, naming the node, and the video writer leaves no file (not even a partial one)."""
     models_dir(tmp_path / "models")
     render = sub(pack, "core.liveportrait.render")
     checks = sub(pack, "core.checks")
@@ -302,14 +315,23 @@ def test_liveportrait_renderers_never_hand_on_nan_frames(pack, tmp_path, monkeyp
                     frames[0, 5, 5, 0] = NAN
             yield faces, frames
 
-    monkeypatch.setattr(sub(pack, "core.liveportrait.pipeline"), "render_pasted", overflowing)  # LivePortraitRender
-    monkeypatch.setattr(render, "render_pasted", overflowing)  # what render_to_video calls
+    monkeypatch.setattr(sub(pack, "core.liveportrait.pipeline"), "render_pasted", overflowing)  # both renderers
+    monkeypatch.setattr(render, "render_pasted", overflowing)  # render_to_video (library use)
     portrait, motion, lps = _portrait(pack), _motion(pack), lp_set(pack)
     nodes = pack.NODE_CLASS_MAPPINGS
     with pytest.raises(checks.NonFiniteOutputError, match="LivePortraitRender's frames output has 1 NaN/inf value in "
                                                           "1 of 6 frames"):
         nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2)
-    with pytest.raises(checks.NonFiniteOutputError, match="a batch of frames rendered by LivePortraitRenderVideo has "
+    # only the stream connected (as in the shipped workflows): each batch is checked as MuxVideo pulls it
+    graph = {"7": {"class_type": "TalkingHead_LivePortraitRender", "inputs": {}},
+             "8": {"class_type": "TalkingHead_MuxVideo", "inputs": {"frames": ["7", 2]}}}
+    none, _, stream = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2,
+                                                                    prompt=graph, unique_id="7")
+    assert none is None
+    with pytest.raises(checks.NonFiniteOutputError, match="a batch of LivePortraitRender's frame_stream output has "
+                                                          "1 NaN/inf value in 1 of 2 frames"):
+        nodes["TalkingHead_MuxVideo"]().run(fps=25.0, filename_prefix="lp/stream", frames=stream, preset="ultrafast")
+    with pytest.raises(checks.NonFiniteOutputError, match="a batch of LivePortraitRenderVideo's frames has "
                                                           "1 NaN/inf value in 1 of 2 frames"):
         nodes["TalkingHead_LivePortraitRenderVideo"]().run(lps, portrait, motion, True, "all", True, 1.0, 2, 25.0,
                                                            "lp/video", preset="ultrafast")

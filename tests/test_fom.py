@@ -189,6 +189,75 @@ def test_streaming_equals_whole_and_keeps_memory_per_batch(model):
     tol.close_network(torch.cat(chunks), IO["gen.prediction"], tol.FOM)
 
 
+def test_frame_stream_equals_animate_and_pulls_the_driving_stream_each_time(model):
+    """F.frame_stream over a driving FrameStream (pulled in the producer's batches, re-batched to batch_size): the
+    frames of animate, bit for bit, on every pull; each pull pulls the driving stream once."""
+    from core.frames import FrameStream
+
+    src, drv = IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1)
+    pulls = []
+
+    def driving_source():
+        pulls.append(1)
+        yield from (drv[i:i + 3] for i in range(0, 4, 3))  # batches of 3 and 1
+
+    driving = FrameStream(driving_source, 4, 64, 64, 25.0, label="driving")
+    steps = []
+    stream = F.frame_stream(model, src, driving, batch_size=2, resolution=64,
+                            progress=lambda done, total, preview=None: steps.append((done, total, preview.shape)))
+    assert pulls == [] and (len(stream), stream.height, stream.width, stream.fps) == (4, 64, 64, 25.0)
+    first = list(stream)
+    assert [b.shape for b in first] == [(2, 64, 64, 3)] * 2 and pulls == [1]
+    assert steps == [(1, 2, (64, 64, 3)), (2, 2, (64, 64, 3))]
+    expected = F.animate(model, src, drv, batch_size=2, resolution=64)
+    assert torch.equal(torch.cat(first), expected) and torch.equal(stream.materialize(), expected)
+    assert pulls == [1, 1]
+    # another reference frame, given as a frame
+    stream = F.frame_stream(model, src, driving, batch_size=2, resolution=64, initial=drv[2:3])
+    assert torch.equal(stream.materialize(), F.animate(model, src, drv, initial_index=2, batch_size=2, resolution=64))
+    with pytest.raises(InputError, match="no frames"):
+        F.frame_stream(model, src, FrameStream(lambda: iter(()), 0, 64, 64))
+    with pytest.raises(ValueError, match="resolution"):
+        F.frame_stream(lambda: None, src, driving)
+
+
+def test_best_frame_in_stream_keeps_the_best_frame_while_pulling_once(monkeypatch):
+    """F.best_frame_in_stream: the landmarks of each batch as it passes; the index find_best_frame gives and that
+    frame itself, without a second pull; frames without a face skipped, frame 0 when none has one."""
+    from core import face
+    from core.frames import FrameStream
+
+    src_lm = IO["find_best_frame.landmarks_source"].numpy()
+    drv_lm = list(IO["find_best_frame.landmarks_driving"].numpy()[:4])
+    portrait, driving = torch.rand(1, 6, 5, 3), torch.rand(4, 6, 5, 3)
+    seen = []
+
+    def landmarks(images, det, fan, progress=None):
+        if images is portrait or images.shape[0] == 1 and torch.equal(images, portrait):
+            return [src_lm]
+        start = next(i for i in range(4) if torch.equal(driving[i], images[0]))
+        seen.append((start, images.shape[0]))
+        return drv_lm[start:start + images.shape[0]]
+
+    monkeypatch.setattr(face, "get_detector", lambda *a: "s3fd")
+    monkeypatch.setattr(face, "get_landmarker", lambda *a: "fan")
+    monkeypatch.setattr(face, "face_landmarks", landmarks)
+    stream = FrameStream.from_images(driving, batch_size=3)
+    steps = []
+    index, frame = F.best_frame_in_stream(portrait, stream, "cpu", False,
+                                          progress=lambda done, total: steps.append((done, total)))
+    best = F.find_best_frame(src_lm, drv_lm)
+    assert index == best != 0 and torch.equal(frame, driving[best:best + 1])
+    assert seen == [(0, 3), (3, 1)] and steps == [(3, 4), (4, 4)]  # one pull, in the stream's batches
+    drv_lm[best] = None
+    index, frame = F.best_frame_in_stream(portrait, stream, "cpu", False)
+    assert index == F.find_best_frame(src_lm, drv_lm) not in (best, None)
+    assert torch.equal(frame, driving[index:index + 1])
+    drv_lm[:] = [None] * 4
+    index, frame = F.best_frame_in_stream(portrait, stream, "cpu", False)
+    assert index == 0 and torch.equal(frame, driving[:1])
+
+
 def test_config_inference_matches_published_configs():
     reference = json.loads((FIXTURES / "fom" / "config.json").read_text())["model_params"]
     tiny = F.infer_config(load_state_dict(FIXTURES / "fom" / "weights.safetensors"))["model_params"]
@@ -263,7 +332,7 @@ def test_node_through_comfy_contract(comfy_pack):
     driving = resize_pad((IO["deepstory.sda_frames"] / 255).permute(0, 2, 3, 1), 256)
     utils = __import__("comfy.utils", fromlist=["x"])
     utils.updates.clear()
-    (frames,) = node_cls().run(source, driving, "tiny.safetensors", True, True, False, 1, "auto")
+    frames, _ = node_cls().run(source, driving, "tiny.safetensors", True, True, False, 1, "auto")
     assert frames.shape == (2, 256, 256, 3) and frames.dtype == torch.float32
     tol.close_uint8((frames * 255).to(torch.uint8), IO["deepstory.prediction_u8"])
     assert [u[:2] for u in utils.updates] == [(1, 2), (2, 2)] and utils.updates[-1][2] is not None  # preview
@@ -339,7 +408,7 @@ def test_node_find_best_frame_uses_the_landmark_match(pack, monkeypatch, tmp_pat
     source = IO["source"].permute(0, 2, 3, 1)
     driving = IO["driving"].permute(0, 2, 3, 1)
     node = pack.NODE_CLASS_MAPPINGS["TalkingHead_FOMAnimate"]()
-    (frames,) = node.run(source, driving, "tiny.safetensors", True, True, True, 2, "fp32")
+    frames, _ = node.run(source, driving, "tiny.safetensors", True, True, True, 2, "fp32")
     model = F.load_fom(FIXTURES / "fom" / "weights.safetensors")
     expected = F.animate(model, source, driving, initial_index=best)
     tol.close_network(frames, expected, tol.FOM)
@@ -347,6 +416,62 @@ def test_node_find_best_frame_uses_the_landmark_match(pack, monkeypatch, tmp_pat
     errors = sub(pack, "core.errors")
     with pytest.raises(errors.InputError, match="no face was found in the portrait"):
         node.run(source, driving, "tiny.safetensors", True, True, True, 2, "fp32")
+
+
+def test_node_takes_a_driving_frame_stream(pack, tmp_path, monkeypatch):
+    """FOMAnimate's driving_frames: the same frames as with the IMAGE driving input; the frame_stream output pulls
+    the driving stream again on each pull and, with keep_model_loaded off, frees the model after each pull;
+    find_best_frame pulls the driving stream once for the landmarks; exactly one driving input."""
+    (tmp_path / "models" / "fom").mkdir(parents=True)
+    (tmp_path / "models" / "fom" / "tiny.safetensors").write_bytes((FIXTURES / "fom" / "weights.safetensors").read_bytes())
+    frames_mod, errors = sub(pack, "core.frames"), sub(pack, "core.errors")
+    cache = sub(pack, "core.cache").CACHE
+    source, driving = IO["source"].permute(0, 2, 3, 1), IO["driving"].permute(0, 2, 3, 1)
+    pulls = []
+
+    def driving_source():
+        pulls.append(1)
+        yield from (driving[i:i + 3] for i in range(0, 4, 3))
+
+    stream_in = frames_mod.FrameStream(driving_source, 4, 64, 64, 25.0, label="driving")
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_FOMAnimate"]()
+    expected, _ = node.run(source, driving, "tiny.safetensors", True, True, False, 2, "fp32")
+    frames, stream = node.run(source, None, "tiny.safetensors", True, True, False, 2, "fp32",
+                              driving_frames=stream_in)
+    assert torch.equal(frames, expected) and pulls == [1]
+    assert torch.equal(stream.materialize(), expected) and pulls == [1, 1]
+    # only the stream connected: no IMAGE made, nothing pulled now; the model is loaded again when it is pulled
+    graph = {"5": {"class_type": "TalkingHead_FOMAnimate", "inputs": {}},
+             "6": {"class_type": "TalkingHead_MuxVideo", "inputs": {"frames": ["5", 1]}}}
+    frames, stream = node.run(source, None, "tiny.safetensors", True, True, False, 2, "fp32", keep_model_loaded=False,
+                              driving_frames=stream_in, prompt=graph, unique_id="5")
+    assert frames is None and pulls == [1, 1] and len(cache.entries("fom")) == 1  # kept for the pull
+    cache.unload("fom")
+    assert torch.equal(stream.materialize(), expected) and pulls == [1, 1, 1]
+    assert cache.entries("fom") == []  # freed when the pull ended
+    # find_best_frame: the landmarks from one pull, then the animation from another
+    face = sub(pack, "core.face")
+    src_lm = IO["find_best_frame.landmarks_source"].numpy()
+    drv_lm = list(IO["find_best_frame.landmarks_driving"].numpy()[:4])
+    monkeypatch.setattr(face, "get_detector", lambda *a, **k: "detector")
+    monkeypatch.setattr(face, "get_landmarker", lambda *a, **k: "fan")
+
+    def landmarks(images, det, fan, progress=None):
+        if torch.equal(images, source[:1]):
+            return [src_lm]
+        start = next(i for i in range(4) if torch.equal(driving[i], images[0]))
+        return drv_lm[start:start + images.shape[0]]
+
+    monkeypatch.setattr(face, "face_landmarks", landmarks)
+    best = F.find_best_frame(src_lm, drv_lm)
+    pulls.clear()
+    frames, _ = node.run(source, None, "tiny.safetensors", True, True, True, 2, "fp32", driving_frames=stream_in)
+    assert pulls == [1, 1] and best != 0
+    assert torch.equal(frames, node.run(source, driving, "tiny.safetensors", True, True, True, 2, "fp32")[0])
+    with pytest.raises(errors.InputError, match="connect either driving_frames .* or driving"):
+        node.run(source, None, "tiny.safetensors", True, True, False, 2, "fp32")
+    with pytest.raises(errors.InputError, match="not both"):
+        node.run(source, driving, "tiny.safetensors", True, True, False, 2, "fp32", driving_frames=stream_in)
 
 
 def test_inference_optimisation_keeps_outputs():

@@ -104,3 +104,30 @@ def test_a_video_that_does_not_fit_is_refused_before_any_work(monkeypatch):
 def test_available_memory_is_a_plausible_number():
     free = F.available_memory()
     assert free is None or 2 ** 20 < free < 2 ** 50
+
+
+def test_a_pull_that_stops_early_ends_the_producer_at_once(monkeypatch):
+    """A cancel between batches closes the producer right away, so its clean-up (a model unload) runs now."""
+    closed = []
+
+    def source():
+        try:
+            for i in range(5):
+                yield torch.zeros(2, 4, 6, 3)
+        finally:
+            closed.append(1)
+
+    stream = F.FrameStream(source, 10, 4, 6)
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Cancelled("cancelled by the user")
+
+    monkeypatch.setattr(HOST, "check_interrupt", interrupt)
+    pull = iter(stream)
+    with pytest.raises(Cancelled):
+        for _ in pull:
+            pass
+    assert closed == [1]

@@ -336,8 +336,8 @@ def test_tiny_images_end_to_end(pack, tmp_path, hw):
     assert crop.shape == (1, 64, 64, 3) and torch.isfinite(crop).all() and 0 <= crop.min() and crop.max() <= 1
     if hw == (1, 1):  # one pixel, edge-padded: the crop is that colour
         assert torch.allclose(crop[0], full[0, 0, 0].expand(64, 64, 3), atol=1e-6)
-    frames, faces = _nodes(pack)["TalkingHead_LivePortraitRender"]().run(lp_set(pack), portrait, _motion(pack, 2),
-                                                                          True, "all", True, 1.0, 2)
+    frames, faces, _ = _nodes(pack)["TalkingHead_LivePortraitRender"]().run(lp_set(pack), portrait, _motion(pack, 2),
+                                                                             True, "all", True, 1.0, 2)
     assert frames.shape == (2, *hw, 3) and torch.isfinite(frames).all()
     out = _nodes(pack)["TalkingHead_MuxVideo"]().run(frames, 25.0, "tiny", preset="ultrafast")
     info = sub(pack, "core.video").probe(out["result"][0])
@@ -531,8 +531,8 @@ def test_audio_rates_through_the_nodes(pack, tmp_path, sr, channels):
     assert video.audio_duration(out) == pytest.approx(0.4, abs=1e-3)
     sda = _nodes(pack)["TalkingHead_SDABase"]()
     face = torch.rand(1, 40, 30, 3, generator=torch.Generator().manual_seed(0))
-    frames, used, fps = sda.run(face, audio, "already aligned", 0, "tiny-grid.dat")
-    ref, _, _ = sda.run(face, _tone(0.5), "already aligned", 0, "tiny-grid.dat")
+    frames, used, fps, _ = sda.run(face, audio, "already aligned", 0, "tiny-grid.dat")
+    ref, _, _, _ = sda.run(face, _tone(0.5), "already aligned", 0, "tiny-grid.dat")
     assert frames.shape == ref.shape and fps == 25.0 and used["sample_rate"] == 50000
     assert used["waveform"].shape == (1, 1, 25000)  # mono at the model's rate, 0.5 s
     portrait = _portrait(pack)
@@ -564,7 +564,7 @@ def test_silent_and_empty_audio_in_the_other_nodes(pack, tmp_path):
     assert len(motion) == 25 and float(motion.lip.abs().max()) == 0.0  # a closed mouth, not noise made loud
     sda = _nodes(pack)["TalkingHead_SDABase"]()
     face = torch.rand(1, 40, 30, 3)
-    frames, _, _ = sda.run(face, silent, "already aligned", 0, "tiny-grid.dat")
+    frames, _, _, _ = sda.run(face, silent, "already aligned", 0, "tiny-grid.dat")
     assert frames.shape[0] == 25 and torch.isfinite(frames).all()
     with pytest.raises(errors.InputError, match="empty|no samples|0 samples"):
         sda.run(face, empty, "already aligned", 0, "tiny-grid.dat")
@@ -610,8 +610,8 @@ def test_driving_video_at_other_frame_rates(pack, tmp_path, rate):
     lps = lp_set(pack)
     (motion,) = _nodes(pack)["TalkingHead_LivePortraitExtractMotion"]().run(lps, frames, fps, AS_IS, "center", 4)
     assert len(motion) == n and motion.fps == fps
-    rendered, _ = _nodes(pack)["TalkingHead_LivePortraitRender"]().run(lps, _portrait(pack), motion, True, "all",
-                                                                       True, 1.0, 4)
+    rendered, _, _ = _nodes(pack)["TalkingHead_LivePortraitRender"]().run(lps, _portrait(pack), motion, True, "all",
+                                                                          True, 1.0, 4)
     out = _nodes(pack)["TalkingHead_MuxVideo"]().run(rendered, motion.fps, "drive", audio=audio,
                                                      preset="ultrafast")["result"][0]
     info = video.probe(out)
@@ -632,8 +632,8 @@ def test_join_segments_at_29_97_fps_with_hostile_audio(pack):
     a1 = {"waveform": torch.ones(1, 2, 48000 * 2), "sample_rate": 48000}     # longer than its frames
     a2 = {"waveform": 0.5 * torch.ones(1, 1, 800), "sample_rate": 8000}      # shorter
     a3 = {"waveform": torch.zeros(1, 1, 0), "sample_rate": 8000}             # no samples
-    frames, audio = node.run(seg[0], seg[1], fps, audio_1=a1, audio_2=a2, images_3=seg[2], audio_3=a3,
-                             images_4=seg[3])
+    frames, audio, _ = node.run(seg[0], seg[1], fps, audio_1=a1, audio_2=a2, images_3=seg[2], audio_3=a3,
+                                images_4=seg[3])
     assert frames.shape[0] == 69 and torch.equal(frames[31:48], seg[1])
     w, sr = audio["waveform"][0], audio["sample_rate"]
     assert sr == 48000 and w.shape == (2, audio_mod.samples_for_frames(69, fps, sr))
@@ -1035,13 +1035,13 @@ def test_cancel_liveportrait_render(comfy_pack):
     portrait, motion = _portrait(comfy_pack), _motion(comfy_pack, 4)
     render = _nodes(comfy_pack)["TalkingHead_LivePortraitRender"]()
     args = (lp_set(comfy_pack), portrait, motion, True, "all", True, 1.0, 2)
-    reference, _ = render.run(*args)
+    reference, _, _ = render.run(*args)
     (entry,) = cache.entries("liveportrait")
     with _cancel_at(comfy_pack, 1) as calls, pytest.raises(mm.InterruptProcessingException):
         render.run(*args)
     assert calls == [1]
     assert cache.entries("liveportrait") == [entry] and len(mm.current_loaded_models) == 7
-    again, _ = render.run(*args)
+    again, _, _ = render.run(*args)
     assert torch.equal(again, reference)
     with _cancel_at(comfy_pack, 1), pytest.raises(mm.InterruptProcessingException):
         render.run(*args, keep_model_loaded=False)
@@ -1086,7 +1086,7 @@ def test_cancel_sda_base(comfy_pack):
     node = _nodes(comfy_pack)["TalkingHead_SDABase"]()
     face = torch.rand(1, 40, 30, 3, generator=torch.Generator().manual_seed(0))
     args = (face, _tone(0.5), "already aligned", 3, "tiny-grid.dat")
-    reference, _, _ = node.run(*args, chunk_frames=4)
+    reference, _, _, _ = node.run(*args, chunk_frames=4)
     (entry,) = cache.entries("sda")
     with _cancel_at(comfy_pack, 2) as calls, pytest.raises(mm.InterruptProcessingException):
         node.run(*args, chunk_frames=4)

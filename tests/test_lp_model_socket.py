@@ -161,3 +161,34 @@ def test_upgrade_api_rewires_each_choice_once(pack):
     assert new["3"]["inputs"]["device"] == "cuda"  # MotionDiT keeps its own device for the motion model
     assert new["5"] == prompt["5"] and len(notes) == 4
     assert legacy.upgrade_api(new) == (new, [])
+
+
+def test_render_stream_equals_render_images_on_every_pull(pack, tmp_path):
+    """core.liveportrait.pipeline.render_stream: the frames render_images makes (pasted back, or the face crops),
+    made batch by batch on each pull, the same on a second pull and on a pull after the networks were unloaded
+    (the set loads them again through the cache)."""
+    models_dir(tmp_path / "models")
+    lp, pipeline = sub(pack, "core.liveportrait"), sub(pack, "core.liveportrait.pipeline")
+    cache = sub(pack, "core.cache").CACHE
+    lps = lp_set(pack)
+    portrait = pack.NODE_CLASS_MAPPINGS["TalkingHead_LoadPortrait"]().run(
+        "", "center", 256, 1.8, -0.1, image_in=torch.rand(1, 90, 70, 3, generator=torch.Generator().manual_seed(1)))
+    portrait = portrait["result"][0]
+    motion = lp.Motion.load(ROOT / "example_inputs" / "motion.safetensors").frames(0, 6)
+    models, source = lps.models(), lps.source(portrait)
+    x_d = lp.motion_keypoints(models, source, motion)
+    pasted, faces = pipeline.render_images(models, source, x_d, full=portrait.full, batch_size=4, device="cpu",
+                                           precision="fp32")
+    stream = pipeline.render_stream(lps, source, x_d, full=portrait.full, batch_size=4, label="test frames", fps=25.0)
+    crops = pipeline.render_stream(models, source, x_d, batch_size=4, device="cpu", precision="fp32")
+    assert (len(stream), stream.height, stream.width, stream.fps) == (6, 90, 70, 25.0)
+    assert (len(crops), crops.height, crops.width) == (6, 128, 128)
+    first = [b.clone() for b in stream]
+    assert [b.shape[0] for b in first] == [4, 2]  # the renderer's batches, as they are made
+    assert torch.equal(torch.cat(first), pasted)
+    assert torch.equal(stream.materialize(), pasted)  # pulled again: rendered again, the same frames
+    assert torch.equal(crops.materialize(), faces) and torch.equal(crops.materialize(), faces)
+    cache.unload("liveportrait")
+    assert cache.entries("liveportrait") == []
+    assert torch.equal(stream.materialize(), pasted)  # the set loaded its networks again for this pull
+    assert len(cache.entries("liveportrait")) == 1

@@ -42,12 +42,12 @@ def test_nodes_under_comfy(comfy_pack):
     assert len(motion) == 5 and motion.fps == 30.0
     mm = comfy_pack.comfy
     assert len(mm.current_loaded_models) == 7  # F, M, W, G and the three MLPs, under ComfyUI's manager
-    frames, faces = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2)
+    frames, faces, _ = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2)
     assert frames.shape == (5, 90, 70, 3) and faces.shape == (5, 128, 128, 3)
     assert 0 <= frames.min() and frames.max() <= 1
     # paste-back keeps pixels far from the face; the rendered face changes the rest
-    crops, _ = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2,
-                                                             paste_back=False, keep_model_loaded=False)
+    crops, _, _ = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 2,
+                                                                paste_back=False, keep_model_loaded=False)
     assert crops.shape == (5, 128, 128, 3)
     assert mm.current_loaded_models == [] and sub(comfy_pack, "core.cache").CACHE.entries("liveportrait") == []
 
@@ -127,3 +127,74 @@ def test_animal_model_set(pack, tmp_path, monkeypatch):
     with pytest.raises(errors.WeightsMissingError) as err:
         lp.resolve_paths("animal v1.0", download=False)
     assert "liveportrait_animals/base_models/appearance_feature_extractor.pth" in str(err.value)
+
+
+def test_render_node_makes_what_is_connected(pack, tmp_path, monkeypatch):
+    """LivePortraitRender in a graph (hidden PROMPT + UNIQUE_ID): frames / face_frames are made only when a node
+    takes them; frame_stream renders nothing until it is pulled, then the frames of the IMAGE output, on every pull.
+    keep_model_loaded off: the networks stay for the stream and go after each full pull of it, or right away when
+    only IMAGE outputs were asked for. A video too large for memory as one IMAGE is refused before any work,
+    pointing to the stream."""
+    models_dir(tmp_path / "models")
+    nodes = pack.NODE_CLASS_MAPPINGS
+    cls = nodes["TalkingHead_LivePortraitRender"]
+    assert cls.RETURN_NAMES == ("frames", "face_frames", "frame_stream")
+    assert cls.RETURN_TYPES == ("IMAGE", "IMAGE", "TALKINGHEAD_FRAMES")
+    assert cls.INPUT_TYPES()["hidden"] == {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}
+    portrait = nodes["TalkingHead_LoadPortrait"]().run("", "center", 256, 1.8, -0.1,
+                                                       image_in=torch.rand(1, 90, 70, 3))["result"][0]
+    motion = sub(pack, "core.liveportrait").Motion.load(ROOT / "example_inputs" / "motion.safetensors").frames(0, 5)
+    lps = lp_set(pack)
+    cache = sub(pack, "core.cache").CACHE
+    pipeline = sub(pack, "core.liveportrait.pipeline")
+    renders = []
+    real = pipeline.render_pasted
+
+    def counted(*args, **kwargs):
+        renders.append(args[3] is not None)  # pasted back?
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render_pasted", counted)
+    args = (lps, portrait, motion, True, "all", True, 1.0, 2)
+    frames, faces, stream = cls().run(*args)  # a direct call: nothing known about the graph, everything made
+    assert frames.shape == (5, 90, 70, 3) and faces.shape == (5, 128, 128, 3) and renders == [True]
+
+    def graph(*slots):  # node "7" is the renderer; node "8" takes the given outputs
+        return {"7": {"class_type": cls.NODE_ID, "inputs": {}},
+                "8": {"class_type": "TalkingHead_MuxVideo", "inputs": {f"in{s}": ["7", s] for s in slots}}}
+
+    renders.clear()
+    out = cls().run(*args, keep_model_loaded=False, prompt=graph(2), unique_id="7")
+    assert out[:2] == (None, None) and renders == []  # nothing rendered yet
+    assert len(cache.entries("liveportrait")) == 1  # kept for the stream, which has not been pulled
+    assert (len(out[2]), out[2].height, out[2].width, out[2].fps) == (5, 90, 70, 25.0)
+    assert torch.equal(out[2].materialize(), frames) and renders == [True]
+    assert cache.entries("liveportrait") == []  # unloaded after the full pull
+    assert torch.equal(out[2].materialize(), frames)  # pulled again: loaded, rendered, unloaded again
+    assert renders == [True, True] and cache.entries("liveportrait") == []
+
+    renders.clear()
+    made, none, _ = cls().run(*args, keep_model_loaded=False, prompt=graph(0), unique_id="7")
+    assert torch.equal(made, frames) and none is None and renders == [True]
+    assert cache.entries("liveportrait") == []  # only an IMAGE output: unloaded right away
+    none, made, crops = cls().run(*args, prompt=graph(1), unique_id="7")
+    assert none is None and torch.equal(made, faces) and renders == [True, False]  # crops only, no paste-back
+    assert (crops.height, crops.width) == (90, 70)  # the stream follows paste_back...
+    crops = cls().run(*args, paste_back=False, prompt=graph(2), unique_id="7")[2]
+    assert (crops.height, crops.width) == (128, 128) and torch.equal(crops.materialize(), faces)  # ...off: crops
+
+    errors = sub(pack, "core.errors")
+    monkeypatch.setattr(sub(pack, "core.frames"), "available_memory", lambda: 100_000)
+    renders.clear()
+    with pytest.raises(errors.FramesTooLargeError, match=r"LivePortraitRender's frames output: 5 frames of 70x90 "
+                                                         r"as one IMAGE batch would need .* connect LivePortraitRender's "
+                                                         r"frame_stream output to MuxVideo's frames input"):
+        cls().run(*args, prompt=graph(0), unique_id="7")
+    with pytest.raises(errors.FramesTooLargeError):  # keep_model_loaded off: freed on the error, stream or not
+        cls().run(*args, keep_model_loaded=False, prompt=graph(0, 2), unique_id="7")
+    assert cache.entries("liveportrait") == []
+    with pytest.raises(errors.FramesTooLargeError, match=r"frames and face_frames outputs: 5 frames of 70x90 and of "
+                                                         r"128x128 as IMAGE batches"):
+        cls().run(*args)
+    assert renders == []  # refused before any work
+    assert cls().run(*args, prompt=graph(2), unique_id="7")[2] is not None  # the stream needs no such memory

@@ -64,7 +64,7 @@ def test_procedural_node_drives_mouth_and_eyes(pack, tmp_path):
     motion, fps = nodes["TalkingHead_ProceduralMotion"]().run(lps, portrait, audio, 25.0, 3, 1.0, 1.0, True)
     assert len(motion) == 25 and fps == 25.0 and motion.composed
     assert float(motion.lip[:10].max()) == 0.0 and float(motion.lip[16:].min()) > 0.2
-    frames, faces = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 8)
+    frames, faces, _ = nodes["TalkingHead_LivePortraitRender"]().run(lps, portrait, motion, True, "all", True, 1.0, 8)
     assert frames.shape == (25, 90, 70, 3)
     still = (faces[1:10] - faces[0]).abs().max()
     talking = (faces[18:] - faces[0]).abs().amax(dim=(1, 2, 3)).min()

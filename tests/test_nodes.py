@@ -61,9 +61,45 @@ def test_pack_loads_from_odd_folder_name_with_complete_specs(pack):
 def test_resize_node_matches_core(pack):
     node = pack.NODE_CLASS_MAPPINGS["TalkingHead_ResizePad256"]()
     img = torch.rand(3, 40, 30, 3)
-    (out,) = node.run(img, 64, "pad", "constant", 0.0, "bilinear")
+    out, stream = node.run(img, 64, "pad", "constant", 0.0, "bilinear")
     core_resize = sub(pack, "core.resize")
     assert out.device.type == "cpu" and torch.equal(out, core_resize.resize_pad(img, 64))
+    # the frame_stream output: the same frames, resized batch by batch on each pull
+    assert (len(stream), stream.height, stream.width) == (3, 64, 64)
+    assert torch.equal(torch.cat(list(stream)), out) and torch.equal(stream.materialize(), out)
+
+
+def test_resize_node_takes_and_gives_a_frame_stream(pack):
+    """ResizePad256's frames input: resized batch by batch as its frame_stream output is pulled (the upstream stream
+    pulled again each time); the images output is made only when connected; exactly one input."""
+    frames, errors = sub(pack, "core.frames"), sub(pack, "core.errors")
+    core_resize = sub(pack, "core.resize")
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_ResizePad256"]()
+    img = torch.rand(7, 40, 30, 3)
+    pulls = []
+
+    def source():
+        pulls.append(1)
+        yield from (img[i:i + 4] for i in range(0, 7, 4))
+
+    upstream = frames.FrameStream(source, 7, 40, 30, 25.0, label="upstream")
+    expected = core_resize.resize_pad(img, 64, mode="crop")
+    out, stream = node.run(None, 64, "crop", "constant", 0.0, "bilinear", frames=upstream)
+    assert torch.equal(out, expected) and pulls == [1]
+    assert (len(stream), stream.height, stream.width, stream.fps) == (7, 64, 64, 25.0)
+    assert [b.shape[0] for b in stream] == [4, 3] and pulls == [1, 1]
+    assert torch.equal(stream.materialize(), expected) and pulls == [1, 1, 1]
+    graph = {"2": {"class_type": "TalkingHead_ResizePad256", "inputs": {}},
+             "3": {"class_type": "TalkingHead_FOMAnimate", "inputs": {"driving_frames": ["2", 1]}}}
+    out, stream = node.run(None, 64, "crop", "constant", 0.0, "bilinear", frames=upstream, prompt=graph,
+                           unique_id="2")
+    assert out is None and pulls == [1, 1, 1]  # nothing is resized until the stream is pulled
+    out, stream = node.run(img, 64, "crop", "constant", 0.0, "bilinear", prompt=graph, unique_id="2")
+    assert out is None and torch.equal(stream.materialize(), expected)
+    with pytest.raises(errors.InputError, match="connect either frames .* or images"):
+        node.run(None, 64, "pad", "constant", 0.0, "bilinear")
+    with pytest.raises(errors.InputError, match="not both"):
+        node.run(img, 64, "pad", "constant", 0.0, "bilinear", frames=upstream)
 
 
 # ----------------------------------------------------------------------------- inside ComfyUI
@@ -146,6 +182,52 @@ def test_mux_node_writes_a_frame_stream_batch_by_batch(pack, tmp_path):
     with pytest.raises(errors.InputError, match="not both"):
         node.run(torch.rand(2, 32, 32, 3), 25.0, "s/both", frames=stream)
     assert sorted(p.name for p in (tmp_path / "output" / "s").iterdir()) == ["s_00001_.mp4"]
+
+
+def test_outputs_made_only_when_linked(pack):
+    """nodes/base: linked_outputs reads which of a node's outputs the graph takes (None when it cannot tell),
+    image_output materialises a stream only for a linked slot, and check_outputs skips outputs left as None."""
+    base, frames = sub(pack, "nodes.base"), sub(pack, "core.frames")
+    prompt = {"3": {"class_type": "A", "inputs": {"x": 1.0, "keep": True}},
+              "4": {"class_type": "B", "inputs": {"a": ["3", 2], "b": ["3", 0], "c": ["5", 1], "d": "3"}},
+              "5": {"class_type": "C", "inputs": {"again": ["3", 2], "flag": [3, True]}}}
+    assert base.linked_outputs(prompt, "3") == {0, 2} and base.linked_outputs(prompt, 3) == {0, 2}
+    assert base.linked_outputs(prompt, "5") == {1} and base.linked_outputs(prompt, "4") == set()
+    assert base.linked_outputs(None, "3") is None and base.linked_outputs(prompt, None) is None
+    assert base.linked_outputs(prompt, "99") is None  # not in this graph (an expanded node): make everything
+    pulls = []
+    images = torch.rand(3, 4, 4, 3)
+    stream = frames.FrameStream(lambda: pulls.append(1) or [images], 3, 4, 4)
+    assert base.image_output(stream, 1, {0, 2}, "x", "") is None and pulls == []
+    assert torch.equal(base.image_output(stream, 0, {0, 2}, "x", ""), images) and pulls == [1]
+    assert torch.equal(base.image_output(stream, 1, None, "x", ""), images) and pulls == [1, 1]
+    node = pack.NODE_CLASS_MAPPINGS["TalkingHead_LivePortraitRender"]
+    base.check_outputs(node, (None, None, stream))  # nothing to check, nothing pulled
+    assert pulls == [1, 1]
+    checks = sub(pack, "core.checks")
+    with pytest.raises(checks.NonFiniteOutputError, match="LivePortraitRender's face_frames output has 1 NaN"):
+        base.check_outputs(node, (None, torch.tensor([[[[float("nan"), 0.0, 0.0]]]]), stream))
+
+
+def test_linked_outputs_go_into_the_cache_key(pack):
+    """ComfyUI caches a node by its inputs: the on-prompt hook writes which IMAGE outputs of LivePortraitRender
+    are connected into its inputs, so connecting one more output changes its cache key (a cached None is never
+    handed on); nodes that do not make outputs on demand, and other packs' nodes, are left as they are."""
+    base = sub(pack, "nodes.base")
+    routes = sub(pack, "nodes.web_routes")
+    prompt = {"5": {"class_type": "TalkingHead_LivePortraitRender", "inputs": {"motion": ["4", 0]}},
+              "6": {"class_type": "TalkingHead_MuxVideo", "inputs": {"frames": ["5", 2], "fps": 25.0}},
+              "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
+              "4": {"class_type": "TalkingHead_LoadMotion", "inputs": {"motion_file": "m.safetensors"}}}
+    body = {"prompt": prompt, "client_id": "x"}
+    assert routes.on_prompt(body) is body
+    assert prompt["5"]["inputs"][base.LINKS_KEY] == "1,2"
+    assert base.LINKS_KEY not in prompt["6"]["inputs"] and base.LINKS_KEY not in prompt["4"]["inputs"]
+    assert base.LINKS_KEY not in prompt["7"]["inputs"]
+    del prompt["7"]
+    routes.on_prompt(body)
+    assert prompt["5"]["inputs"][base.LINKS_KEY] == "2"
+    assert routes.on_prompt({"no": "prompt"}) == {"no": "prompt"}
 
 
 def test_cancel_mid_mux_leaves_nothing(comfy_pack):

@@ -215,6 +215,47 @@ def test_chunked_generation_equals_one_pass(models):
     tol.close_network(again.frames, one.frames, tol.SDA)
 
 
+def test_frame_stream_equals_animate_on_every_pull(models):
+    """sda.frame_stream: nothing is generated until it is pulled; each pull generates the clip anew, chunk by
+    chunk, giving animate's frames bit for bit for the same seed and chunking. A model opener is entered once per
+    pull (what the nodes use to load the model through the cache at pull time)."""
+    model = models["dat"]
+    image, _, kw = case_inputs("A")
+    kw.pop("noise"), kw.pop("fs")
+    rng = np.random.default_rng(2)
+    audio = (rng.standard_normal(16000 * 2 // 5) * 3000).astype(np.int16)  # 0.4 s -> 10 frames
+    whole = sda.animate(model, image, audio, fs=16000, seed=11, chunk_frames=4, **kw)
+    inputs = sda.prepare(model, image, audio, fs=16000, seed=11, **kw)
+    opened, steps = [], []
+
+    class Opener:
+        def __enter__(self):
+            opened.append("enter")
+            return model
+
+        def __exit__(self, *exc):
+            opened.append("exit")
+
+    stream = sda.frame_stream(Opener, inputs, 4, config=model.config, label="test frames",
+                              progress=lambda done, total: steps.append((done, total)))
+    assert opened == [] and steps == []  # nothing runs before a pull
+    assert (len(stream), stream.height, stream.width, stream.fps) == (10, *model.config.img_size, 25.0)
+    first = [b.clone() for b in stream]
+    assert [b.shape[0] for b in first] == [4, 4, 2] and opened == ["enter", "exit"]
+    assert steps == [(4, 10), (8, 10), (10, 10)]
+    assert torch.equal(torch.cat(first), whole.frames)
+    assert torch.equal(stream.materialize(), whole.frames)  # pulled again: the same noise, the same frames
+    assert opened == ["enter", "exit"] * 2
+    # with the model itself; another seed gives other frames
+    assert torch.equal(sda.frame_stream(model, inputs, 4).materialize(), whole.frames)
+    other = sda.prepare(model, image, audio, fs=16000, seed=12, **kw)
+    assert not torch.equal(sda.frame_stream(model, other, 4).materialize(), whole.frames)
+    with pytest.raises(ValueError, match="config"):
+        sda.frame_stream(Opener, inputs, 4)
+    with pytest.raises(InputError, match="chunk_frames"):
+        sda.frame_stream(model, inputs, 0)
+
+
 # --------------------------------------------------------------------------- errors
 def test_no_face_error_names_the_alternatives(models):
     image, audio, kw = case_inputs("A")

@@ -16,7 +16,7 @@ The generated motion drops its last ``n_pad_frames`` frames.
 
 Windows are cut from the unpadded audio on the fly (zeros filled in), so long inputs never
 need a padded copy; features are computed one window at a time (the HuBERT batch is 1, as
-in the official code).
+in the official code) straight into the one result tensor.
 """
 from __future__ import annotations
 
@@ -104,11 +104,15 @@ def audio_features(model, audio_16k, progress: Optional[Callable] = None) -> Tup
     ``n_windows * L - n_pad_frames`` belong to the zero padding (the generator still needs them)."""
     plan, windows = iter_windows(audio_16k, model.fps, model.n_motions)
     bar = Progress(plan.n_windows, progress)
-    out = []
-    for win in windows:
-        out.append(model.encode_audio(win)[0].float().cpu())
+    L = plan.n_motions
+    out: Optional[torch.Tensor] = None
+    for i, win in enumerate(windows):
+        feat = model.encode_audio(win)[0]
+        if out is None:  # allocated once: no list of windows + concatenation copy for long audio
+            out = torch.empty(plan.n_windows * L, feat.shape[-1], dtype=torch.float32)
+        out[i * L:(i + 1) * L] = feat
         bar.step()
-    return torch.cat(out, dim=0), plan.n_pad_frames
+    return out, plan.n_pad_frames
 
 
 __all__ = ["BACK_PAD", "FRONT_PAD", "SAMPLE_RATE", "WindowPlan", "audio_features", "iter_windows", "padded_audio",

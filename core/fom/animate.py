@@ -12,20 +12,26 @@ keypoint convex-hull sizes; jacobians are composed the same way.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Callable, ContextManager, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
 
 from ..device import autocast, full_precision, resolve_device, resolve_dtype
 from ..errors import InputError
+from ..frames import FrameStream
 from ..geometry import hull_measure
 from ..progress import Progress, ProgressFn
 from ..resize import image_to_square_nchw
 from .load import FOM, RESOLUTION
 from .model import KP
 
+#: the model for one pull of a :func:`frame_stream`: the model itself, or a function returning a context
+#: manager that gives it (and may free it when the pull ends)
+ModelSource = Union[FOM, Callable[[], ContextManager[FOM]]]
 
 # --------------------------------------------------------------------------- keypoint maths
 hull_area = hull_measure  # area of the convex hull of 2-D points
@@ -60,27 +66,50 @@ def normalize_kp(kp_source: KP, kp_driving: KP, kp_driving_initial: KP, adapt_mo
     return out
 
 
+def _normalise_landmarks(kp) -> np.ndarray:
+    """Landmarks centred and divided by sqrt(hull area) (float64), as find_best_frame compares them."""
+    kp = np.asarray(kp, dtype=np.float64)
+    kp = kp - kp.mean(axis=0, keepdims=True)
+    kp[:, :2] = kp[:, :2] / np.sqrt(hull_area(kp[:, :2]))
+    return kp
+
+
+class BestFrameSearch:
+    """:func:`find_best_frame` one driving frame at a time, for a video that is not held whole: :meth:`add`
+    each frame's landmarks in order (and, optionally, the frame itself); :attr:`index` is the best frame so
+    far (0 while no frame had a face) and :attr:`frame` a copy of that frame, when frames were given."""
+
+    def __init__(self, landmarks_source: np.ndarray) -> None:
+        self._source = _normalise_landmarks(landmarks_source)
+        self._best_norm = float("inf")
+        self.seen = 0
+        self.index = 0
+        self.frame: Optional[torch.Tensor] = None
+
+    def add(self, landmarks: Optional[np.ndarray], frame: Optional[torch.Tensor] = None) -> None:
+        i = self.seen
+        self.seen += 1
+        if i == 0 and frame is not None:
+            self.frame = frame.clone()  # frame 0 is the answer until a frame with a face matches better
+        if landmarks is None:
+            return
+        norm = float(((self._source - _normalise_landmarks(landmarks)) ** 2).sum())
+        if norm < self._best_norm:  # strictly: the first one wins on ties
+            self.index, self._best_norm = i, norm
+            if frame is not None:
+                self.frame = frame.clone()  # a copy, so the rest of its batch can be freed
+
+
 def find_best_frame(landmarks_source: np.ndarray, landmarks_driving: Iterable[Optional[np.ndarray]]) -> int:
     """Index of the driving frame whose face landmarks best match the source's.
 
     Landmarks are centred and divided by sqrt(hull area); the frame with the smallest sum of
     squared differences wins (the first one on ties). Frames without landmarks (``None``: no face
     found) are skipped; if no frame has any, frame 0 is used."""
-    def normalise(kp):
-        kp = np.asarray(kp, dtype=np.float64)
-        kp = kp - kp.mean(axis=0, keepdims=True)
-        kp[:, :2] = kp[:, :2] / np.sqrt(hull_area(kp[:, :2]))
-        return kp
-
-    src = normalise(landmarks_source)
-    best, best_norm = 0, float("inf")
-    for i, lm in enumerate(landmarks_driving):
-        if lm is None:
-            continue
-        norm = float(((src - normalise(lm)) ** 2).sum())
-        if norm < best_norm:
-            best, best_norm = i, norm
-    return best
+    search = BestFrameSearch(landmarks_source)
+    for lm in landmarks_driving:
+        search.add(lm)
+    return search.index
 
 
 # --------------------------------------------------------------------------- images
@@ -153,6 +182,56 @@ def animate_stream(fom: FOM, source: torch.Tensor, driving: Iterable[torch.Tenso
             yield render(fom, state, kp_norm).float().cpu()
 
 
+def frame_stream(model: ModelSource, source: torch.Tensor, driving: FrameStream, *, relative: bool = True,
+                 adapt_movement_scale: bool = True, initial: Optional[torch.Tensor] = None, batch_size: int = 8,
+                 device=None, precision: str = "auto", resolution: Optional[int] = None,
+                 progress: Optional[ProgressFn] = None, label: str = "FOM's frames") -> FrameStream:
+    """The animation of ``source`` (IMAGE ``[1,H,W,3]``) by ``driving`` (a :class:`~core.frames.FrameStream` of
+    any frame size) as a FrameStream of ``[B,S,S,3]`` float32 CPU batches, ``batch_size`` driving frames each:
+    nothing runs now; each pull pulls ``driving`` once and runs :func:`animate_stream` on it.
+
+    ``initial``: the relative-mode reference frame, IMAGE ``[1,H,W,3]`` (default: the first driving frame).
+    ``resolution``: the side ``S`` frames are brought to and come out at (default: the model's
+    :attr:`~.load.FOM.input_size`). ``model``: the :class:`~.load.FOM`, or a zero-argument function returning a
+    context manager that gives the model for the length of one pull (e.g. loading it through the model cache
+    and freeing it after, so a stream pulled long after it was made still finds its model); then
+    ``resolution`` is required. ``progress(done, total, preview)`` is called per batch of every pull with the
+    batch's last frame."""
+    if source.ndim != 4 or source.shape[0] < 1:
+        raise InputError("the source must be an IMAGE with at least one picture")
+    if len(driving) == 0:
+        raise InputError("the driving video has no frames")
+    if batch_size < 1:
+        raise InputError("batch_size must be at least 1")
+    if isinstance(model, FOM):
+        held = model
+        resolution = held.input_size if resolution is None else resolution
+        open_model: Callable[[], ContextManager[FOM]] = lambda: contextlib.nullcontext(held)  # noqa: E731
+    else:
+        if resolution is None:
+            raise ValueError("frame_stream needs the resolution when the model is loaded at pull time")
+        open_model = model
+    res, n, step = int(resolution), len(driving), int(batch_size)
+    portrait = source[:1]
+
+    def pull() -> Iterator[torch.Tensor]:
+        with open_model() as fom:
+            dev = resolve_device(device)
+            batches = driving.batches(step)
+            first = next(batches)  # the stream has frames (checked above), or it raises its own error
+            reference = initial if initial is not None else first[:1]
+            frames = (to_model_input(b, res, dev) for b in itertools.chain([first], batches))
+            bar = Progress(-(-n // step), progress)
+            for out in animate_stream(fom, to_model_input(portrait, res, dev), frames, relative=relative,
+                                      adapt_movement_scale=adapt_movement_scale,
+                                      initial=to_model_input(reference, res, dev), device=dev, precision=precision):
+                out = out.permute(0, 2, 3, 1).contiguous()
+                bar.step(preview=out[-1])
+                yield out
+
+    return FrameStream(pull, n, res, res, driving.fps, label)
+
+
 def animate(fom: FOM, source: torch.Tensor, driving: torch.Tensor, *, relative: bool = True,
             adapt_movement_scale: bool = True, initial_index: int = 0, batch_size: int = 8, device=None,
             precision: str = "auto", progress: Optional[ProgressFn] = None,
@@ -161,8 +240,8 @@ def animate(fom: FOM, source: torch.Tensor, driving: torch.Tensor, *, relative: 
     any size: both are brought to ``resolution`` squared, default the model's
     :attr:`~.load.FOM.input_size`, 256) -> ``[T,S,S,3]`` float32 on the CPU.
 
-    Driving frames move to the device ``batch_size`` at a time and results are written into
-    ``out`` (allocated here if not given) as they come, so only one batch is on the device.
+    Driving frames move to the device ``batch_size`` at a time (:func:`frame_stream`) and results are
+    written into ``out`` (allocated here if not given) as they come, so only one batch is on the device.
     """
     if source.ndim != 4 or source.shape[0] < 1:
         raise InputError("the source must be an IMAGE with at least one picture")
@@ -173,19 +252,15 @@ def animate(fom: FOM, source: torch.Tensor, driving: torch.Tensor, *, relative: 
         raise InputError(f"initial frame {initial_index} is outside the driving video (0..{n - 1})")
     if batch_size < 1:
         raise InputError("batch_size must be at least 1")
-    dev = resolve_device(device)
     res = fom.input_size if resolution is None else int(resolution)
     if out is None:
         out = torch.empty((n, res, res, 3), dtype=torch.float32)
-    batches = (to_model_input(driving[i:i + batch_size], res, dev) for i in range(0, n, batch_size))
-    bar = Progress((n + batch_size - 1) // batch_size, progress)
-    initial = to_model_input(driving[initial_index:initial_index + 1], res, dev)
+    stream = frame_stream(fom, source, FrameStream.from_images(driving, batch_size=batch_size),
+                          relative=relative, adapt_movement_scale=adapt_movement_scale,
+                          initial=driving[initial_index:initial_index + 1], batch_size=batch_size, device=device,
+                          precision=precision, resolution=res, progress=progress)
     done = 0
-    for frames in animate_stream(fom, to_model_input(source[:1], res, dev), batches, relative=relative,
-                                 adapt_movement_scale=adapt_movement_scale, initial=initial, device=dev,
-                                 precision=precision):
-        out[done:done + frames.shape[0]] = frames.permute(0, 2, 3, 1)
+    for frames in stream:
+        out[done:done + frames.shape[0]] = frames
         done += frames.shape[0]
-        bar.step(preview=out[done - 1])
     return out
-

@@ -12,6 +12,7 @@ portrait, so the motion producers and the renderer of one graph compute a portra
     source = lp.source(portrait)                 # once; later calls return the same object
     x_d = motion_keypoints(lp.models(), source, motion)
     frames, faces = render_images(lp.models(), source, x_d, full=portrait.full)
+    stream = render_stream(lp, source, x_d, full=portrait.full)  # the same frames, made when pulled
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
+from ..checks import require_finite_output
+from ..frames import FrameStream
 from ..progress import ProgressFn
 from .load import LivePortraitModels
 from .render import LivePortraitSource, portrait_source, render_pasted
@@ -97,4 +100,37 @@ def render_images(models: LivePortraitModels, source: LivePortraitSource, x_d: t
     return pasted, faces
 
 
-__all__ = ["LivePortraitSet", "render_images"]
+def render_stream(lp: Union[LivePortraitSet, LivePortraitModels], source: LivePortraitSource, x_d: torch.Tensor,
+                  full: Optional[torch.Tensor] = None, batch_size: int = 4, device=None,
+                  precision: Optional[str] = None, progress: Optional[ProgressFn] = None,
+                  label: str = "LivePortrait's frames", fps: Optional[float] = None) -> FrameStream:
+    """The rendered frames as a :class:`~..frames.FrameStream`, made batch by batch (:func:`~.render.render_pasted`)
+    each time the stream is pulled: the faces pasted back into ``full`` (the portrait ``[1,H,W,3]``), or the face
+    crops ``[S,S]`` when ``full`` is None. The same frames as :func:`render_images`, one batch in memory.
+
+    ``lp``: a :class:`LivePortraitSet` (its networks are fetched from the cache on every pull, so a stream pulled
+    after an unload loads them again; its device and precision are the defaults) or the networks themselves.
+    Every batch is checked for NaN/inf before it is handed on (:class:`~..errors.NonFiniteOutputError`: "a batch
+    of <label> has ...")."""
+    is_set = isinstance(lp, LivePortraitSet)
+    if is_set:
+        device = lp.device if device is None else device
+        precision = lp.precision if precision is None else precision
+    precision = "auto" if precision is None else precision
+    if full is not None:
+        height, width = int(full.shape[1]), int(full.shape[2])
+    else:  # the face crops, at the networks' output size
+        height = width = int((lp.models() if is_set else lp).output_size)
+
+    def frames() -> Iterator[torch.Tensor]:
+        models = lp.models() if is_set else lp
+        for faces, pasted in render_pasted(models, source, x_d, full, batch_size=batch_size, device=device,
+                                           precision=precision, progress=progress):
+            out = faces if full is None else pasted
+            require_finite_output("image", out, f"a batch of {label}")
+            yield out
+
+    return FrameStream(frames, int(x_d.shape[0]), height, width, fps=fps, label=label)
+
+
+__all__ = ["LivePortraitSet", "render_images", "render_stream"]

@@ -164,6 +164,7 @@ def _joyvasa(emb, source, path, guidance, seed, pose_strength, expression_streng
     total = -(-int(emb.audio_samples) * 25 // SAMPLE_RATE) if emb.audio_samples else int(emb.num_frames) - lead
     motion = joyvasa.to_motion(gen, source.motion, fps=emb.fps, pose_strength=pose_strength,
                                expression_strength=expression_strength)
+    del gen  # not held while the frames are taken below (the motion's size again)
     # frames lead .. lead+total-1; the last frame repeats where the audio ends inside the last window's padding
     return motion.take((torch.arange(max(total, 1)) + lead).clamp(max=len(motion) - 1))
 

@@ -25,23 +25,28 @@ Output scales (``output=``)
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Callable, ContextManager, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
 
 from ..audio import Audio
 from ..errors import InputError
+from ..frames import FrameStream
 from ..progress import Progress, ProgressFn
-from .model import SDAModel
+from .model import SDAConfig, SDAModel
 from .preprocess import (LandmarkFn, align_face, as_uint8_rgb, find_landmarks, frame_tensor, num_frames,
                          pad_speech, returned_audio, speech_from_audio)
 
 OUTPUTS = ("unit", "reference", "raw")
 DEFAULT_CHUNK_FRAMES = 128
 NOISE_STD = 0.33
+#: the model for one pull of a :func:`frame_stream`: the model itself, or a function returning a context
+#: manager that gives it (and may free it when the pull ends)
+ModelSource = Union[SDAModel, Callable[[], ContextManager[SDAModel]]]
 
 
 @dataclass
@@ -203,6 +208,39 @@ def animate_stream(model: SDAModel, face_image, audio, seed: Optional[int] = Non
     return SDAStream(model, inputs, chunk_frames, output, progress)
 
 
+def frame_stream(model: ModelSource, inputs: SDAInputs, chunk_frames: int = DEFAULT_CHUNK_FRAMES, *,
+                 config: Optional[SDAConfig] = None, output: str = "unit", progress: Optional[ProgressFn] = None,
+                 label: str = "SDA's frames") -> FrameStream:
+    """The clip of :func:`prepare`'s ``inputs`` as a :class:`~core.frames.FrameStream` of ``[n, H, W, 3]``
+    chunks (n <= ``chunk_frames``) at the model's frame rate. Nothing is generated now: each pull runs
+    :class:`SDAStream` from the first chunk, with the same inputs and noise, so every pull gives the same
+    frames, equal bit for bit to :func:`animate`'s for the same ``chunk_frames``.
+
+    ``model``: the :class:`SDAModel`, or a zero-argument function returning a context manager that gives the
+    model for the length of one pull (e.g. loading it through the model cache and freeing it after, so a stream
+    pulled long after it was made still finds its model); then ``config`` (the model's :class:`SDAConfig`) gives
+    the frame size and rate up front. ``progress(done, total)`` is called per chunk of every pull."""
+    if output not in OUTPUTS:
+        raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if int(chunk_frames) < 1:
+        raise InputError(f"chunk_frames must be at least 1, got {chunk_frames}")
+    if isinstance(model, SDAModel):
+        held = model
+        config = model.config
+        open_model: Callable[[], ContextManager[SDAModel]] = lambda: contextlib.nullcontext(held)  # noqa: E731
+    else:
+        if config is None:
+            raise ValueError("frame_stream needs the model's config when the model is loaded at pull time")
+        open_model = model
+    h, w = config.img_size
+
+    def source() -> Iterator[torch.Tensor]:
+        with open_model() as loaded:
+            yield from SDAStream(loaded, inputs, chunk_frames, output, progress)
+
+    return FrameStream(source, inputs.num_frames, int(h), int(w), float(config.video_rate), label)
+
+
 @dataclass
 class SDAResult:
     frames: torch.Tensor      # [T, H, W, 3] float32 CPU in the ``output`` scale
@@ -239,5 +277,5 @@ def animate(model: SDAModel, face_image, audio, seed: Optional[int] = None, nois
                      inputs=stream.inputs)
 
 
-__all__ = ["DEFAULT_CHUNK_FRAMES", "OUTPUTS", "SDAInputs", "SDAResult", "SDAStream", "animate", "animate_stream",
-           "draw_noise", "prepare"]
+__all__ = ["DEFAULT_CHUNK_FRAMES", "ModelSource", "OUTPUTS", "SDAInputs", "SDAResult", "SDAStream", "animate",
+           "animate_stream", "draw_noise", "frame_stream", "prepare"]

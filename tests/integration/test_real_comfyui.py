@@ -59,6 +59,8 @@ EXAMPLES = ROOT / "example_inputs"
 ODD_FOLDER_NAME = "ComfyUI-Talking Head.toolkit (it)"
 HOST = "127.0.0.1"
 
+#: the input the pack's on-prompt hook adds to its nodes whose IMAGE outputs are made only when connected
+LINKS_KEY = "talkinghead_linked_outputs"
 NODES = {  # node id -> display name
     "TalkingHead_LoadPortrait": "LoadPortrait",
     "TalkingHead_ResizePad256": "ResizePad256",
@@ -358,8 +360,10 @@ def test_bad_portrait_names_fail_validation(comfy, name):
 
 def test_unload_models_passthrough_between_stages(comfy):
     prompt = json.loads(WORKFLOW.read_text())
-    prompt["9"] = {"class_type": "TalkingHead_UnloadModels", "inputs": {"family": "all", "passthrough": ["3", 0]}}
-    prompt["4"]["inputs"]["images"] = ["9", 0]
+    # the frame stream passes through UnloadModels (an "any" socket) into MuxVideo's frames input
+    assert prompt["4"]["inputs"]["frames"] == ["3", 1]
+    prompt["9"] = {"class_type": "TalkingHead_UnloadModels", "inputs": {"family": "all", "passthrough": ["3", 1]}}
+    prompt["4"]["inputs"]["frames"] = ["9", 0]
     prompt["4"]["inputs"]["filename_prefix"] = "TalkingHead/unload"
     entry = comfy.run_prompt(copy.deepcopy(prompt))
     assert entry["status"]["status_str"] == "success", _errors(entry)
@@ -418,6 +422,22 @@ def test_workflow_saved_before_loadliveportrait_fails_naming_the_input(comfy):
         assert error["message"] == "Required input is missing" and error["extra_info"]["input_name"] == "liveportrait"
 
 
+def test_an_image_output_connected_later_is_made(comfy):
+    """ComfyUI caches a node by its inputs. Run the still-portrait graph with only ResizePad256's frame stream
+    connected (its IMAGE output is then not made), then again with a PreviewImage on that IMAGE output and
+    nothing else changed: the node runs again (the pack's on-prompt hook put the connected outputs in its
+    cache key) and the preview gets real frames, not the cached None."""
+    prompt = json.loads(WORKFLOW.read_text())
+    prompt["4"]["inputs"]["filename_prefix"] = "TalkingHead/linked"
+    first = comfy.run_prompt(copy.deepcopy(prompt))
+    assert first["status"]["status_str"] == "success", _errors(first)
+    prompt["9"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}
+    second = comfy.run_prompt(copy.deepcopy(prompt))
+    assert second["status"]["status_str"] == "success", _errors(second)
+    (preview,) = second["outputs"]["9"]["images"]  # the one still frame the graph resizes
+    assert preview["type"] == "temp" and (comfy.base / "temp" / preview["subfolder"] / preview["filename"]).is_file()
+
+
 def test_every_workflow_case_has_a_workflow():
     """No stale entries: each WORKFLOW_CASES key names an existing workflows/api/<key>.api.json."""
     stale = sorted(set(WORKFLOW_CASES) - set(API_WORKFLOWS))
@@ -470,9 +490,10 @@ def _partial_files(comfy: Server) -> list:
 #: stage -> (workflow, overrides, title of the node the interrupt must land in). Both run ~1500 frames
 #: (60 s of speech), minutes on a CPU; the interrupt comes once that node reported progress.
 CANCEL_CASES = {
-    # the interrupt lands inside LivePortraitRender (between batches)
+    # the interrupt lands between LivePortraitRender's batches, which are rendered while MuxVideo pulls its
+    # frame_stream (so in MuxVideo, with its hidden .partial file to remove)
     "render": ("liveportrait_procedural", {"portrait": {"detector": "center"}, "audio": {"audio": LONG_SPEECH},
-                                            "video": {"filename_prefix": "TalkingHead/cancel_render"}}, "render"),
+                                            "video": {"filename_prefix": "TalkingHead/cancel_render"}}, "video"),
     # a still 1024x1024 frame held over the speech, encoded slowly: the interrupt lands while MuxVideo
     # streams into its hidden .partial file, which must go away
     "mux": ("portrait_still_video", {"audio": {"audio": LONG_SPEECH}, "resize": {"size": 1024},
@@ -620,7 +641,14 @@ def test_ui_workflow_in_the_real_frontend(comfy, frontend, name):
     before = comfy.output_files()
     pid, queued = run_from_the_ui(frontend, case, PROMPT_TIMEOUT)
     entry = comfy.wait(pid)
+    # what the Run button sent is what the server ran, plus the pack's on-prompt mark of which outputs of its
+    # nodes are connected (part of their cache key, nodes/base.py mark_linked_outputs)
+    marked = {key: node["inputs"].pop(LINKS_KEY) for key, node in entry["prompt"][2].items()
+              if LINKS_KEY in node["inputs"]}
     assert entry["prompt"][2] == queued
+    assert all(marked[key] == ",".join(sorted({str(v[1]) for n in queued.values() for v in n["inputs"].values()
+                                                if isinstance(v, list) and v[0] == key}, key=int))
+               for key in marked)
     assert comfy.output_files() - before == check_outputs(comfy, entry, video_nodes(queued), case)
     assert page.page_errors(frontend) == [], page.page_errors(frontend)
 

@@ -148,6 +148,11 @@ def _per_frame(value, n: int) -> Optional[torch.Tensor]:
     return v
 
 
+#: frames composed at a time by :func:`compose_motion`: its float intermediates (several times the 265 values of
+#: a frame) stay this size whatever the length; every step is per frame, so the values are those of one piece
+COMPOSE_BLOCK = 1024
+
+
 def compose_motion(seq, source_raw: Mapping[str, torch.Tensor], d0=None, relative: bool = True, drive_eye: bool = True,
             blink_template=None, blink_idx=None, delta_pitch=None, delta_yaw=None, delta_roll=None,
             pose_strength: float = 1.0, exp_strength: float = 1.0, gaze_fix: Optional[bool] = None,
@@ -161,7 +166,46 @@ def compose_motion(seq, source_raw: Mapping[str, torch.Tensor], d0=None, relativ
     official random 60..100 drawn with ``blink_seed``); ``delta_*`` degree offsets
     (scalar or per frame); ``gaze_fix`` defaults to ``drive_eye``; ``v_min_max`` the optional clip.
     Returns ``{pitch, yaw, roll (T,) degrees, t (T, 3), exp (T, 21, 3), scale (T,)}``.
+
+    Long motions are composed :data:`COMPOSE_BLOCK` frames at a time into the result tensors.
     """
+    options = dict(relative=relative, drive_eye=drive_eye, blink_template=blink_template, pose_strength=pose_strength,
+                   exp_strength=exp_strength, gaze_fix=gaze_fix, v_min_max=v_min_max)
+    seq = _t(seq)
+    n = seq.shape[0]
+    if seq.ndim != 2 or n <= COMPOSE_BLOCK:
+        return _compose_block(seq, source_raw, d0, blink_idx=blink_idx, delta_pitch=delta_pitch, delta_yaw=delta_yaw,
+                              delta_roll=delta_roll, blink_open_n=blink_open_n, blink_seed=blink_seed, **options)
+    # what depends on the whole clip is settled first: the anchor, the blink rows and the per-frame offsets
+    if relative and d0 is None:
+        d0 = clip_motion(seq[:1], v_min_max)[0]
+    if drive_eye and blink_template is not None:
+        if blink_idx is None:
+            blink_idx = blink_indices(n, _t(blink_template).reshape(-1, 63).shape[0], blink_open_n, blink_seed)
+        blink_idx = torch.as_tensor(blink_idx).long().reshape(-1)
+        if blink_idx.numel() < n:
+            raise InputError(f"blink_idx has {blink_idx.numel()} entries for {n} frames")
+    deltas = {k: _per_frame(v, n) for k, v in (("delta_pitch", delta_pitch), ("delta_yaw", delta_yaw),
+                                                ("delta_roll", delta_roll))}
+    out: Dict[str, torch.Tensor] = {}
+    for b0 in range(0, n, COMPOSE_BLOCK):
+        b1 = min(b0 + COMPOSE_BLOCK, n)
+        part = _compose_block(seq[b0:b1], source_raw, d0,
+                              blink_idx=None if blink_idx is None else blink_idx[b0:b1],
+                              **{k: None if v is None else v[b0:b1] for k, v in deltas.items()}, **options)
+        for k, v in part.items():
+            if k not in out:
+                out[k] = torch.empty((n,) + tuple(v.shape[1:]), dtype=v.dtype)
+            out[k][b0:b1] = v
+    return out
+
+
+def _compose_block(seq, source_raw: Mapping[str, torch.Tensor], d0=None, relative: bool = True,
+                   drive_eye: bool = True, blink_template=None, blink_idx=None, delta_pitch=None, delta_yaw=None,
+                   delta_roll=None, pose_strength: float = 1.0, exp_strength: float = 1.0,
+                   gaze_fix: Optional[bool] = None, v_min_max=None, blink_open_n: Union[int, Sequence[int]] = 0,
+                   blink_seed: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """:func:`compose_motion` of frames that are composed in one piece."""
     seq = clip_motion(seq, v_min_max)
     d = split_vector(seq)
     n = seq.shape[0]

@@ -50,22 +50,63 @@ def as_conditions(cond: CondLike) -> Conditions:
                      "or a tuple (emo, eye_open, eye_ball, sc)")
 
 
+#: rows smoothed at a time by :func:`smooth_rows_` (a copy of this many rows is all it adds)
+SMOOTH_BLOCK = 1024
+
+
+def _smoothed(src: torch.Tensor, base: int, start: int, stop: int, n: int, half: int) -> torch.Tensor:
+    """Rows ``start..stop-1`` of a sequence of ``n`` rows smoothed over ``i - half .. i + half`` (truncated at the
+    ends), read from ``src`` = its unsmoothed rows ``base ..``. Each row is summed in the order of the reference
+    loop (first row, then + each next one) and divided by the window size: the same float results."""
+    out = torch.empty(stop - start, src.shape[1], dtype=src.dtype)
+    inner_lo, inner_hi = max(start, half), min(stop, n - half)  # rows whose window is not truncated
+    if inner_hi <= inner_lo:
+        inner_lo = inner_hi = stop
+    for i in list(range(start, inner_lo)) + list(range(inner_hi, stop)):
+        lo, hi = max(0, i - half), min(n, i + half + 1)
+        acc = src[lo - base]
+        for j in range(lo + 1, hi):
+            acc = acc + src[j - base]
+        out[i - start] = acc / (hi - lo)
+    if inner_hi > inner_lo:
+        width = 2 * half + 1
+        first = inner_lo - half - base
+        acc = src[first:first + inner_hi - inner_lo]
+        for d in range(1, width):
+            acc = acc + src[first + d:first + d + inner_hi - inner_lo]
+        out[inner_lo - start:inner_hi - start] = acc / width
+    return out
+
+
+def smooth_rows_(seq: torch.Tensor, start: int, stop: int, k: int = 3, dims: int = POSE_DIMS) -> torch.Tensor:
+    """:func:`smooth_rows` in place (returns ``seq``): the rows are done :data:`SMOOTH_BLOCK` at a time, each
+    block from a copy of its unsmoothed rows (plus the ``k // 2`` around it), so no copy of the whole
+    sequence is made."""
+    if k <= 1:
+        return seq
+    n = seq.shape[0]
+    half = k // 2
+    start, stop = max(start, 0), min(stop, n)
+    if stop <= start:
+        return seq
+    before = seq[max(0, start - half):start, :dims].clone()  # unsmoothed rows just before the block
+    b0 = start
+    while b0 < stop:
+        b1 = min(b0 + SMOOTH_BLOCK, stop)
+        lo, hi = max(0, b0 - half), min(n, b1 + half)
+        src = torch.cat([before, seq[b0:hi, :dims]])  # unsmoothed rows lo .. hi-1
+        before = src[max(lo, b1 - half) - lo:b1 - lo].clone()
+        seq[b0:b1, :dims] = _smoothed(src, lo, b0, b1, n, half)
+        b0 = b1
+    return seq
+
+
 def smooth_rows(seq: torch.Tensor, start: int, stop: int, k: int = 3, dims: int = POSE_DIMS) -> torch.Tensor:
     """Rows ``start..stop-1`` of (n, D) ``seq`` -> centred mean over ``k`` frames (truncated at the
     ends) of the unsmoothed values, dims ``:dims`` only. Returns a new tensor."""
     if k <= 1:
         return seq
-    n = seq.shape[0]
-    half = k // 2
-    out = seq.clone()
-    start, stop = max(start, 0), min(stop, n)
-    for i in range(start, stop):
-        lo, hi = max(0, i - half), min(n, i + half + 1)
-        acc = seq[lo, :dims]
-        for j in range(lo + 1, hi):
-            acc = acc + seq[j, :dims]
-        out[i, :dims] = acc / (hi - lo)
-    return out
+    return smooth_rows_(seq.clone(), start, stop, k, dims)
 
 
 class _Windows:
@@ -97,7 +138,8 @@ class _Windows:
             raise InputError(f"source vector must have {self.motion_dim} values, got {sv.numel()}")
         self.source_vec = sv
         self.kp_cond = sv.clone()
-        self.res: Optional[torch.Tensor] = None
+        self._buf: Optional[torch.Tensor] = None  # the fused result is _buf[:_len] (room to grow after it)
+        self._len = 0
         self.clip_idx = 0
         self.schedule = make_schedule(lmdm.alphas_cumprod, self.steps)
         shape = (1, self.seq_frames, self.motion_dim)
@@ -111,6 +153,25 @@ class _Windows:
             self.step_noise = draw_step_noise(self.steps, shape, generator)
             self._x_T = None
         self.progress = progress
+
+    @property
+    def res(self) -> Optional[torch.Tensor]:
+        """The fused result so far ``(n, 265)`` (None before the first window)."""
+        return None if self._buf is None else self._buf[:self._len]
+
+    @res.setter
+    def res(self, value: Optional[torch.Tensor]) -> None:
+        self._buf = value
+        self._len = 0 if value is None else int(value.shape[0])
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` result rows, so windows are fused in place (no copy of the result per window)."""
+        if self._buf is None:
+            self._buf = torch.empty(rows, self.motion_dim, dtype=torch.float32)
+        elif self._buf.shape[0] < rows:  # doubling: a stream that keeps growing copies its result rarely
+            grown = torch.empty(max(rows, 2 * self._buf.shape[0]), self._buf.shape[1], dtype=self._buf.dtype)
+            grown[:self._len] = self._buf[:self._len]
+            self._buf = grown
 
     def next_x_T(self) -> torch.Tensor:
         if self._x_T is not None:
@@ -129,17 +190,22 @@ class _Windows:
         """Sample one (L, C) window, fuse it into the result, update ``cond_frame``."""
         kp_cond = self.kp_cond.clone()
         pred = self.sample(cond_window)
-        if self.res is None:
-            self.res = smooth_rows(pred, 0, pred.shape[0], self.smooth_k)
+        if self._len == 0:
+            self.reserve(pred.shape[0])
+            self._buf[:pred.shape[0]] = pred
+            self._len = pred.shape[0]
+            smooth_rows_(self.res, 0, self._len, self.smooth_k)
         else:
-            res = self.res
-            r1s = res.shape[0] - self.fuse_length
+            n0 = self._len
+            r1s = n0 - self.fuse_length
             r2s = self.seq_frames - self.valid - self.fuse_length
             r2e = self.seq_frames - self.valid
-            fused = res[r1s:] * (1 - self.fuse_alpha) + pred[r2s:r2e] * self.fuse_alpha
-            res = torch.cat([res[:r1s], fused, pred[r2e:]], 0)
-            n = res.shape[0]
-            self.res = smooth_rows(res, n - self.valid - self.fuse_length, n - self.valid + 1, self.smooth_k)
+            fused = self._buf[r1s:n0] * (1 - self.fuse_alpha) + pred[r2s:r2e] * self.fuse_alpha
+            self.reserve(n0 + pred.shape[0] - r2e)
+            self._buf[r1s:n0] = fused
+            self._buf[n0:n0 + pred.shape[0] - r2e] = pred[r2e:]
+            self._len = n = n0 + pred.shape[0] - r2e
+            smooth_rows_(self.res, n - self.valid - self.fuse_length, n - self.valid + 1, self.smooth_k)
         self.clip_idx += 1
         idx = self.res.shape[0] - self.overlap
         prev = self.res[idx - 1]
@@ -191,26 +257,26 @@ def generate(lmdm, features, cond: CondLike, source_vec, steps: int = 50, guidan
     """
     feats = _features(features)
     conds = as_conditions(cond)
-    cond_all = conds(feats, 0)
-    if cond_all.shape[1] != lmdm.config["cond_dim"]:
-        raise InputError(f"the condition has {cond_all.shape[1]} values per frame but the model expects "
+    if conds.dim != lmdm.config["cond_dim"]:
+        raise InputError(f"the condition has {conds.dim} values per frame but the model expects "
                          f"{lmdm.config['cond_dim']} (use_emo/eye/sc flags?)")
     n = feats.shape[0]
     if n == 0:
         raise InputError("no audio feature frames")
-    bar = as_progress(progress, num_windows(n, overlap, lmdm.config["seq_frames"]) * steps)
+    windows = num_windows(n, overlap, lmdm.config["seq_frames"])
+    bar = as_progress(progress, windows * steps)
     gen = None if noise is not None else make_generator(seed, generator)
     win = _Windows(lmdm, source_vec, steps, guidance, overlap, overlap, smooth, fix_kp_cond, fix_kp_cond_dims,
                    gen, noise, progress=bar)
+    win.reserve(win.seq_frames + (windows - 1) * win.valid)  # the whole result, filled window by window
     idx = 0
-    while idx < n:
-        c = _pad_window(cond_all[idx:idx + win.seq_frames], win.seq_frames)
+    while idx < n:  # each window's conditions are built from its own features (no (n, 1103) copy of them all)
+        c = _pad_window(conds(feats[idx:idx + win.seq_frames], idx), win.seq_frames)
         win.run(c, trace)
         if trace is not None:
             trace[-1].update(start=idx, n_real=min(win.seq_frames, n - idx))
         idx += win.valid
-    res = win.res[:n]
-    return smooth_rows(res, 0, res.shape[0], smooth)
+    return smooth_rows_(win.res[:n], 0, n, smooth)
 
 
 class OnlineGenerator:
@@ -271,9 +337,9 @@ class OnlineGenerator:
         out = None
         if self._valid_start is None:   # first window: only the anchor d0
             self._valid_start = res.shape[0] - self._win.fuse_length
-            self.d0 = clip_motion(res[0], self.v_min_max)
+            self.d0 = clip_motion(res[0].clone(), self.v_min_max)
         else:
-            out = clip_motion(res[self._valid_start:self._valid_start + real], self.v_min_max)
+            out = clip_motion(res[self._valid_start:self._valid_start + real].clone(), self.v_min_max)
             self._valid_start += real
         self._local += real
         self._global += real
@@ -332,4 +398,4 @@ class OnlineGenerator:
         return out
 
 
-__all__ = ["OnlineGenerator", "as_conditions", "generate", "num_windows", "smooth_rows"]
+__all__ = ["OnlineGenerator", "as_conditions", "generate", "num_windows", "smooth_rows", "smooth_rows_"]

@@ -70,7 +70,7 @@ def generate_normalized(model, audio_or_features: AudioOrFeatures, cfg_scale: fl
     x_T = x_T.to(device=device, dtype=model.null_audio_feat.dtype)
 
     prev_motion = prev_audio = None
-    pieces: List[torch.Tensor] = []
+    motion = torch.empty(n_windows * L - n_pad, m, dtype=torch.float32)  # filled window by window
     win_motion: List[torch.Tensor] = []
     win_audio: List[torch.Tensor] = []
     for i, feat in enumerate(feats_iter):
@@ -91,8 +91,8 @@ def generate_normalized(model, audio_or_features: AudioOrFeatures, cfg_scale: fl
             win_motion.append(x0[0].float().cpu())
             win_audio.append(feat[0].float().cpu())
         keep = x0[0, :L - n_pad] if (last and n_pad > 0) else x0[0]
-        pieces.append(keep.float().cpu())
-    out: Dict[str, object] = {"motion": torch.cat(pieces, dim=0), "n_pad_frames": n_pad}
+        motion[i * L:i * L + keep.shape[0]] = keep
+    out: Dict[str, object] = {"motion": motion, "n_pad_frames": n_pad}
     if return_windows:
         out["window_motion"] = torch.stack(win_motion)
         out["window_audio_feat"] = torch.stack(win_audio)
