@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import wave
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
+from typing import BinaryIO, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ import torch
 from .audio import Audio, ffmpeg_exe, fit_length, from_comfy, samples_for_frames
 from .errors import InputError, TalkingHeadError
 from .files import atomic_write, new_file_mode
+from .frames import FrameStream
 from .progress import Progress, ProgressFn
 
 _NAME_RE = re.compile(r"^(?P<base>.+)_(?P<n>\d{5,})_\.(?P<ext>[A-Za-z0-9]+)$")
@@ -317,7 +318,6 @@ def write_video(path, frames, fps: float = 25.0, audio=None, crf: int = 19, pres
     ``min_frames``: hold the last frame until the video has at least this many frames (e.g. a
     still portrait over a whole speech: ``audio.num_video_frames(audio, fps)``).
     """
-    from .frames import FrameStream
 
     expected: Optional[int] = None
     if isinstance(frames, (FrameStream, torch.Tensor, np.ndarray)):
@@ -364,6 +364,106 @@ def read_frames(path: Union[str, os.PathLike]) -> Iterator[np.ndarray]:
     w, h = meta["size"]
     for raw in gen:
         yield np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+
+
+def count_frames(path: Union[str, os.PathLike]) -> int:
+    """The frames ffmpeg decodes from a video file's first video stream (a decoding pass, no colour conversion)."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    try:
+        count, _ = imageio_ffmpeg.count_frames_and_secs(str(path.resolve()))
+    except (RuntimeError, OSError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise InputError(f"could not decode video file '{path.name}': {lines[-1] if lines else exc}") from exc
+    if not count:
+        raise InputError(f"video file '{path.name}' has no frames")
+    return int(count)
+
+
+def video_stream(path: Union[str, os.PathLike], batch_size: int = 16, label: Optional[str] = None,
+                 fps: Optional[float] = None) -> FrameStream:
+    """A video file as a :class:`~core.frames.FrameStream`: its frame count, size and rate are read now (one
+    decoding pass to count), the frames are decoded each time the stream is pulled, ``batch_size`` at a time,
+    into float 0..1 IMAGE batches - the same frames :func:`load_video` gives, without ever holding them all."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video file not found: {path}")
+    source_path = str(path.resolve())
+    try:
+        gen = imageio_ffmpeg.read_frames(source_path, pix_fmt="rgb24")
+        meta = next(gen)
+    except (RuntimeError, OSError, StopIteration) as exc:
+        lines = str(exc).strip().splitlines()
+        raise InputError(f"could not decode video file '{path.name}': {lines[-1] if lines else exc}") from exc
+    finally:
+        if "gen" in locals():
+            gen.close()
+    w, h = (int(v) for v in meta["size"])
+    rate = float(fps if fps is not None else (meta.get("fps") or 25.0))
+    count = count_frames(path)
+    step = max(int(batch_size), 1)
+
+    def source() -> Iterator[torch.Tensor]:
+        frames = imageio_ffmpeg.read_frames(source_path, pix_fmt="rgb24")
+        try:
+            next(frames)
+            held = []
+            for raw in frames:
+                held.append(np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3))
+                if len(held) == step:
+                    yield torch.from_numpy(np.stack(held)).float().div_(255.0)
+                    held = []
+            if held:
+                yield torch.from_numpy(np.stack(held)).float().div_(255.0)
+        finally:
+            frames.close()  # stops ffmpeg when the pull ends early (a cancel, an error downstream)
+
+    return FrameStream(source, count, h, w, rate, label or f"the frames of '{path.name}'")
+
+
+def open_video(source: Union[str, os.PathLike, BinaryIO], label: Optional[str] = None, fps: Optional[float] = None,
+               folder: Optional[Union[str, os.PathLike]] = None, batch_size: int = 16) -> Tuple[FrameStream, Optional[Audio]]:
+    """A video file's frames as a :class:`~core.frames.FrameStream` (:func:`video_stream`) and its sound track
+    (None when it has none; a damaged one is :class:`~core.audio.NonFiniteAudioError`).
+
+    ``source``: a path, or a file object holding the video (ComfyUI's uploaded ``BytesIO``): that is written once
+    to a temporary file in ``folder`` (default the system's), deleted when the stream is."""
+    from .audio import NonFiniteAudioError, load_audio
+
+    spilled = None
+    if not isinstance(source, (str, os.PathLike)):
+        import shutil
+        import weakref
+
+        source.seek(0)
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        handle, spilled = tempfile.mkstemp(suffix=".video", prefix="talkinghead_", dir=folder)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        except BaseException:
+            os.unlink(spilled)
+            raise
+        source, label = spilled, label or "the frames of the video"
+    try:
+        stream = video_stream(source, batch_size, label, fps)
+        try:
+            audio = load_audio(source)
+        except NonFiniteAudioError:
+            raise
+        except InputError:  # no sound track: a silent video
+            audio = None
+    except BaseException:
+        if spilled:
+            os.unlink(spilled)
+        raise
+    if spilled:
+        weakref.finalize(stream, os.unlink, spilled)
+    return stream, audio
 
 
 def load_video(path: Union[str, os.PathLike], max_frames: int = 100_000) -> Tuple[torch.Tensor, float]:

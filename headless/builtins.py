@@ -15,7 +15,6 @@ import torch
 from ..core import audio as core_audio
 from ..core import image as core_image
 from ..core import video as core_video
-from ..core.errors import InputError
 from ..core.files import atomic_write
 from ..core.host import HOST
 from ..core.host_files import (IMAGE_EXTENSIONS, file_metadata, list_input_files, resolve_input_file, save_path,
@@ -106,7 +105,7 @@ class PreviewImage(SaveImage):
 
 
 class HeadlessVideo:
-    """The part of ComfyUI's VideoInput our runner needs: components, dimensions, duration."""
+    """The part of ComfyUI's VideoInput our runner needs, for frames already in memory (CreateVideo)."""
 
     def __init__(self, images, audio=None, frame_rate=Fraction(25)) -> None:
         self.images, self.audio, self.frame_rate = images, audio, Fraction(frame_rate)
@@ -117,8 +116,43 @@ class HeadlessVideo:
     def get_dimensions(self):
         return int(self.images.shape[2]), int(self.images.shape[1])
 
+    def get_frame_rate(self) -> Fraction:
+        return self.frame_rate
+
     def get_duration(self) -> float:
         return float(self.images.shape[0] / self.frame_rate)
+
+
+class HeadlessVideoFile:
+    """ComfyUI's VideoFromFile as far as our runner needs it: a video file whose frames are decoded only when asked
+    for (``get_components`` decodes them all, as ComfyUI's does; the pack's VideoFrames streams them from
+    ``get_stream_source``). The sound track is read at once, so a damaged one is an error at LoadVideo."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        # reads the size and rate and counts the frames; a damaged sound track is an error, a missing one None
+        self.stream, sound = core_video.open_video(path)
+        self.frame_rate = Fraction(self.stream.fps).limit_denominator(1001)
+        self.audio = None if sound is None else core_audio.to_comfy(sound)
+
+    def get_stream_source(self) -> str:
+        return str(self.path)
+
+    def get_components(self):
+        images, _ = core_video.load_video(self.path)
+        return {"images": images, "audio": self.audio, "frame_rate": self.frame_rate}
+
+    def get_dimensions(self):
+        return self.stream.width, self.stream.height
+
+    def get_frame_rate(self) -> Fraction:
+        return self.frame_rate
+
+    def get_frame_count(self) -> int:
+        return self.stream.count
+
+    def get_duration(self) -> float:
+        return float(self.stream.count / self.frame_rate)
 
 
 class CreateVideo:
@@ -151,15 +185,7 @@ class LoadVideo:
         return validate_input_file(file, "video file")
 
     def execute(self, file):
-        path = resolve_input_file(file, "video file")
-        frames, fps = core_video.load_video(path)
-        try:
-            audio = core_audio.to_comfy(core_audio.load_audio(path))
-        except core_audio.NonFiniteAudioError:  # a track that is there but damaged is not silently dropped
-            raise
-        except InputError:  # no audio track
-            audio = None
-        return (HeadlessVideo(frames, audio, Fraction(fps).limit_denominator(1001)),)
+        return (HeadlessVideoFile(resolve_input_file(file, "video file")),)
 
 
 class GetVideoComponents:

@@ -11,11 +11,11 @@ from ..core import face as core_face
 from ..core import frames as core_frames
 from ..core import liveportrait as lp
 from ..core.cache import CACHE
-from ..core.errors import FramesTooLargeError
+from ..core.errors import FramesTooLargeError, InputError
 from ..core.face import get_detector
 from ..core.files import atomic_write
 from ..core.frames import FrameStream
-from ..core.liveportrait.crop import crop_driving_video
+from ..core.liveportrait.crop import crop_driving_stream, crop_driving_video
 from ..core.liveportrait.pipeline import LivePortraitSet, render_images, render_stream
 from . import specs
 from .base import (FRAMES_TYPE, LIVEPORTRAIT_TYPE, MOTION_TYPE, image_output, linked_outputs, list_input_files,
@@ -95,8 +95,7 @@ class LivePortraitExtractMotion:
     INPUTS = {
         "required": {
             "liveportrait": specs.liveportrait(),
-            "driving": ("IMAGE", {"tooltip": "The driving video (a batch of frames)."}),
-            "fps": specs.fps("Frame rate of the driving video (connect GetVideoComponents' fps)."),
+            "fps": specs.fps("Frame rate of the driving video (connect VideoFrames' or GetVideoComponents' fps)."),
             "crop": (CROP_CHOICES, {"default": CROP_CHOICES[0],
                                     "tooltip": "Find the face (one box for the whole video, as LivePortrait does), "
                                                "or use the frames as they are when they already are face crops."}),
@@ -105,14 +104,27 @@ class LivePortraitExtractMotion:
                                                                  "LivePortrait set runs)."}),
             "batch_size": specs.batch_size(8, 128, "Frames per forward pass."),
         },
+        "optional": {
+            "driving_frames": specs.frames("The driving video as a frame stream (VideoFrames' frame_stream): read "
+                                           "batch by batch, so memory stays the same whatever its length. Connect "
+                                           "this or driving."),
+            "driving": ("IMAGE", {"tooltip": "The driving video as one IMAGE batch (GetVideoComponents' images). "
+                                             "Connect this or driving_frames."}),
+        },
     }
 
-    def run(self, liveportrait, driving, fps, crop, detector, batch_size):
+    def run(self, liveportrait, driving=None, fps=25.0, crop=CROP_CHOICES[0], detector=core_face.DETECTOR_CHOICES[0],
+            batch_size=8, driving_frames=None):
+        if (driving is None) == (driving_frames is None):
+            raise InputError("LivePortraitExtractMotion needs its driving video from one input: connect either "
+                             "driving_frames (a frame stream) or driving (an IMAGE batch)"
+                             + (", not both" if driving is not None else ""))
         models = liveportrait.models()
-        frames = driving
+        frames = driving if driving is not None else driving_frames
         if crop == CROP_CHOICES[0]:
             found = get_detector(detector, liveportrait.device, liveportrait.download)
-            frames = crop_driving_video(driving, found, models.input_size, device=liveportrait.device)
+            cut = crop_driving_video if driving is not None else crop_driving_stream
+            frames = cut(frames, found, models.input_size, device=liveportrait.device)
         motion = lp.extract_motion(models, frames, fps=fps, batch_size=batch_size, device=liveportrait.device,
                                    precision=liveportrait.precision, size=models.input_size,
                                    progress=progress("LivePortraitExtractMotion"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 import torch
 
 from ..core import audio as core_audio
-from ..core import resize, video
+from ..core import resize
+from ..core import video as core_video
 from ..core.device import resolve_device
 from ..core.errors import InputError
 from ..core.frames import FrameStream
+from ..core.host import HOST
 from ..core.progress import Progress
 from . import specs
 from .base import (FRAMES_TYPE, file_metadata, image_output, linked_outputs, progress, register, save_path,
@@ -99,6 +101,35 @@ class ResizePad256:
         return (out, stream)
 
 
+@register("VideoFrames", category="video")
+class VideoFrames:
+    """A video (LoadVideo's VIDEO) as a frame stream: the frames are decoded batch by batch each time the next node
+    pulls them, so a driving video of any length takes a few batches of memory (GetVideoComponents decodes the whole
+    video into one IMAGE batch). Also gives the video's sound and frame rate, as GetVideoComponents does."""
+    OUTPUTS = (
+        ("frame_stream", FRAMES_TYPE, "The video's frames as a frame stream (FOMAnimate's driving_frames, "
+                                      "ResizePad256's frames, LivePortraitExtractMotion's driving_frames, ...)."),
+        ("audio", "AUDIO", "The video's sound track (nothing when it has none)."),
+        ("fps", "FLOAT", "The video's frame rate."),
+    )
+    INPUTS = {
+        "required": {
+            "video": ("VIDEO", {"tooltip": "A video, e.g. from LoadVideo."}),
+        },
+    }
+
+    def run(self, video):
+        source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+        label = "VideoFrames' frames"
+        if source is None:  # frames in memory already (CreateVideo's VIDEO, an older ComfyUI)
+            parts = video.get_components()
+            rate = float(parts["frame_rate"])
+            return (FrameStream.from_images(parts["images"], rate, label=label), parts["audio"], rate)
+        rate = float(video.get_frame_rate()) if hasattr(video, "get_frame_rate") else None
+        stream, sound = core_video.open_video(source, label, rate, folder=HOST.temp_dir())
+        return (stream, None if sound is None else core_audio.to_comfy(sound), float(stream.fps))
+
+
 @register("MuxVideo", category="video")
 class MuxVideo:
     """Write frames and (optionally) audio to an mp4 (H.264 yuv420p + AAC) in the output folder. Frames stream into
@@ -149,7 +180,7 @@ class MuxVideo:
         total = len(source)
         if extend_to_audio and track is not None:
             total = max(total, core_audio.num_video_frames(track, fps))
-        video.write_video(path, source, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
+        core_video.write_video(path, source, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
                           metadata=file_metadata(prompt, extra_pnginfo),
                           progress=progress("MuxVideo"))
         return {"ui": video_preview(filename, subfolder, kind), "result": (str(path),)}

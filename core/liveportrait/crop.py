@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..frames import FrameStream
 from ..face import NO_FACE_MESSAGE, CropRecord, crop_image, pick_largest
 from .load import OUTPUT_SIZE
 
@@ -103,23 +104,49 @@ def record_from_box(box, full_hw: Sequence[int], size: int, scale: float = SOURC
     return crop_from_box(box, full_hw, size, scale=scale, vy=vy * scale)
 
 
-def crop_driving_video(frames: torch.Tensor, detector, size: int, device=None) -> torch.Tensor:
-    """A driving video cut to LivePortrait's driving crop, one box for the whole video.
+def _detect_picks(count: int) -> np.ndarray:
+    """The frames (indices) the driving video's face is looked for in: up to :data:`DRIVING_DETECT_FRAMES`,
+    evenly spaced, first and last included."""
+    return np.unique(np.linspace(0, count - 1, min(DRIVING_DETECT_FRAMES, count)).round().astype(int))
 
-    ``frames``: IMAGE ``[T, H, W, 3]``; ``detector``: a :class:`core.face.FaceDetector`. The face is
-    looked for in up to :data:`DRIVING_DETECT_FRAMES` evenly spaced frames; the largest face's box
-    of each frame where one is found is averaged, and that box gives one crop
-    (:func:`record_from_box` with :data:`DRIVING_SCALE` / :data:`DRIVING_VY`, or the box as is
-    when the detector's boxes already are the crop) that every frame is cut to: ``[T, size, size, 3]``
-    float32 on the CPU, black where the square runs past the frame. ``device``: where the crops are
-    resampled. No face in any of those frames: :class:`InputError` naming the fallback detectors.
-    """
-    count = frames.shape[0]
-    picks = np.unique(np.linspace(0, count - 1, min(DRIVING_DETECT_FRAMES, count)).round().astype(int))
-    boxes = [pick_largest(found).box for found in (detector.detect(frames[i]) for i in picks) if found]
+
+def driving_record(picked: Sequence[torch.Tensor], frame_hw: Tuple[int, int], detector, size: int) -> CropRecord:
+    """The one crop for a whole driving video from the frames it was looked for in (``[H, W, 3]`` each): the
+    largest face's box of each frame where one is found, averaged, then :func:`record_from_box` with
+    :data:`DRIVING_SCALE` / :data:`DRIVING_VY` (or the box as is when the detector's boxes already are the crop).
+    No face in any of them: :class:`InputError` naming the fallback detectors."""
+    boxes = [pick_largest(found).box for found in (detector.detect(frame) for frame in picked) if found]
     if not boxes:
         raise InputError(NO_FACE_MESSAGE.replace("the image", "the driving video"))
     box = np.mean(np.asarray(boxes, dtype=np.float64), axis=0)
-    record = record_from_box(box, tuple(frames.shape[1:3]), size, DRIVING_SCALE, DRIVING_VY,
-                             getattr(detector, "is_face_box", True))
+    return record_from_box(box, tuple(frame_hw), size, DRIVING_SCALE, DRIVING_VY,
+                           getattr(detector, "is_face_box", True))
+
+
+def crop_driving_video(frames: torch.Tensor, detector, size: int, device=None) -> torch.Tensor:
+    """A driving video cut to LivePortrait's driving crop, one box for the whole video.
+
+    ``frames``: IMAGE ``[T, H, W, 3]``; ``detector``: a :class:`core.face.FaceDetector`. The box comes from
+    :func:`driving_record` over the frames :func:`_detect_picks` chooses; every frame is cut to it:
+    ``[T, size, size, 3]`` float32 on the CPU, black where the square runs past the frame. ``device``: where the
+    crops are resampled.
+    """
+    record = driving_record([frames[i] for i in _detect_picks(frames.shape[0])], frames.shape[1:3], detector, size)
     return crop_image(frames, record, padding_mode="zeros", device=device)
+
+
+def crop_driving_stream(frames: FrameStream, detector, size: int, device=None) -> FrameStream:
+    """:func:`crop_driving_video` for a :class:`~core.frames.FrameStream`: one pull now keeps only the frames the
+    face is looked for in (a few), the box is found, and the returned stream cuts each batch to it as it is
+    pulled - the same frames as the IMAGE version, with a batch in memory instead of the video."""
+    picks = set(int(i) for i in _detect_picks(frames.count))
+    picked, start = [], 0
+    for batch in frames:
+        picked += [batch[i - start].clone() for i in range(start, start + int(batch.shape[0])) if i in picks]
+        start += int(batch.shape[0])
+    if frames.count == 0:
+        raise InputError("the driving video has no frames")
+    record = driving_record(picked, (frames.height, frames.width), detector, size)
+    del picked
+    return frames.map(lambda batch: crop_image(batch, record, padding_mode="zeros", device=device), size, size,
+                      f"{frames.label}, cut to the face")

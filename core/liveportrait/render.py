@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 
 from ..device import autocast, full_precision, resolve_device, resolve_dtype
 from ..errors import InputError
+from ..frames import FrameStream
 from ..progress import Progress, ProgressFn
 from ..resize import image_to_square_nchw
 from . import kinematics as K
@@ -109,21 +110,26 @@ def portrait_source(models: LivePortraitModels, portrait, device=None, precision
 
 
 @torch.inference_mode()
-def extract_motion(models: LivePortraitModels, frames: torch.Tensor, fps: float = 25.0, batch_size: int = 8,
-                   device=None, precision: str = "fp32", size: Optional[int] = None,
+def extract_motion(models: LivePortraitModels, frames: Union[torch.Tensor, FrameStream], fps: float = 25.0,
+                   batch_size: int = 8, device=None, precision: str = "fp32", size: Optional[int] = None,
                    progress: Optional[ProgressFn] = None) -> Motion:
-    """Driving face crops IMAGE ``[T,H,W,3]`` -> their :class:`Motion` (video-driven mode), resized to
-    ``size`` (default the models' :attr:`~.load.LivePortraitModels.input_size`)."""
+    """Driving face crops -> their :class:`Motion` (video-driven mode), resized to ``size`` (default the models'
+    :attr:`~.load.LivePortraitModels.input_size`). ``frames``: an IMAGE ``[T,H,W,3]`` or a
+    :class:`~core.frames.FrameStream` (pulled ``batch_size`` frames at a time: only the motion, a few hundred
+    bytes a frame, is kept)."""
     dev = resolve_device(device)
     size = models.input_size if size is None else size
-    n = int(frames.shape[0])
+    n = len(frames) if isinstance(frames, FrameStream) else int(frames.shape[0])
     if n == 0:
         raise InputError("the driving video has no frames")
+    batch_size = max(int(batch_size), 1)
+    batches = frames.batches(batch_size) if isinstance(frames, FrameStream) else \
+        (frames[i:i + batch_size] for i in range(0, n, batch_size))
     bar = Progress(-(-n // batch_size), progress)
     parts = []
     with autocast(dev, resolve_dtype(precision, dev)):
-        for i in range(0, n, batch_size):
-            parts.append(motion_info(models, to_input(frames[i:i + batch_size], size, dev)))
+        for batch in batches:
+            parts.append({k: v.to("cpu") for k, v in motion_info(models, to_input(batch, size, dev)).items()})
             bar.step()
     info = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return Motion.from_kp_info(info, fps=fps)

@@ -156,7 +156,11 @@ class SDAStream:
 
     @property
     def audio(self) -> Audio:
-        return Audio(self.inputs.speech.clamp(-1.0, 1.0)[None], self.model.config.audio_rate)
+        speech = self.inputs.speech
+        low, high = torch.aminmax(speech) if speech.numel() else (speech.new_zeros(()), speech.new_zeros(()))
+        if low >= -1.0 and high <= 1.0:  # nothing to clip: the speech itself (no copy of a long track)
+            return Audio(speech[None], self.model.config.audio_rate)
+        return Audio(speech.clamp(-1.0, 1.0)[None], self.model.config.audio_rate)
 
     @property
     def audio_i16(self) -> np.ndarray:
