@@ -113,13 +113,15 @@ def _even_pad(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
-def _write_wav(path: Path, audio: Audio) -> None:
-    pcm = (audio.waveform.clamp(-1, 1).numpy().T * 32767.0).round().astype("<i2")
+def _write_wav(path: Path, audio: Audio, block: int = 1 << 18) -> None:
+    """16-bit PCM, converted ``block`` samples at a time (a long 48 kHz stereo track is never copied whole)."""
     with wave.open(str(path), "wb") as w:
         w.setnchannels(audio.channels)
         w.setsampwidth(2)
         w.setframerate(audio.sample_rate)
-        w.writeframes(pcm.tobytes())
+        for start in range(0, audio.num_samples, block):
+            part = audio.waveform[:, start:start + block].clamp(-1, 1).numpy().T * 32767.0
+            w.writeframes(part.round().astype("<i2").tobytes())
 
 
 def _ffmetadata(meta: Mapping[str, str]) -> str:

@@ -184,6 +184,19 @@ class Server:
                           if p.name.startswith(".") or ".partial" in p.name or p.name.startswith(".download-")]
         if self.tmp.is_dir():
             found += [str(p) for p in self.tmp.iterdir() if p.name.startswith("talkinghead")]
+        return found + [f"ffmpeg process {pid}" for pid in self.ffmpeg_children()]
+
+    def ffmpeg_children(self) -> list:
+        """ffmpeg processes the server started and did not end (an encoder or decoder left running by a cancel)."""
+        found = []
+        for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+            try:
+                stat = (entry / "stat").read_text()
+            except (OSError, ValueError):
+                continue
+            name, fields = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:].split()
+            if len(fields) > 1 and fields[1] == str(self.proc.pid) and "ffmpeg" in name:
+                found.append(int(entry.name))
         return found
 
 
@@ -494,6 +507,10 @@ CANCEL_CASES = {
     # frame_stream (so in MuxVideo, with its hidden .partial file to remove)
     "render": ("liveportrait_procedural", {"portrait": {"detector": "center"}, "audio": {"audio": LONG_SPEECH},
                                             "video": {"filename_prefix": "TalkingHead/cancel_render"}}, "video"),
+    # three streams in a chain: MuxVideo pulls FOMAnimate's frame_stream, which pulls ResizePad256's, which pulls
+    # SDABase's; the interrupt lands between batches, in MuxVideo, which must remove its hidden .partial file
+    "classic": ("classic_sda_fom", {**WORKFLOW_CASES["classic_sda_fom"].overrides, "audio": {"audio": LONG_SPEECH},
+                                    "video": {"filename_prefix": "TalkingHead/cancel_classic"}}, "video"),
     # a still 1024x1024 frame held over the speech, encoded slowly: the interrupt lands while MuxVideo
     # streams into its hidden .partial file, which must go away
     "mux": ("portrait_still_video", {"audio": {"audio": LONG_SPEECH}, "resize": {"size": 1024},
