@@ -43,7 +43,7 @@ def test_pack_loads_from_odd_folder_name_with_complete_specs(pack):
                              "TalkingHead_LivePortraitExtractMotion", "TalkingHead_SaveMotion",
                              "TalkingHead_LoadMotion", "TalkingHead_ProceduralMotion",
                              "TalkingHead_AudioToEmbedding", "TalkingHead_MotionDiT",
-                             "TalkingHead_JoinSegments", "TalkingHead_SDABase"}
+                             "TalkingHead_JoinSegments", "TalkingHead_SDABase", "TalkingHead_VideoFrames"}
     assert names["TalkingHead_ResizePad256"] == "ResizePad256" and names["TalkingHead_MuxVideo"] == "MuxVideo"
     assert names["TalkingHead_LoadPortrait"] == "LoadPortrait"
     for node_id, cls in mappings.items():
