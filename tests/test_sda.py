@@ -133,14 +133,22 @@ def test_speech_resample_scale_and_windows():
         sda.audio_windows(torch.zeros(cfg.cutting_stride - 1), cfg)
 
 
-def test_fft_resample_is_scipy_bit_for_bit():
-    """The lean FFT resampler does scipy.signal.resample's operations on the same numbers: equal, not close."""
+def test_fft_resample_is_scipys():
+    """The lean FFT resampler does scipy.signal.resample's operations on the same numbers: equal with the scipy of
+    this machine's newest install (which scales the spectrum before the inverse FFT), and within float64 rounding
+    of older ones (which scale the result after it): one multiplication by num / n apart, a few ulps of the
+    signal's peak."""
+    import scipy
     from scipy import signal
 
     rng = np.random.default_rng(0)
     for n, num in ((16000, 50000), (16001, 50003), (44100, 50000), (96001, 49999), (48000, 50000), (7, 20)):
         x = rng.standard_normal(n)
-        assert np.array_equal(sda.preprocess.fft_resample(x.copy(), num), signal.resample(x, num)), (n, num)
+        got, want = sda.preprocess.fft_resample(x.copy(), num), signal.resample(x, num)
+        assert got.dtype == want.dtype == np.float64 and got.shape == want.shape
+        assert np.max(np.abs(got - want)) <= 64 * np.finfo(np.float64).eps * np.max(np.abs(want)), (n, num)
+        if tuple(int(v) for v in scipy.__version__.split(".")[:2]) >= (1, 17):
+            assert np.array_equal(got, want), (n, num)
 
 
 def test_long_speech_is_resampled_block_by_block_like_the_fft():

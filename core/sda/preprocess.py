@@ -19,7 +19,7 @@ Face
 
 Speech (:func:`speech_from_audio`)
     ``scipy.signal.resample`` (FFT resampling of the whole clip) to ``audio_rate`` when the rate
-    differs (:func:`fft_resample`, equal to it bit for bit in half the memory), divided by
+    differs (:func:`fft_resample`, the same computation in half the memory), divided by
     ``np.iinfo(dtype).max`` (32767 for int16). Up to :data:`EXACT_RESAMPLE_SECONDS` this is the
     official method exactly: the model was used with scipy's FFT resampler, whose numbers differ
     from soxr's by far more than float tolerance (band edge, and the FFT method's periodic wrap at
@@ -284,8 +284,9 @@ EXACT_RESAMPLE_SECONDS = 120
 
 
 def fft_resample(x: np.ndarray, num: int) -> np.ndarray:
-    """``scipy.signal.resample(x, num)`` for a 1-D signal, equal to it bit for bit (the same FFTs on the same
-    numbers), in about half its memory: the spectrum is scaled straight into the zero-padded buffer the inverse
+    """``scipy.signal.resample(x, num)`` for a 1-D signal (the same FFTs on the same numbers: equal bit for bit to
+    scipy 1.17's, within a float64 rounding of older versions, which scale after the inverse FFT), in about half
+    its memory: the spectrum is scaled straight into the zero-padded buffer the inverse
     FFT reads and overwrites, so ten minutes of speech at 50 kHz peak at two float64 copies of the result instead of
     four (the official code resamples the whole utterance at once; that is kept, as its result depends on it)."""
     from scipy import fft as sp_fft
