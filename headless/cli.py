@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -194,6 +196,24 @@ def cmd_convert(args, registry: Dict[str, type]) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """Raised in the main thread when the process gets SIGTERM (``kill``, ``timeout``, a job scheduler or a
+    container stopping), so that the run unwinds like a cancel: ffmpeg stopped, temporary files removed. A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way turns it into an error."""
+
+
+def _stop_on_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into :class:`Terminated` while the command runs; returns what puts the old handler back.
+    (Python's default ends the process at once, leaving a running ffmpeg and a hidden ``.partial`` file.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[], Dict[str, type]]] = None,
          upgrader=None) -> int:
     """The command line. ``registry_factory()`` gives the node classes; ``upgrader`` (the pack's
@@ -206,6 +226,7 @@ def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[
         _parser().print_help()
         return 2
     debug = getattr(args, "debug", False)
+    restore = _stop_on_sigterm()
     try:
         _configure(args)
         if args.command == "run":
@@ -222,6 +243,9 @@ def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[
         for node_id, cls in sorted(registry_factory().items()):
             print(f"{node_id:40s} {getattr(cls, 'DISPLAY_NAME', node_id)}")
         return 0
+    except Terminated:
+        print("\nstopped (SIGTERM)", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
     except (Cancelled, KeyboardInterrupt):
         print("\ncancelled", file=sys.stderr)
         return 130
@@ -230,3 +254,5 @@ def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        restore()

@@ -401,3 +401,54 @@ def test_portrait_file_is_not_required_when_an_image_is_connected(cli, monkeypat
     del prompt["1"]["inputs"]["image_in"]               # no IMAGE connected: the file must exist
     with pytest.raises(runner.GraphError, match="portrait.png"):
         runner.validate(prompt, reg)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is a POSIX signal")
+def test_sigterm_stops_the_run_and_leaves_nothing_behind(tmp_path):
+    """`kill`, `timeout` or a container stopping sends SIGTERM: the run unwinds like a cancel (exit code 143), with
+    no mp4, no hidden .partial file and no ffmpeg left running, instead of Python's default of dying on the spot."""
+    import signal
+    import time
+    import wave
+
+    import numpy as np
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(EXAMPLES / "portrait.png", inputs / "portrait.png")
+    with wave.open(str(EXAMPLES / "speech.wav"), "rb") as src:
+        rate, width, channels = src.getframerate(), src.getsampwidth(), src.getnchannels()
+        speech = src.readframes(src.getnframes())
+    with wave.open(str(inputs / "long.wav"), "wb") as dst:  # ~60 s: a run that is still encoding when killed
+        dst.setframerate(rate), dst.setsampwidth(width), dst.setnchannels(channels)
+        dst.writeframes(speech * max(1, int(np.ceil(60 * rate * width * channels / len(speech)))))
+    cmd = [sys.executable, str(ROOT / "run.py"), str(WORKFLOW), "--input-dir", str(inputs), "--quiet",
+           "--set", "audio.audio=long.wav", "--set", "resize.size=1024", "--set", "video.preset=veryslow"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "output").rglob("*.partial*")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never started writing its video"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped (SIGTERM)" in err, err
+    assert outputs(tmp_path) == [] and not list((tmp_path / "output").rglob("*.partial*"))
+    assert _processes_mentioning(tmp_path) == [], "an ffmpeg started by the run is still running"
+
+
+def _processes_mentioning(path) -> list:
+    """Running processes whose command line names ``path`` (Linux; nothing elsewhere)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:  # it ended while we looked
+            continue
+        if str(path) in text:
+            found.append(text)
+    return found
