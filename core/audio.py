@@ -157,6 +157,18 @@ def load_audio(path: Union[str, os.PathLike], max_seconds: Optional[float] = DEF
 TRUNCATION_TOLERANCE_S = 0.01
 
 
+
+def load_audio_track(path: Union[str, os.PathLike]) -> Optional[Audio]:
+    """The sound track of a video (or any media) file, or None when it has none. A track that is there but damaged
+    (NaN/inf samples) is :class:`NonFiniteAudioError`, never silently dropped."""
+    try:
+        return load_audio(path)
+    except NonFiniteAudioError:
+        raise
+    except InputError:  # no sound track: a silent video
+        return None
+
+
 def _wav_declared_seconds(path: Path) -> Optional[float]:
     """Seconds the RIFF header's data chunk declares, when the file holds fewer bytes than that
     (a download or copy that stopped early); None when the file is whole or the size is unknown.

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import wave
+import weakref
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
@@ -357,15 +359,44 @@ def _held(batches: Iterable, n: int, total: int, chunk: int) -> Iterator:
 
 
 # ------------------------------------------------------------------------ reading / probing
-def read_frames(path: Union[str, os.PathLike]) -> Iterator[np.ndarray]:
-    """Decode a video to uint8 RGB frames ``[H,W,3]`` one at a time."""
+def _decode_error(path: Path, exc: BaseException) -> InputError:
+    lines = str(exc).strip().splitlines()
+    return InputError(f"could not decode video file '{path.name}': {lines[-1] if lines else exc}")
+
+
+def _open_decoder(path: Union[str, os.PathLike]):
+    """ffmpeg decoding ``path`` to rgb24: ``(frames, width, height, fps)``, ``frames`` an iterator of raw frames
+    (close it to stop ffmpeg). A missing or undecodable file is an :class:`InputError` naming it."""
     import imageio_ffmpeg
 
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    meta = next(gen)
-    w, h = meta["size"]
-    for raw in gen:
-        yield np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video file not found: {path}")
+    frames = imageio_ffmpeg.read_frames(str(path.resolve()), pix_fmt="rgb24")
+    try:
+        meta = next(frames)
+    except (RuntimeError, OSError, StopIteration) as exc:
+        frames.close()
+        raise _decode_error(path, exc) from exc
+    w, h = (int(v) for v in meta["size"])
+    return frames, w, h, float(meta.get("fps") or 25.0)
+
+
+def read_frames(path: Union[str, os.PathLike]) -> Iterator[np.ndarray]:
+    """Decode a video to uint8 RGB frames ``[H,W,3]`` one at a time (closing the iterator stops ffmpeg)."""
+    frames, w, h, _ = _open_decoder(path)
+    try:
+        for raw in frames:
+            yield np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3)
+    finally:
+        frames.close()
+
+
+def video_info(path: Union[str, os.PathLike]) -> Tuple[int, int, float]:
+    """``(width, height, fps)`` of a video file, from its header (nothing is decoded)."""
+    frames, w, h, fps = _open_decoder(path)
+    frames.close()
+    return w, h, fps
 
 
 def count_frames(path: Union[str, os.PathLike]) -> int:
@@ -376,8 +407,7 @@ def count_frames(path: Union[str, os.PathLike]) -> int:
     try:
         count, _ = imageio_ffmpeg.count_frames_and_secs(str(path.resolve()))
     except (RuntimeError, OSError) as exc:
-        lines = str(exc).strip().splitlines()
-        raise InputError(f"could not decode video file '{path.name}': {lines[-1] if lines else exc}") from exc
+        raise _decode_error(path, exc) from exc
     if not count:
         raise InputError(f"video file '{path.name}' has no frames")
     return int(count)
@@ -388,42 +418,22 @@ def video_stream(path: Union[str, os.PathLike], batch_size: int = 16, label: Opt
     """A video file as a :class:`~core.frames.FrameStream`: its frame count, size and rate are read now (one
     decoding pass to count), the frames are decoded each time the stream is pulled, ``batch_size`` at a time,
     into float 0..1 IMAGE batches - the same frames :func:`load_video` gives, without ever holding them all."""
-    import imageio_ffmpeg
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"video file not found: {path}")
-    source_path = str(path.resolve())
-    try:
-        gen = imageio_ffmpeg.read_frames(source_path, pix_fmt="rgb24")
-        meta = next(gen)
-    except (RuntimeError, OSError, StopIteration) as exc:
-        lines = str(exc).strip().splitlines()
-        raise InputError(f"could not decode video file '{path.name}': {lines[-1] if lines else exc}") from exc
-    finally:
-        if "gen" in locals():
-            gen.close()
-    w, h = (int(v) for v in meta["size"])
-    rate = float(fps if fps is not None else (meta.get("fps") or 25.0))
+    w, h, rate = video_info(path)
+    rate = float(fps) if fps is not None else rate
     count = count_frames(path)
     step = max(int(batch_size), 1)
 
     def source() -> Iterator[torch.Tensor]:
-        frames = imageio_ffmpeg.read_frames(source_path, pix_fmt="rgb24")
-        try:
-            next(frames)
-            held = []
-            for raw in frames:
-                held.append(np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3))
-                if len(held) == step:
-                    yield torch.from_numpy(np.stack(held)).float().div_(255.0)
-                    held = []
-            if held:
+        held = []
+        for frame in read_frames(path):  # a pull that ends early closes read_frames, which stops ffmpeg
+            held.append(frame)
+            if len(held) == step:
                 yield torch.from_numpy(np.stack(held)).float().div_(255.0)
-        finally:
-            frames.close()  # stops ffmpeg when the pull ends early (a cancel, an error downstream)
+                held = []
+        if held:
+            yield torch.from_numpy(np.stack(held)).float().div_(255.0)
 
-    return FrameStream(source, count, h, w, rate, label or f"the frames of '{path.name}'")
+    return FrameStream(source, count, h, w, rate, label or f"the frames of '{Path(path).name}'")
 
 
 def open_video(source: Union[str, os.PathLike, BinaryIO], label: Optional[str] = None, fps: Optional[float] = None,
@@ -433,13 +443,10 @@ def open_video(source: Union[str, os.PathLike, BinaryIO], label: Optional[str] =
 
     ``source``: a path, or a file object holding the video (ComfyUI's uploaded ``BytesIO``): that is written once
     to a temporary file in ``folder`` (default the system's), deleted when the stream is."""
-    from .audio import NonFiniteAudioError, load_audio
+    from .audio import load_audio_track
 
     spilled = None
     if not isinstance(source, (str, os.PathLike)):
-        import shutil
-        import weakref
-
         source.seek(0)
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -453,12 +460,7 @@ def open_video(source: Union[str, os.PathLike, BinaryIO], label: Optional[str] =
         source, label = spilled, label or "the frames of the video"
     try:
         stream = video_stream(source, batch_size, label, fps)
-        try:
-            audio = load_audio(source)
-        except NonFiniteAudioError:
-            raise
-        except InputError:  # no sound track: a silent video
-            audio = None
+        audio = load_audio_track(source)
     except BaseException:
         if spilled:
             os.unlink(spilled)
@@ -472,18 +474,8 @@ def load_video(path: Union[str, os.PathLike], max_frames: int = 100_000) -> Tupl
     """Decode a whole video to an IMAGE batch ``[T,H,W,3]`` float 0..1 and its frame rate
     (what ComfyUI's LoadVideo gives). Frames are kept as uint8 while decoding (a quarter of the
     float size) and converted once at the end."""
-    import imageio_ffmpeg
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"video file not found: {path}")
-    try:
-        gen = imageio_ffmpeg.read_frames(str(path.resolve()), pix_fmt="rgb24")
-        meta = next(gen)
-    except (RuntimeError, OSError, StopIteration) as exc:
-        raise InputError(f"could not decode video file '{path.name}': {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from exc
-    w, h = meta["size"]
-    fps = float(meta.get("fps") or 25.0)
+    gen, w, h, fps = _open_decoder(path)
     frames = []
     try:
         for raw in gen:

@@ -8,6 +8,7 @@ PreviewImage, CreateVideo, SaveVideo. They read and write files by the same rule
 """
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 import torch
@@ -130,9 +131,10 @@ class HeadlessVideoFile:
 
     def __init__(self, path) -> None:
         self.path = path
-        # reads the size and rate and counts the frames; a damaged sound track is an error, a missing one None
-        self.stream, sound = core_video.open_video(path)
-        self.frame_rate = Fraction(self.stream.fps).limit_denominator(1001)
+        # the header only (the frames are counted when asked for); a damaged sound track is an error, none is None
+        self.width, self.height, fps = core_video.video_info(path)
+        self.frame_rate = Fraction(fps).limit_denominator(1001)
+        sound = core_audio.load_audio_track(path)
         self.audio = None if sound is None else core_audio.to_comfy(sound)
 
     def get_stream_source(self) -> str:
@@ -143,16 +145,20 @@ class HeadlessVideoFile:
         return {"images": images, "audio": self.audio, "frame_rate": self.frame_rate}
 
     def get_dimensions(self):
-        return self.stream.width, self.stream.height
+        return self.width, self.height
 
     def get_frame_rate(self) -> Fraction:
         return self.frame_rate
 
+    @functools.cached_property
+    def _frame_count(self) -> int:  # a decoding pass: only when asked for, once
+        return core_video.count_frames(self.path)
+
     def get_frame_count(self) -> int:
-        return self.stream.count
+        return self._frame_count
 
     def get_duration(self) -> float:
-        return float(self.stream.count / self.frame_rate)
+        return float(self._frame_count / self.frame_rate)
 
 
 class CreateVideo:
