@@ -139,13 +139,13 @@ def crop_driving_stream(frames: FrameStream, detector, size: int, device=None) -
     """:func:`crop_driving_video` for a :class:`~core.frames.FrameStream`: one pull now keeps only the frames the
     face is looked for in (a few), the box is found, and the returned stream cuts each batch to it as it is
     pulled - the same frames as the IMAGE version, with a batch in memory instead of the video."""
+    if frames.count == 0:
+        raise InputError("the driving video has no frames")
     picks = set(int(i) for i in _detect_picks(frames.count))
     picked, start = [], 0
     for batch in frames:
         picked += [batch[i - start].clone() for i in range(start, start + int(batch.shape[0])) if i in picks]
         start += int(batch.shape[0])
-    if frames.count == 0:
-        raise InputError("the driving video has no frames")
     record = driving_record(picked, (frames.height, frames.width), detector, size)
     del picked
     return frames.map(lambda batch: crop_image(batch, record, padding_mode="zeros", device=device), size, size,

@@ -119,16 +119,16 @@ def extract_motion(models: LivePortraitModels, frames: Union[torch.Tensor, Frame
     bytes a frame, is kept)."""
     dev = resolve_device(device)
     size = models.input_size if size is None else size
-    n = len(frames) if isinstance(frames, FrameStream) else int(frames.shape[0])
+    batch_size = max(int(batch_size), 1)
+    if not isinstance(frames, FrameStream):
+        frames = FrameStream.from_images(frames, batch_size=batch_size, label="the driving video")
+    n = len(frames)
     if n == 0:
         raise InputError("the driving video has no frames")
-    batch_size = max(int(batch_size), 1)
-    batches = frames.batches(batch_size) if isinstance(frames, FrameStream) else \
-        (frames[i:i + batch_size] for i in range(0, n, batch_size))
     bar = Progress(-(-n // batch_size), progress)
     parts = []
     with autocast(dev, resolve_dtype(precision, dev)):
-        for batch in batches:
+        for batch in frames.batches(batch_size):
             parts.append({k: v.to("cpu") for k, v in motion_info(models, to_input(batch, size, dev)).items()})
             bar.step()
     info = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -156,8 +156,8 @@ class SDAStream:
 
     @property
     def audio(self) -> Audio:
-        speech = self.inputs.speech
-        low, high = torch.aminmax(speech) if speech.numel() else (speech.new_zeros(()), speech.new_zeros(()))
+        speech = self.inputs.speech  # never empty: prepare() refuses speech shorter than one frame
+        low, high = torch.aminmax(speech)
         if low >= -1.0 and high <= 1.0:  # nothing to clip: the speech itself (no copy of a long track)
             return Audio(speech[None], self.model.config.audio_rate)
         return Audio(speech.clamp(-1.0, 1.0)[None], self.model.config.audio_rate)
