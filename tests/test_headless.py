@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
+from procs import running_processes
 
 WORKFLOW = ROOT / "workflows" / "portrait_still_video.json"
 EXAMPLES = ROOT / "example_inputs"
@@ -438,17 +439,5 @@ def test_sigterm_stops_the_run_and_leaves_nothing_behind(tmp_path):
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM and "stopped (SIGTERM)" in err, err
     assert outputs(tmp_path) == [] and not list((tmp_path / "output").rglob("*.partial*"))
-    assert _processes_mentioning(tmp_path) == [], "an ffmpeg started by the run is still running"
-
-
-def _processes_mentioning(path) -> list:
-    """Running processes whose command line names ``path`` (Linux; nothing elsewhere)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:  # it ended while we looked
-            continue
-        if str(path) in text:
-            found.append(text)
-    return found
+    assert [p for p in running_processes() if str(tmp_path) in p.cmdline] == [], \
+        "an ffmpeg started by the run is still running"

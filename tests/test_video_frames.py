@@ -10,24 +10,14 @@ import pytest
 import torch
 
 from conftest import FIXTURES, lp_set, sub
+from procs import running_processes
 
 DRIVING = FIXTURES / "driving_short.mp4"
 
 
 def ffmpeg_children():
     """This process's child processes that are ffmpeg (a decoder left running would be one)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if int(rest[1]) == os.getpid() and "ffmpeg" in name:
-            found.append(int(pid))
-    return found
+    return [p.pid for p in running_processes() if p.ppid == os.getpid() and "ffmpeg" in p.name]
 
 
 def test_video_stream_gives_load_videos_frames_on_every_pull(pack):

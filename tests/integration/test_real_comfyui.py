@@ -45,6 +45,7 @@ from typing import Dict
 import pytest
 
 from frontend.browser import stop_process  # tools/frontend (on sys.path through conftest)
+from procs import running_processes
 from workflow_cases import (API_WORKFLOWS, DITTO, FOM, JOYVASA, LONG_SPEECH, SDA, WORKFLOW_CASES, Case,  # noqa: F401
                             check_mp4, load_workflow, place_inputs, place_models, saved_files, video_nodes)
 
@@ -188,16 +189,7 @@ class Server:
 
     def ffmpeg_children(self) -> list:
         """ffmpeg processes the server started and did not end (an encoder or decoder left running by a cancel)."""
-        found = []
-        for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
-            try:
-                stat = (entry / "stat").read_text()
-            except (OSError, ValueError):
-                continue
-            name, fields = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:].split()
-            if len(fields) > 1 and fields[1] == str(self.proc.pid) and "ffmpeg" in name:
-                found.append(int(entry.name))
-        return found
+        return [p.pid for p in running_processes() if p.ppid == self.proc.pid and "ffmpeg" in p.name]
 
 
 def _errors(entry: dict) -> str:
