@@ -181,8 +181,7 @@ class MuxVideo:
         if extend_to_audio and track is not None:
             total = max(total, core_audio.num_video_frames(track, fps))
         core_video.write_video(path, source, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
-                          metadata=file_metadata(prompt, extra_pnginfo),
-                          progress=progress("MuxVideo"))
+                               metadata=file_metadata(prompt, extra_pnginfo), progress=progress("MuxVideo"))
         return {"ui": video_preview(filename, subfolder, kind), "result": (str(path),)}
 
 
