@@ -90,7 +90,29 @@ def main():
                   device, a.repeats)
         res[f"motion_extraction_s_per_frame_batch{b}"] = round(t / b, 4)
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    official = official_render_s_per_frame()
+    if official is not None and "batch_1" in res["render_s_per_frame"]:
+        # the official modules timed by the reference harness on the same machine kind (not in this run)
+        res["official_fp32_render_s_per_frame_batch1_stored"] = round(official, 3)
+        res["speedup_vs_official_fp32_batch1"] = round(official / res["render_s_per_frame"]["batch_1"], 2)
     report(res, a.json)
+
+
+def official_render_s_per_frame():
+    """Median s/frame (batch 1, fp32, 2 threads) of the official modules from the shared reference data's
+    CPU timings, when that folder sits beside the repository; else None."""
+    import json
+    from common import ROOT
+
+    path = ROOT.parent / "shared" / "reference" / "liveportrait" / "bench_cpu_2core.json"
+    try:
+        runs = json.loads(path.read_text())["runs"]["render"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for run in runs:
+        if run.get("batch") == 1 and run.get("threads") == 2 and "fp32" in str(run.get("autocast")):
+            return float(run["sec_per_frame_median"])
+    return None
 
 
 if __name__ == "__main__":

@@ -36,6 +36,32 @@ def test_resolve_device_and_dtype(monkeypatch):
             assert (x @ x).dtype == torch.float32
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native):
+    """auto -> bf16 on a CPU with native bf16, for the families that allow it (cpu_bf16=True), even when
+    the host (ComfyUI) would say fp32 for the CPU; fp32 elsewhere; explicit choices are kept."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(D, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr(HOST, "should_use_fp16", lambda dev: False)
+    assert D.resolve_dtype("auto", cpu, cpu_bf16=True) == (torch.bfloat16 if native else torch.float32)
+    assert D.resolve_dtype("auto", cpu) == torch.float32
+    assert D.resolve_dtype("fp32", cpu, cpu_bf16=True) == torch.float32
+    assert D.resolve_dtype("fp16", cpu, cpu_bf16=True) == torch.float16
+
+
+def test_native_bf16_probe_reads_torch(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert D.cpu_bf16_native()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert not D.cpu_bf16_native()
+
+    def broken():
+        raise RuntimeError("no cpuinfo")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert not D.cpu_bf16_native()
+
+
 def test_cache_loads_once_and_unload_frees(monkeypatch):
     cache = ModelCache()
     loads = []

@@ -66,13 +66,19 @@ _W_OUTPUTS = [("occlusion_map", "W.occlusion_map"), ("deformation", "W.deformati
               ("out", "W.out"), ("mask", "W.dense.mask")]
 
 
+@pytest.mark.parametrize("sampler", ["torch", "gather"])
 @pytest.mark.parametrize("broadcast", [False, True], ids=["feature_b2", "feature_b1_broadcast"])
-def test_warping_matches_reference(warping, io, broadcast):
+def test_warping_matches_reference(warping, io, broadcast, sampler):
+    """Both 3-D samplers (torch's grid_sample; the gathers MPS uses) reproduce the official module."""
     f = io["F.feature_3d"]
     if not broadcast:
         f = f.expand(2, -1, -1, -1, -1)
-    with torch.no_grad():
-        out = warping(f, io["W.in_kp_driving"], io["W.in_kp_source"])
+    warping.sampler = sampler
+    try:
+        with torch.no_grad():
+            out = warping(f, io["W.in_kp_driving"], io["W.in_kp_source"])
+    finally:
+        warping.sampler = "auto"
     for key, ref in _W_OUTPUTS:
         assert out[key].shape == io[ref].shape, key
         tol.close_network(out[key], io[ref], tol.LP_W, what=key)
@@ -113,3 +119,24 @@ def test_fullsize_state_dict_matches_manifest(name, cls, key, nparams):
     got = [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in m.state_dict().items()]
     assert got == expected
     assert sum(p.numel() for p in m.parameters()) == expected_n == nparams
+
+
+def test_conv3d_by_depth_taps_is_the_3d_convolution():
+    """The half-precision CPU route of the dense-motion mask conv (depth taps as output channels of one
+    conv2d) computes the same sum as Conv3d: run in float32 it differs by summation order only."""
+    from core.liveportrait.warping import _conv3d, _conv3d_by_depth_taps
+
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv3d(6, 5, kernel_size=7, padding=3)
+    x = torch.rand(2, 6, 5, 9, 8, generator=g) * 2 - 1
+    with torch.no_grad():
+        want = conv(x)
+        got = _conv3d_by_depth_taps(conv, x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        # one output sums 6 x 7 x 7 x 7 products (+ the bias) of |x| <= 1 with the weights
+        tol.close_sum(got, want, terms=6 * 343 + 1, magnitude=float(conv.weight.abs().sum(dim=(1, 2, 3, 4)).max()))
+        # dispatch: float32 keeps Conv3d; bf16 on the CPU takes the depth-tap route, to bf16 rounding
+        assert torch.equal(_conv3d(conv, x), want)
+        half = _conv3d(conv, x.to(torch.bfloat16))
+        assert half.dtype == torch.float32
+        assert float((half - want).abs().max()) <= 0.02 * float(want.abs().max())

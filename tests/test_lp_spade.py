@@ -238,6 +238,30 @@ def test_autocast_first_call_does_not_poison_cache(weights, io):
     tol.close_network(full, io["G.out"], tol.LP_G)
 
 
+def test_half_precision_weights_prepared_once_in_that_dtype(weights, io):
+    """Under autocast the prepared weights are rounded once to its dtype and cached so (no per-call casts);
+    the result equals autocast casting the full-precision weights on every call; a full-precision call
+    after it rebuilds them in float32."""
+    g = _fast(weights)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = g(io["W.out"])
+            assert g._prepared_key[2] == torch.bfloat16
+            assert g._prepared["fc"][0].dtype == torch.bfloat16
+            again = g(io["W.out"])
+        g.clear_cache()
+        # the same computation with float32 prepared weights that autocast casts at each conv
+        prepared32 = g._prepare(torch.float32)
+        g._prepare = lambda dtype=None: prepared32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast_per_call = g(io["W.out"])
+        del g._prepare
+        full = g(io["W.out"])
+    assert torch.equal(low, again) and torch.equal(low, cast_per_call)
+    assert g._prepared_key[2] == torch.float32
+    tol.close_network(full, io["G.out"], tol.LP_G)
+
+
 def test_inference_loader_optimises_the_decoder():
     """get_liveportrait (the loader for inference) makes the call once; load_liveportrait does not."""
     from core.cache import CACHE

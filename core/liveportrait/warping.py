@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..sampling import grid_sample_3d, resolve_sampler
 from .appearance import SameBlock2d
 
 __all__ = ["WarpingNetwork", "DenseMotionNetwork", "HourglassEncoder3d", "HourglassDecoder3d",
@@ -59,9 +60,46 @@ __all__ = ["WarpingNetwork", "DenseMotionNetwork", "HourglassEncoder3d", "Hourgl
 KP_VARIANCE = 0.01
 
 
-def _grid_sample(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """5-D bilinear warp with the official settings (zeros padding, align_corners=False)."""
-    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+def _grid_sample(volume: torch.Tensor, grid: torch.Tensor, sampler: str = "auto") -> torch.Tensor:
+    """5-D bilinear warp with the official settings (zeros padding, align_corners=False), by the
+    chosen kernel (:func:`core.sampling.grid_sample_3d`: torch's, or gathers on MPS)."""
+    return grid_sample_3d(volume, grid, sampler)
+
+
+def _conv3d_by_depth_taps(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a stride-1 Conv3d as ONE conv2d: the depth slices become the batch and the
+    kernel's depth taps become output channels (``kd * O``), whose shifted slices are then summed in
+    float32. Same maths as the 3-D convolution (each depth tap's 2-D partial sum rounded once to the
+    input's dtype); returned in float32.
+
+    Why: oneDNN's bf16 kernels for a 7x7x7 kernel over 142 channels run at a tenth of its 2-D speed
+    (measured on a 2-core AMX CPU: 630 ms against 100 ms for the dense-motion mask conv), while the
+    3x3x3 convs are as fast in 3-D. So it is used for bf16/fp16 on the CPU with kernel depth >= 5."""
+    w, bias = conv.weight, conv.bias
+    b, c, d, h, wd = x.shape
+    o, _, kd, kh, kw = w.shape
+    pd, ph, pw = conv.padding
+    xp = F.pad(x, (0, 0, 0, 0, pd, pd)) if pd else x
+    dp = d + 2 * pd
+    x2 = xp.transpose(1, 2).reshape(b * dp, c, h, wd).contiguous(memory_format=torch.channels_last)
+    w2 = w.permute(2, 0, 1, 3, 4).reshape(kd * o, c, kh, kw).to(x.dtype)
+    y = F.conv2d(x2, w2, None, padding=(ph, pw))              # (B*Dp, kd*O, H', W')
+    y = y.view(b, dp, kd, o, y.shape[-2], y.shape[-1])
+    do = dp - kd + 1
+    out = y[:, 0:do, 0].float()
+    for k in range(1, kd):
+        out += y[:, k:k + do, k]
+    if bias is not None:
+        out += bias.float().view(1, 1, o, 1, 1)
+    return out.transpose(1, 2).contiguous()
+
+
+def _conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and conv.kernel_size[0] >= 5
+            and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)):
+        return _conv3d_by_depth_taps(conv, x)
+    return conv(x)
 
 
 def coordinate_grid_3d(d: int, h: int, w: int, dtype: torch.dtype = torch.float32,
@@ -165,6 +203,9 @@ def _check_batches(feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: t
 class DenseMotionNetwork(nn.Module):
     """Predicts the (K+1)-way motion mask, the dense deformation and the occlusion map."""
 
+    #: 3-D sampling kernel (:data:`core.sampling.SAMPLERS`; set through ``WarpingNetwork.sampler``)
+    sampler = "auto"
+
     def __init__(self, block_expansion: int, num_blocks: int, max_features: int, num_kp: int,
                  feature_channel: int, reshape_depth: int, compress: int,
                  estimate_occlusion_map: bool = True):
@@ -192,15 +233,25 @@ class DenseMotionNetwork(nn.Module):
             raise ValueError(f"expected {self.num_kp} keypoints, got {k}")
         feature = F.relu(self.norm(self.compress(feature)))          # (bf, c, D, H, W)
         bf, c, d, h, w = feature.shape
-        grid = coordinate_grid_3d(d, h, w, feature.dtype, feature.device)  # (D, H, W, 3)
-        kp_d = kp_driving.to(feature.dtype).view(b, k, 1, 1, 1, 3)
-        kp_s = kp_source.to(feature.dtype).view(b, k, 1, 1, 1, 3)
-
-        # gaussian heatmaps (driving - source), zeros for the background: (B, K+1, D, H, W)
+        # the geometry (grid, keypoints, heatmaps, motions) stays in float32 under half precision:
+        # bf16 coordinates (spacing 2**-7 near 1) would move the sampling points by up to an eighth of a voxel
+        geo = torch.promote_types(feature.dtype, torch.float32)
+        grid = coordinate_grid_3d(d, h, w, geo, feature.device)        # (D, H, W, 3)
+        kp_d = kp_driving.to(geo).view(b, k, 1, 1, 1, 3)
+        kp_s = kp_source.to(geo).view(b, k, 1, 1, 1, 3)
         diff_d = grid - kp_d                                          # (B, K, D, H, W, 3)
-        gauss_d = torch.exp(-0.5 * diff_d.pow(2).sum(-1) / KP_VARIANCE)
-        gauss_s = torch.exp(-0.5 * (grid - kp_s).pow(2).sum(-1) / KP_VARIANCE)
-        heatmap = torch.cat([gauss_d.new_zeros(b, 1, d, h, w), gauss_d - gauss_s], dim=1)
+
+        # gaussian heatmaps (driving - source), zeros for the background: (B, K+1, D, H, W).
+        # exp(-|g - kp|^2 / (2 var)) is separable: the product of one factor per axis, each computed on
+        # that axis's coordinates (the same differences as above), instead of D*H*W*3 squares and exps
+        def gaussian(kp):
+            f = [torch.exp(-0.5 * (grid_axis - kp[..., i].view(b, k, 1)).pow(2) / KP_VARIANCE)
+                 for i, grid_axis in enumerate(axes)]                 # x (W), y (H), z (D): (B, K, n)
+            return f[2].view(b, k, d, 1, 1) * f[1].view(b, k, 1, h, 1) * f[0].view(b, k, 1, 1, w)
+
+        axes = (grid[0, 0, :, 0], grid[0, :, 0, 1], grid[:, 0, 0, 2])
+        kp_d3, kp_s3 = kp_d.view(b, k, 3), kp_s.view(b, k, 3)
+        heatmap = torch.cat([grid.new_zeros(b, 1, d, h, w), gaussian(kp_d3) - gaussian(kp_s3)], dim=1)
 
         # zero-order sparse motions: (B, K+1, D, H, W, 3)
         sparse = torch.cat([grid.expand(b, 1, d, h, w, 3), diff_d + kp_s], dim=1)
@@ -208,16 +259,16 @@ class DenseMotionNetwork(nn.Module):
         # warp the compressed volume by all K+1 motions in ONE grid_sample: the grids are
         # stacked along the grid depth axis (sampling still addresses the D input slices).
         if bf == b:
-            warped = _grid_sample(feature, sparse.reshape(b, (k + 1) * d, h, w, 3))
+            warped = _grid_sample(feature, sparse.reshape(b, (k + 1) * d, h, w, 3), self.sampler)
             warped = warped.view(b, c, k + 1, d, h, w).transpose(1, 2)   # (B, K+1, c, D, H, W)
         else:  # one shared volume for all rows
-            warped = _grid_sample(feature, sparse.reshape(1, b * (k + 1) * d, h, w, 3))
+            warped = _grid_sample(feature, sparse.reshape(1, b * (k + 1) * d, h, w, 3), self.sampler)
             warped = warped.view(c, b, k + 1, d, h, w).permute(1, 2, 0, 3, 4, 5)
-        hg_in = torch.cat([heatmap.unsqueeze(2), warped], dim=2)     # (B, K+1, c+1, D, H, W)
+        hg_in = torch.cat([heatmap.unsqueeze(2).to(warped.dtype), warped], dim=2)  # (B, K+1, c+1, D, H, W)
         hg_in = hg_in.view(b, (k + 1) * (c + 1), d, h, w)
 
         prediction = self.hourglass(hg_in)                            # (B, P, D, H, W)
-        mask = torch.softmax(self.mask(prediction), dim=1)            # (B, K+1, D, H, W)
+        mask = torch.softmax(_conv3d(self.mask, prediction), dim=1)   # (B, K+1, D, H, W)
         deformation = (sparse * mask.unsqueeze(-1)).sum(dim=1)        # (B, D, H, W, 3)
 
         occlusion_map = None
@@ -246,19 +297,29 @@ class WarpingNetwork(nn.Module):
         self.third = SameBlock2d(max_features, out_features, kernel_size=3, padding=1, lrelu=True)
         self.fourth = nn.Conv2d(out_features, out_features, kernel_size=1)
 
-    @staticmethod
-    def warp_volume(feature_3d: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
+    @property
+    def sampler(self) -> str:
+        """The 3-D sampling kernel of both warps (:data:`core.sampling.SAMPLERS`): ``"auto"`` (gathers
+        on MPS, which has no 3-D grid_sample kernel; torch's elsewhere), ``"torch"`` or ``"gather"``."""
+        return self.dense_motion_network.sampler
+
+    @sampler.setter
+    def sampler(self, name: str) -> None:
+        resolve_sampler(name, torch.device("cpu"))  # validates the name
+        self.dense_motion_network.sampler = name
+
+    def warp_volume(self, feature_3d: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
         """grid_sample ``feature_3d`` (B|1, C, D, H, W) with ``deformation`` (B, D', H', W', 3).
 
         Batch-1 volumes are shared by all rows of ``deformation`` (no copy of the volume).
         """
         b, bf = deformation.shape[0], feature_3d.shape[0]
         if bf == b:
-            return _grid_sample(feature_3d, deformation)
+            return _grid_sample(feature_3d, deformation, self.sampler)
         if bf != 1:
             raise ValueError(f"feature batch {bf} must be 1 or equal the deformation batch {b}")
         _, d, h, w, _ = deformation.shape
-        out = _grid_sample(feature_3d, deformation.reshape(1, b * d, h, w, 3))  # (1, C, B*D, H, W)
+        out = _grid_sample(feature_3d, deformation.reshape(1, b * d, h, w, 3), self.sampler)  # (1, C, B*D, H, W)
         return out.view(feature_3d.shape[1], b, d, h, w).transpose(0, 1)
 
     def forward(self, feature_3d: torch.Tensor, kp_driving: torch.Tensor,
