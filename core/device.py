@@ -40,9 +40,23 @@ def resolve_device(name: Union[str, torch.device, None] = "auto") -> torch.devic
     return dev
 
 
+def mkldnn_native(precision: str) -> bool:
+    """Whether oneDNN has a native CPU path for ``"bf16"`` or ``"fp16"`` here (torch's own probe, which
+    honours ``ONEDNN_MAX_CPU_ISA``); without one, half-precision convolutions fall back to reference
+    kernels that are orders of magnitude slower."""
+    probe = getattr(getattr(torch.ops, "mkldnn", None), f"_is_mkldnn_{precision}_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # noqa: BLE001 - a torch without the probe: treat as absent
+        return False
+
+
 def cpu_bf16_native() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX-512 BF16), where bf16 convolutions
-    run several times faster than fp32 ones; elsewhere bf16 is emulated and slower than fp32."""
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX-512 BF16) and oneDNN may use it
+    (``ONEDNN_MAX_CPU_ISA`` can forbid it), where bf16 convolutions run several times faster than fp32
+    ones; elsewhere bf16 is emulated and slower than fp32."""
+    if not mkldnn_native("bf16"):
+        return False
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         probe = getattr(torch.cpu, name, None)
         try:

@@ -50,6 +50,7 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, native):
 
 
 def test_native_bf16_probe_reads_torch(monkeypatch):
+    monkeypatch.setattr(D, "mkldnn_native", lambda precision: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert D.cpu_bf16_native()
@@ -60,6 +61,23 @@ def test_native_bf16_probe_reads_torch(monkeypatch):
         raise RuntimeError("no cpuinfo")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
     assert not D.cpu_bf16_native()
+    # the hardware has it but oneDNN may not use it (ONEDNN_MAX_CPU_ISA): not native
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert D.cpu_bf16_native()
+    monkeypatch.setattr(D, "mkldnn_native", lambda precision: False)
+    assert not D.cpu_bf16_native()
+
+
+def test_mkldnn_probe_follows_the_allowed_isa():
+    """torch's oneDNN probe honours ONEDNN_MAX_CPU_ISA (read when oneDNN starts: a fresh process)."""
+    import subprocess
+    import sys
+
+    code = "from core.device import mkldnn_native as m; print(m('bf16'), m('fp16'))"
+    env = dict(__import__("os").environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_cache_loads_once_and_unload_frees(monkeypatch):

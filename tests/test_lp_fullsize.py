@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import tolerance as tol
-from core.device import autocast, resolve_dtype
+from core.device import autocast, mkldnn_native, resolve_dtype
 from core.liveportrait.load import LivePortraitModels, preset
 from core.liveportrait.render import LivePortraitSource, render_frames
 from lp_fullsize import COMPACT, seeded_module
@@ -93,6 +93,10 @@ def _render(nets, ref, precision):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_quality_bound(nets, fp32_outputs, ref, precision):
+    if not mkldnn_native(precision):
+        # oneDNN's reference kernels would take more than 10 minutes for these two frames (measured with
+        # ONEDNN_MAX_CPU_ISA=AVX2); the bound is a property of the arithmetic, checked where it runs natively
+        pytest.skip(f"this CPU has no native {precision} convolutions in oneDNN")
     g32 = fp32_outputs[2]
     half = _render(nets, ref, precision)
     assert half.dtype == torch.float32 and half.shape == g32.shape and torch.isfinite(half).all()
