@@ -94,6 +94,16 @@ def _conv3d_by_depth_taps(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2).contiguous()
 
 
+def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """autocast's half dtype when it is on for ``device``, else None."""
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+    except (RuntimeError, TypeError, AttributeError):  # a device type without autocast
+        pass
+    return None
+
+
 def _conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and conv.kernel_size[0] >= 5
             and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
@@ -266,6 +276,11 @@ class DenseMotionNetwork(nn.Module):
             warped = warped.view(c, b, k + 1, d, h, w).permute(1, 2, 0, 3, 4, 5)
         hg_in = torch.cat([heatmap.unsqueeze(2).to(warped.dtype), warped], dim=2)  # (B, K+1, c+1, D, H, W)
         hg_in = hg_in.view(b, (k + 1) * (c + 1), d, h, w)
+        low = _autocast_dtype(hg_in.device)
+        if low is not None:
+            # rounded once here, as the first convolution would round it; the hourglass's last skip
+            # concatenation then stays in half precision too (no float32 copies of 142 x D x H x W)
+            hg_in = hg_in.to(low)
 
         prediction = self.hourglass(hg_in)                            # (B, P, D, H, W)
         mask = torch.softmax(_conv3d(self.mask, prediction), dim=1)   # (B, K+1, D, H, W)
