@@ -10,46 +10,26 @@ PSNR of the 512x512 faces against the CPU fp32 ones, with the time per call. ``-
 comparison on the CPU (half precision against fp32 there). Part of bench/gpu_check.sh.
 """
 import argparse
-import math
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
 from common import ROOT, report  # noqa: E402  (puts the repo root on sys.path)
 
 sys.path.insert(0, str(ROOT / "tests"))  # the seeded reference weights live with the tests
-from lp_fullsize import COMPACT, seeded_module  # noqa: E402
-from core.device import autocast, resolve_dtype  # noqa: E402
-from core.liveportrait.load import LivePortraitModels, preset  # noqa: E402
-from core.liveportrait.render import LivePortraitSource, render_frames  # noqa: E402
+from lp_fullsize import COMPACT, frame_errors, render_seeded, seeded_nets  # noqa: E402
 
 
-def render(nets, ref, device, precision):
+def timed_render(nets, ref, device, precision):
     dev = torch.device(device)
-    for m in nets.values():
-        m.to(dev)
-    x = (ref["input.I_s_u8"].permute(2, 0, 1).unsqueeze(0).float() / 255).to(dev)
-    with torch.inference_mode(), autocast(dev, resolve_dtype(precision, dev)):
-        feature = nets["F"](x)
-    models = LivePortraitModels(nets["F"], None, nets["W"], nets["G"], None, config=preset("liveportrait"))
-    source = LivePortraitSource(feature_3d=feature, motion=SimpleNamespace(x_s=ref["W.in_kp_source"][:1]))
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    out = torch.cat(list(render_frames(models, source, ref["W.in_kp_driving"], batch_size=2, device=dev,
-                                       precision=precision)))
+    out = render_seeded(nets, ref, dev, precision)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return out, time.perf_counter() - t
-
-
-def compare(got, want):
-    err = (got - want).abs()
-    mse = float(err.square().mean())
-    return {"max_abs": round(float(err.max()), 6), "mean_abs": round(float(err.mean()), 7),
-            "psnr_db": round(10 * math.log10(1.0 / max(mse, 1e-20)), 2), "finite": bool(torch.isfinite(got).all())}
 
 
 def main():
@@ -63,18 +43,19 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     ref = load_file(str(COMPACT))
-    g = seeded_module("spade_generator")
-    g.optimize_for_inference()
-    nets = {"F": seeded_module("appearance_feature_extractor"), "W": seeded_module("warping_module"), "G": g}
-    cpu32, t_cpu = render(nets, ref, "cpu", "fp32")
+    nets = seeded_nets()
+    cpu32, t_cpu = timed_render(nets, ref, "cpu", "fp32")
     res = {"torch": torch.__version__, "device": a.device, "reference": "CPU fp32, same weights and inputs",
            "cpu_fp32_s_per_call": round(t_cpu, 3), "frames": int(cpu32.shape[0])}
     if a.device.startswith("cuda") and torch.cuda.is_available():
         res["card"] = torch.cuda.get_device_name()
     for precision in a.precisions.split(","):
-        render(nets, ref, a.device, precision)  # warm-up (kernels, prepared weights)
-        out, secs = render(nets, ref, a.device, precision)
-        res[precision] = dict(compare(out.cpu(), cpu32), s_per_call=round(secs, 4))
+        timed_render(nets, ref, a.device, precision)  # warm-up (kernels, prepared weights)
+        out, secs = timed_render(nets, ref, a.device, precision)
+        e = frame_errors(out, cpu32)
+        res[precision] = {"max_abs": round(e["max_abs"], 6), "mean_abs": round(e["mean_abs"], 7),
+                          "psnr_db": round(e["psnr_db"], 2), "finite": bool(torch.isfinite(out).all()),
+                          "s_per_call": round(secs, 4)}
     report(res, a.json)
 
 

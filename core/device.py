@@ -103,6 +103,17 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The half dtype autocast is running in for ``device``'s type, or None when it is off (or that device
+    type has no autocast)."""
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+    except (RuntimeError, TypeError, AttributeError):  # a device type without autocast
+        pass
+    return None
+
+
 def full_precision(device: torch.device):
     """Switch autocast off inside (for small, precision-sensitive maths: inverses, keypoints)."""
     return torch.autocast(device_type=device.type, enabled=False)

@@ -74,7 +74,7 @@ def gather_grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor) -> torch.Ten
     # rows of C values, one per voxel of every batch item
     rows = volume.permute(0, 2, 3, 4, 1).reshape(n * d * h * w, c)
     base = (torch.arange(n, device=volume.device) * (d * h * w)).view(n, 1)
-    out = None
+    out, zero = None, fx.new_zeros(())
     for dz, fz_, vz in ((0, 1 - fz, vz0), (1, fz, vz1)):
         zi = (z0 + dz).clamp_(0, d - 1)
         for dy, fy_, vy in ((0, 1 - fy, vy0), (1, fy, vy1)):
@@ -82,7 +82,7 @@ def gather_grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor) -> torch.Ten
             wzy, vzy = fz_ * fy_, vz & vy
             for dx, fx_, vx in ((0, 1 - fx, vx0), (1, fx, vx1)):
                 xi = (x0 + dx).clamp_(0, w - 1)
-                weight = torch.where(vzy & vx, wzy * fx_, torch.zeros((), dtype=fx.dtype, device=fx.device))
+                weight = torch.where(vzy & vx, wzy * fx_, zero)
                 idx = base + (zi * h + yi) * w + xi
                 values = rows.index_select(0, idx.reshape(-1))
                 weight = weight.reshape(-1, 1).to(values.dtype)

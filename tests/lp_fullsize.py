@@ -9,18 +9,24 @@ seeded weights): per tensor a ``numpy.random.RandomState`` seeded with
 * spectral-norm vectors: 30 float64 power iterations on ``weight_orig`` from a seeded normal ``v``.
 
 Only the appearance extractor, the warping module and the SPADE decoder are built here (what rendering
-needs); the full-size reference outputs (``fullsize_seed0_compact.safetensors``) check them.
+needs); the full-size reference outputs (``fullsize_seed0_compact.safetensors``) check them. The helpers below
+render the reference's inputs with them the way users' renders run (tests/test_lp_fullsize.py,
+bench/gpu_numerics.py).
 """
 from __future__ import annotations
 
+import math
 import zlib
 from functools import lru_cache
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from conftest import FIXTURES
-from core.liveportrait.load import _build, preset
+from core.device import autocast, resolve_dtype
+from core.liveportrait.load import LivePortraitModels, _build, preset
+from core.liveportrait.render import LivePortraitSource, render_frames
 
 MANIFEST = FIXTURES / "liveportrait" / "checkpoint_manifest.json"
 COMPACT = FIXTURES / "liveportrait" / "fullsize_seed0_compact.safetensors"
@@ -89,3 +95,37 @@ def seeded_module(module: str, seed: int = 0) -> torch.nn.Module:
     m = _build(module, preset("liveportrait")["model_params"][MODULES[module]])
     m.load_state_dict(seeded_state_dict(module, seed), strict=True)
     return m.eval()
+
+
+def seeded_nets() -> dict:
+    """``{"F", "W", "G"}``: the seeded modules, the decoder on its inference path (the one users run)."""
+    g = seeded_module("spade_generator")
+    g.optimize_for_inference()
+    return {"F": seeded_module("appearance_feature_extractor"), "W": seeded_module("warping_module"), "G": g}
+
+
+def source_image(ref: dict) -> torch.Tensor:
+    """The reference's source face, ``[1,3,256,256]`` in 0..1."""
+    return ref["input.I_s_u8"].permute(2, 0, 1).unsqueeze(0).float() / 255
+
+
+def render_seeded(nets: dict, ref: dict, device="cpu", precision: str = "fp32") -> torch.Tensor:
+    """The source volume and the reference's two driving frames in ``precision`` on ``device``, as
+    prepare_source and render_frames make them: ``[2,3,512,512]`` float32 on the CPU. Moves the nets there."""
+    dev = torch.device(device)
+    for m in nets.values():
+        m.to(dev)
+    with torch.inference_mode(), autocast(dev, resolve_dtype(precision, dev)):
+        feature = nets["F"](source_image(ref).to(dev))
+    models = LivePortraitModels(nets["F"], None, nets["W"], nets["G"], None, config=preset("liveportrait"))
+    source = LivePortraitSource(feature_3d=feature, motion=SimpleNamespace(x_s=ref["W.in_kp_source"][:1]))
+    return torch.cat(list(render_frames(models, source, ref["W.in_kp_driving"], batch_size=2, device=dev,
+                                        precision=precision)))
+
+
+def frame_errors(got: torch.Tensor, want: torch.Tensor) -> dict:
+    """Max and mean absolute error and PSNR (dB, peak 1) of frames in 0..1."""
+    err = (got - want).abs()
+    mse = float(err.square().mean())
+    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
+            "psnr_db": 10 * math.log10(1.0 / max(mse, 1e-20))}

@@ -28,8 +28,10 @@ def test_resolve_device_and_dtype(monkeypatch):
     assert D.resolve_dtype("auto", cpu) == torch.float16
     with D.autocast(cpu, torch.float32):
         assert not torch.is_autocast_enabled("cpu")
+    assert D.autocast_dtype(cpu) is None
     with D.autocast(cpu, torch.bfloat16):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert D.autocast_dtype(cpu) == torch.bfloat16
         x = torch.randn(4, 4)
         assert (x @ x).dtype == torch.bfloat16
         with D.full_precision(cpu):

@@ -6,21 +6,16 @@ parity is checked on the subsample, the absolute maximum and the mean.
 
 Half precision: frames rendered in bf16 and fp16 (the render path users run, ``render_frames``) against
 the fp32 frames of the same inputs. The bound is the product's promise, written in the README
-("Precision" under LivePortraitRender) and checked here: max absolute error, mean absolute error and PSNR
+("Half precision, LivePortrait" under "Memory and devices") and checked here: max absolute error, mean absolute error and PSNR
 of the 512x512 faces in 0..1.
 """
-import math
-from types import SimpleNamespace
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import tolerance as tol
-from core.device import autocast, mkldnn_native, resolve_dtype
-from core.liveportrait.load import LivePortraitModels, preset
-from core.liveportrait.render import LivePortraitSource, render_frames
-from lp_fullsize import COMPACT, seeded_module
+from core.device import mkldnn_native
+from lp_fullsize import COMPACT, frame_errors, render_seeded, seeded_nets, source_image
 
 #: full-size networks (widest reductions at the official size)
 F_FULL = tol.Net("LivePortrait F (full size): 4 2-D + 4 3-D convs, widest 128 ch x 3 x 3", 8, 1152)
@@ -29,7 +24,7 @@ W_FULL = tol.Net("LivePortrait W (full size): 9 3-D hourglass convs, mask conv, 
 G_FULL = tol.Net("LivePortrait G (full size): fc, 8 SPADE blocks x 4 (instance norm over up to 256 x 256), "
                  "conv_img", 34, 65536)
 
-#: the half-precision promise (README, LivePortraitRender "Precision"): (max abs, mean abs, min PSNR dB)
+#: the half-precision promise (README, "Memory and devices"): (max abs, mean abs, min PSNR dB)
 HALF_BOUNDS = {"bf16": (0.1, 0.012, 37.0), "fp16": (0.02, 0.002, 50.0)}
 
 
@@ -40,9 +35,7 @@ def ref():
 
 @pytest.fixture(scope="module")
 def nets():
-    g = seeded_module("spade_generator")
-    g.optimize_for_inference()  # the path users run
-    return {"F": seeded_module("appearance_feature_extractor"), "W": seeded_module("warping_module"), "G": g}
+    return seeded_nets()
 
 
 def _check(full, ref, name, sub, net):
@@ -57,9 +50,8 @@ def _check(full, ref, name, sub, net):
 
 @pytest.fixture(scope="module")
 def fp32_outputs(nets, ref):
-    x = ref["input.I_s_u8"].permute(2, 0, 1).unsqueeze(0).float() / 255
     with torch.inference_mode():
-        feature = nets["F"](x)
+        feature = nets["F"](source_image(ref))
         w = nets["W"](feature, ref["W.in_kp_driving"], ref["W.in_kp_source"])
         g = nets["G"](w["out"])
     return feature, w, g
@@ -78,19 +70,6 @@ def test_fullsize_fp32_parity(fp32_outputs, ref):
                       what="G.out@patch")
 
 
-def _render(nets, ref, precision):
-    """The source volume and the frames in ``precision``, as prepare_source and render_frames make them."""
-    x = ref["input.I_s_u8"].permute(2, 0, 1).unsqueeze(0).float() / 255
-    cpu = torch.device("cpu")
-    with torch.inference_mode(), autocast(cpu, resolve_dtype(precision, cpu)):
-        feature = nets["F"](x)
-    models = LivePortraitModels(nets["F"], None, nets["W"], nets["G"], None, config=preset("liveportrait"))
-    source = LivePortraitSource(feature_3d=feature, motion=SimpleNamespace(x_s=ref["W.in_kp_source"][:1]))
-    frames = list(render_frames(models, source, ref["W.in_kp_driving"], batch_size=2, device="cpu",
-                                precision=precision))
-    return torch.cat(frames)
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precision_quality_bound(nets, fp32_outputs, ref, precision):
     if not mkldnn_native(precision):
@@ -98,11 +77,10 @@ def test_half_precision_quality_bound(nets, fp32_outputs, ref, precision):
         # ONEDNN_MAX_CPU_ISA=AVX2); the bound is a property of the arithmetic, checked where it runs natively
         pytest.skip(f"this CPU has no native {precision} convolutions in oneDNN")
     g32 = fp32_outputs[2]
-    half = _render(nets, ref, precision)
+    half = render_seeded(nets, ref, "cpu", precision)
     assert half.dtype == torch.float32 and half.shape == g32.shape and torch.isfinite(half).all()
-    err = (half - g32).abs()
-    max_abs, mean_abs = float(err.max()), float(err.mean())
-    psnr = 10 * math.log10(1.0 / max(float(err.square().mean()), 1e-20))
+    e = frame_errors(half, g32)
+    max_abs, mean_abs, psnr = e["max_abs"], e["mean_abs"], e["psnr_db"]
     bound_max, bound_mean, bound_psnr = HALF_BOUNDS[precision]
     print(f"{precision}: max {max_abs:.4g} mean {mean_abs:.4g} PSNR {psnr:.1f} dB")
     assert max_abs <= bound_max and mean_abs <= bound_mean and psnr >= bound_psnr, (max_abs, mean_abs, psnr)

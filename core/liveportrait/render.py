@@ -170,7 +170,7 @@ def render_frames(models: LivePortraitModels, source: LivePortraitSource, x_d: t
                          "prepare it with appearance=True to render it")
     x_s = source.motion.x_s.to(dev)
     feature = source.feature_3d.to(dev)
-    # on the CPU one frame at a time is fastest (batch 4 costs 1.3x more per frame in bf16: the
+    # on the CPU one frame at a time is fastest (batch 4 costs 1.25x more per frame in bf16: the
     # activations of several frames no longer stay in the caches); the batch still sets how many
     # frames are handed on together
     step = 1 if dev.type == "cpu" else batch_size

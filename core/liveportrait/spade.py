@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..device import autocast_dtype
+
 __all__ = ["SNConv2d", "SPADE", "SPADEResBlock", "SPADEDecoder"]
 
 #: hard-coded in the official class (not in models.yaml)
@@ -319,17 +321,6 @@ class SPADEDecoder(nn.Module):
         return self
 
     # -- fast path: prepared weights -----------------------------------------------------------
-    def _compute_dtype(self, feature: torch.Tensor) -> torch.dtype:
-        """The dtype the convolutions run in: autocast's (bf16/fp16) when it is on for the input's device,
-        else the weights' own."""
-        dev = feature.device.type
-        try:
-            if torch.is_autocast_enabled(dev):
-                return torch.get_autocast_dtype(dev)
-        except (RuntimeError, TypeError, AttributeError):  # a device type without autocast
-            pass
-        return self.fc.weight.dtype
-
     def _state_key(self, dtype=None):
         key = [self.channels_last, self.fold_gamma_beta, dtype]
         for t in self.state_dict(keep_vars=True).values():
@@ -523,7 +514,8 @@ class SPADEDecoder(nn.Module):
         * channels_last activations and derived weights (faster oneDNN convolutions); NCHW
           output.
         """
-        prep = self._prepare(self._compute_dtype(feature))
+        # the convolutions run in autocast's dtype when it is on, else in the weights' own
+        prep = self._prepare(autocast_dtype(feature.device))
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
         seg = feature.contiguous(memory_format=mf)
         x = F.conv2d(seg, *prep["fc"], padding=1)

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..device import autocast_dtype
 from ..sampling import grid_sample_3d, resolve_sampler
 from .appearance import SameBlock2d
 
@@ -92,16 +93,6 @@ def _conv3d_by_depth_taps(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     if bias is not None:
         out += bias.float().view(1, 1, o, 1, 1)
     return out.transpose(1, 2).contiguous()
-
-
-def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """autocast's half dtype when it is on for ``device``, else None."""
-    try:
-        if torch.is_autocast_enabled(device.type):
-            return torch.get_autocast_dtype(device.type)
-    except (RuntimeError, TypeError, AttributeError):  # a device type without autocast
-        pass
-    return None
 
 
 def _conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -276,7 +267,7 @@ class DenseMotionNetwork(nn.Module):
             warped = warped.view(c, b, k + 1, d, h, w).permute(1, 2, 0, 3, 4, 5)
         hg_in = torch.cat([heatmap.unsqueeze(2).to(warped.dtype), warped], dim=2)  # (B, K+1, c+1, D, H, W)
         hg_in = hg_in.view(b, (k + 1) * (c + 1), d, h, w)
-        low = _autocast_dtype(hg_in.device)
+        low = autocast_dtype(hg_in.device)
         if low is not None:
             # rounded once here, as the first convolution would round it; the hourglass's last skip
             # concatenation then stays in half precision too (no float32 copies of 142 x D x H x W)
