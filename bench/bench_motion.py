@@ -28,6 +28,10 @@ ones, and every timing records ``foreign_cpu_fraction`` / ``clean``. On 2 cores 
 any foreign load slows the OpenMP pool far more than its share, hence ``--wait-idle`` (default: wait
 up to 120 s for 3 quiet seconds before starting).
 
+``vs_official_same_run`` holds ratios to the official computation timed in the same run: JoyVASA's window
+through the stock ``nn.TransformerDecoder`` with the alignment mask in every step (the official decoder; the
+sampler here computes the width-1 cross-attention once per window, ``DenoisingNetwork.cross_attention``).
+
 ``vs_official`` holds ``official_s / ours_s`` (> 1 = we are faster) for the quantities that the
 reference measurements (``shared/reference/{ditto,joyvasa}/bench.json``, medians, torch 2.13 CPU,
 2 threads, fp32) contain; ``vs_official_derived`` compares with end-to-end figures *derived* from
@@ -329,6 +333,14 @@ def main():
     with torch.inference_mode(), jv_ctx():
         r = public(timed(joyvasa_window(lambda: jfeat), device, a.repeats))
         wins["joyvasa_100f_50_steps_cfg_batch2"] = {**r, "forwards": jv.diffusion_sched.num_steps}
+        # the same window through the stock nn.TransformerDecoder with the alignment mask in every step (the
+        # official computation; the sampler normally computes the cross-attention once per window)
+        jv.denoising_net.cross_attention = lambda memory: None
+        try:
+            r = public(timed(joyvasa_window(lambda: jfeat), device, a.repeats))
+        finally:
+            del jv.denoising_net.cross_attention
+        wins["joyvasa_100f_50_steps_cfg_batch2_stock_decoder"] = {**r, "forwards": jv.diffusion_sched.num_steps}
         r = public(timed(joyvasa_window(lambda: jv.encode_audio(win)), device, a.repeats, warmup=False))
         wins["joyvasa_window_features_plus_sampling"] = r
     rss["window"] = round(peak_rss_mb(), 1)
@@ -436,6 +448,10 @@ def main():
             oj["sample_window100_total_s"] / wins["joyvasa_window_features_plus_sampling"]["s"],
     }
     res["vs_official"] = {k: round(v, 3) for k, v in vs.items()}
+    # measured in this run: the official decoder computation (stock nn.TransformerDecoder, masked
+    # cross-attention in every step) over ours
+    res["vs_official_same_run"] = {"joyvasa_window_50_steps_vs_stock_decoder": round(
+        wins["joyvasa_100f_50_steps_cfg_batch2_stock_decoder"]["s"] / wins["joyvasa_100f_50_steps_cfg_batch2"]["s"], 3)}
 
     # end-to-end figures derived from the official component medians (same clip, same window counts)
     derived = {}

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from typing import Optional, Union
 
 import torch
 
 from .host import HOST
+
+log = logging.getLogger(__name__)
+_SAID = set()
 
 DEVICE_CHOICES = ["auto", "cuda", "mps", "cpu"]
 PRECISION_CHOICES = ["auto", "fp32", "fp16", "bf16"]
@@ -91,6 +95,18 @@ def resolve_dtype(precision: Union[str, torch.dtype, None] = "auto",
     dtype = _DTYPES[precision]
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
+    return dtype
+
+
+def resolve_run_dtype(precision: Union[str, torch.dtype, None], device: torch.device, what: str) -> torch.dtype:
+    """:func:`resolve_dtype` for a model family whose bf16 results are inside its stated bound
+    (``cpu_bf16=True``), saying once in the log when ``auto`` picks bf16 on this CPU (``what``: who runs)."""
+    dtype = resolve_dtype(precision, device, cpu_bf16=True)
+    auto = not isinstance(precision, torch.dtype) and str(precision or "auto").lower() == "auto"
+    if auto and dtype == torch.bfloat16 and device.type == "cpu" and what not in _SAID:
+        _SAID.add(what)
+        log.info("%s in bf16 on this CPU (precision auto: it has native bf16, AMX or AVX-512 BF16, and the bf16 "
+                 "frames stay within the README's bound of fp32); choose fp32 for full precision", what)
     return dtype
 
 

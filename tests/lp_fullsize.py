@@ -1,12 +1,8 @@
 """Official-size LivePortrait modules with the reference data's seeded weights (numpy only, no download).
 
-The rules are those of ``tests/fixtures/liveportrait/README`` section 2 (the reference harness's
-seeded weights): per tensor a ``numpy.random.RandomState`` seeded with
-``crc32(f"{seed}|{module}|{key}")``, uniform values drawn in float64 and cast to float32:
-
-* ``num_batches_tracked`` zeros; ``running_mean`` U(-0.1, 0.1); ``running_var`` U(0.5, 1.5);
-* tensors of 2+ dims U(-a, a) with ``a = sqrt(3 / fan_in)``; 1-D ``weight`` U(0.8, 1.2); ``bias`` U(-0.1, 0.1);
-* spectral-norm vectors: 30 float64 power iterations on ``weight_orig`` from a seeded normal ``v``.
+The per-tensor rules are in tests/seeded.py (the reference harness's, ``tests/fixtures/liveportrait/README``
+section 2); spectral-norm vectors come from 30 float64 power iterations on ``weight_orig`` from a seeded
+normal ``v``.
 
 Only the appearance extractor, the warping module and the SPADE decoder are built here (what rendering
 needs); the full-size reference outputs (``fullsize_seed0_compact.safetensors``) check them. The helpers below
@@ -15,8 +11,6 @@ bench/gpu_numerics.py).
 """
 from __future__ import annotations
 
-import math
-import zlib
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -27,33 +21,12 @@ from conftest import FIXTURES
 from core.device import autocast, resolve_dtype
 from core.liveportrait.load import LivePortraitModels, _build, preset
 from core.liveportrait.render import LivePortraitSource, render_frames
+from seeded import _rng, _value, frame_errors  # noqa: F401  (frame_errors: imported from here by the tests)
 
 MANIFEST = FIXTURES / "liveportrait" / "checkpoint_manifest.json"
 COMPACT = FIXTURES / "liveportrait" / "fullsize_seed0_compact.safetensors"
 MODULES = {"appearance_feature_extractor": "appearance_feature_extractor_params",
            "warping_module": "warping_module_params", "spade_generator": "spade_generator_params"}
-
-
-def _rng(seed: int, module: str, key: str) -> np.random.RandomState:
-    return np.random.RandomState(zlib.crc32(f"{seed}|{module}|{key}".encode()) & 0xFFFFFFFF)
-
-
-def _value(seed: int, module: str, key: str, shape) -> np.ndarray:
-    rs = _rng(seed, module, key)
-    if key.endswith("num_batches_tracked"):
-        return np.zeros(shape, dtype=np.int64)
-    if key.endswith("running_mean"):
-        return rs.uniform(-0.1, 0.1, shape)
-    if key.endswith("running_var"):
-        return rs.uniform(0.5, 1.5, shape)
-    if len(shape) >= 2:
-        a = np.sqrt(3.0 / float(np.prod(shape[1:])))
-        return rs.uniform(-a, a, shape)
-    if key.endswith("weight"):
-        return rs.uniform(0.8, 1.2, shape)
-    if key.endswith("bias"):
-        return rs.uniform(-0.1, 0.1, shape)
-    raise KeyError(f"no seeding rule for {module}.{key}")
 
 
 def _power_iteration(seed: int, module: str, prefix: str, weight: np.ndarray):
@@ -121,11 +94,3 @@ def render_seeded(nets: dict, ref: dict, device="cpu", precision: str = "fp32") 
     source = LivePortraitSource(feature_3d=feature, motion=SimpleNamespace(x_s=ref["W.in_kp_source"][:1]))
     return torch.cat(list(render_frames(models, source, ref["W.in_kp_driving"], batch_size=2, device=dev,
                                         precision=precision)))
-
-
-def frame_errors(got: torch.Tensor, want: torch.Tensor) -> dict:
-    """Max and mean absolute error and PSNR (dB, peak 1) of frames in 0..1."""
-    err = (got - want).abs()
-    mse = float(err.square().mean())
-    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
-            "psnr_db": 10 * math.log10(1.0 / max(mse, 1e-20))}

@@ -30,7 +30,7 @@ from core.motion.joyvasa import (PE_MODES, audio_features, drive_options, genera
 from core.audio_features.joyvasa import padded_audio
 from core.motion.joyvasa.compose import euler_degrees, rotation_power
 from core.motion.joyvasa.load import infer_config, map_weight_norm, prepare_state
-from core.motion.joyvasa.model import JoyVASA, DiffusionSchedule, make_config, pad_audio
+from core.motion.joyvasa.model import JoyVASA, DiffusionSchedule, alignment_mask, make_config, pad_audio
 from core.motion.joyvasa.sampler import guided_denoiser, make_schedule, sample
 from core.motion.joyvasa.template import LAYOUT
 
@@ -155,11 +155,46 @@ def test_denoiser(model, io, mode):
         with torch.no_grad():
             tol.close_network(net.tokens(args[0], args[2], args[4]), io[f"denoiser.{mode}.tokens_in"], TOKENS)
             tol.close_network(net(*args), io[f"denoiser.{mode}.out"], tol.JOYVASA_DENOISER)
+            # the sampler's path: each layer's cross-attention computed once from the memory alone
+            cross = net.cross_attention(torch.cat([args[3], args[1]], dim=1))
+            assert cross is not None and len(cross) == len(net.transformer.layers)
+            tol.close_network(net(*args, cross=cross), io[f"denoiser.{mode}.out"], tol.JOYVASA_DENOISER,
+                              what="precomputed cross-attention")
     finally:
         net.pe_mode = "constant_row"
     # the conditional half of the batch is the audio encoder's output, the other the null feature
     tol.close_network(io["denoiser.audio_feat"][1], io["audio_enc.audio_feat"][0], tol.JOYVASA_AUDIO)
     assert torch.equal(io["denoiser.audio_feat"][0], model.null_audio_feat[0].expand(100, -1).detach())
+
+
+def test_cross_attention_shortcut_only_where_exact(model, io):
+    """The precomputed cross-attention is used only with the released width-1 alignment mask, in eval mode:
+    a wider mask lets a token mix several memory tokens by weights that depend on it (the stock decoder then
+    runs, and the sampler follows it)."""
+    net = model.denoising_net
+    memory = torch.cat([io["denoiser.prev_audio_feat"], io["denoiser.audio_feat"]], dim=1)
+    assert net.cross_attention(memory) is not None
+    net.train()
+    try:
+        assert net.cross_attention(memory) is None
+    finally:
+        net.eval()
+    saved = net.alignment_mask.clone()
+    try:
+        net.alignment_mask.copy_(alignment_mask(saved.shape[0], 2))
+        assert net.cross_attention(memory) is None
+        feat = model.encode_audio(io["audio_enc.audio"])
+        x = io["sample.x_T"]
+        # the guided denoiser falls back to the stock decoder: equal to calling the network without a table
+        with torch.no_grad():
+            got = guided_denoiser(model, feat, cfg_scale=CFG_SCALE)(x, 7)
+            n = x.shape[0]
+            stock = net(torch.cat([x] * 2), torch.cat([model.null_audio_feat.expand(n, x.shape[1], -1), feat]),
+                        model.start_motion_feat.expand(2 * n, -1, -1), model.start_audio_feat.expand(2 * n, -1, -1),
+                        torch.full((2 * n,), 7))[:, -x.shape[1]:]
+        assert torch.equal(got, stock[:n] + CFG_SCALE * (stock[n:] - stock[:n]))
+    finally:
+        net.alignment_mask.copy_(saved)
 
 
 def test_schedule(model, io):

@@ -20,7 +20,7 @@ from typing import Callable, ContextManager, Iterable, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from ..device import autocast, full_precision, resolve_device, resolve_dtype
+from ..device import autocast, full_precision, resolve_device, resolve_run_dtype
 from ..errors import InputError
 from ..frames import FrameStream
 from ..geometry import hull_measure
@@ -164,7 +164,7 @@ def animate_stream(fom: FOM, source: torch.Tensor, driving: Iterable[torch.Tenso
     (inverses, hull areas) stays in float32.
     """
     dev = resolve_device(device)
-    dtype = resolve_dtype(precision, dev)
+    dtype = resolve_run_dtype(precision, dev, "FOM animates")
     with autocast(dev, dtype):
         state = prepare_source(fom, source.to(dev, torch.float32))
         kp_initial = keypoints(fom, initial.to(dev, torch.float32)) if initial is not None else None

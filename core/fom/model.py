@@ -207,16 +207,25 @@ class KPDetector(nn.Module):
         if self.down is not None:
             x = self.down(x)
         features = self.predictor(x)
-        logits = self.kp(features)
+        # the heads, soft-argmax and jacobian sums in float32 even under half-precision autocast: they are
+        # the geometry every warp of the frame follows (a bf16 keypoint is off by up to 2^-9 of the frame)
+        features = features.float()
+        logits = _float32(self.kp, features)
         b, k, h, w = logits.shape
         heat = F.softmax(logits.view(b, k, -1) / self.temperature, dim=2).view(b, k, h, w)
         grid = coordinate_grid(h, w, heat.device, heat.dtype)
         out = {"value": (heat.unsqueeze(-1) * grid.view(1, 1, h, w, 2)).sum(dim=(2, 3))}
         if self.jacobian is not None:
-            maps = self.jacobian(features).view(b, self.num_jacobian_maps, 4, h, w)
+            maps = _float32(self.jacobian, features).view(b, self.num_jacobian_maps, 4, h, w)
             jac = (heat.unsqueeze(2) * maps).view(b, k, 4, -1).sum(dim=-1)
             out["jacobian"] = jac.view(b, k, 2, 2)
         return out
+
+
+def _float32(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` in float32 with autocast off (the module's weights are float32: get_fom keeps them so)."""
+    with full_precision(x.device):
+        return conv(x.to(conv.weight.dtype))
 
 
 # --------------------------------------------------------------------------- dense motion
@@ -269,12 +278,14 @@ class DenseMotionNetwork(nn.Module):
         repeated = source_small.unsqueeze(1).expand(b, k1, c, h, w).reshape(b * k1, c, h, w)
         deformed = F.grid_sample(repeated, motions.reshape(b * k1, h, w, 2), align_corners=ALIGN_CORNERS)
         deformed = deformed.view(b, k1, c, h, w)
-        features = self.hourglass(torch.cat([heat, deformed], dim=2).view(b, -1, h, w))
-        mask = F.softmax(self.mask(features), dim=1)
+        features = self.hourglass(torch.cat([heat, deformed], dim=2).view(b, -1, h, w)).float()
+        # the mixing weights of the K+1 motions in float32 (small 7x7 heads): in bf16 their rounding
+        # moves the dense flow by up to half a pixel of the 256 frame
+        mask = F.softmax(_float32(self.mask, features), dim=1)
         deformation = (motions * mask.unsqueeze(-1)).sum(dim=1)  # [B,h,w,2]
         out = {"sparse_deformed": deformed, "mask": mask, "deformation": deformation}
         if self.occlusion is not None:
-            out["occlusion_map"] = torch.sigmoid(self.occlusion(features))
+            out["occlusion_map"] = torch.sigmoid(_float32(self.occlusion, features))
         return out
 
 

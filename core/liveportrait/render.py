@@ -13,14 +13,13 @@
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 
-from ..device import autocast, full_precision, resolve_device, resolve_dtype
+from ..device import autocast, full_precision, resolve_device, resolve_dtype, resolve_run_dtype
 from ..errors import InputError
 from ..frames import FrameStream
 from ..progress import Progress, ProgressFn
@@ -29,14 +28,6 @@ from . import kinematics as K
 from .load import INPUT_SIZE, LivePortraitModels
 from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
 
-log = logging.getLogger(__name__)
-_SAID = set()
-
-
-def _say_once(message: str) -> None:
-    if message not in _SAID:
-        _SAID.add(message)
-        log.info(message)
 
 
 MASK_TEMPLATE = Path(__file__).resolve().parent / "configs" / "mask_template.png"
@@ -158,11 +149,7 @@ def render_frames(models: LivePortraitModels, source: LivePortraitSource, x_d: t
                   device=None, precision: str = "auto", progress: Optional[ProgressFn] = None) -> Iterator[torch.Tensor]:
     """Yield rendered frames ``[B,3,S,S]`` (float32 in (0,1), CPU) for driving keypoints ``x_d`` [T,21,3]."""
     dev = resolve_device(device)
-    dtype = resolve_dtype(precision, dev, cpu_bf16=True)
-    if dtype == torch.bfloat16 and dev.type == "cpu" and str(precision or "auto").lower() == "auto":
-        _say_once("LivePortrait renders in bf16 on this CPU (precision auto: it has native bf16, AMX or "
-                  "AVX-512 BF16; bf16 frames stay within the README's bound of fp32; choose fp32 to render in "
-                  "full precision)")
+    dtype = resolve_run_dtype(precision, dev, "LivePortrait renders")
     n = int(x_d.shape[0])
     bar = Progress(-(-n // batch_size), progress)
     if source.feature_3d is None:

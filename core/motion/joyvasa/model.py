@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -232,14 +232,67 @@ class DenoisingNetwork(nn.Module):
 
     def forward(self, motion_feat: torch.Tensor, audio_feat: torch.Tensor, prev_motion_feat: torch.Tensor,
                 prev_audio_feat: torch.Tensor, step: torch.Tensor,
-                indicator: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(N, L, m) noisy motion, (N, L, d) audio, (N, Lp, m), (N, Lp, d), (N,) steps -> (N, Lp + L, m)."""
+                indicator: Optional[torch.Tensor] = None,
+                cross: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """(N, L, m) noisy motion, (N, L, d) audio, (N, Lp, m), (N, Lp, d), (N,) steps -> (N, Lp + L, m).
+
+        ``cross``: :meth:`cross_attention` of this memory (the same for every diffusion step of a
+        window); the decoder layers then skip their cross-attention. None runs the stock
+        ``nn.TransformerDecoder`` with the alignment mask (the official computation)."""
         x = self.tokens(motion_feat, prev_motion_feat, step, indicator)
         memory = torch.cat([prev_audio_feat, audio_feat], dim=1)
         mask = self.alignment_mask
         if mask is not None and (mask.shape[0] != x.shape[1] or mask.shape[1] != memory.shape[1]):
             raise ValueError(f"the denoiser expects {mask.shape[0]} tokens, got {x.shape[1]}")
+        if cross is not None:
+            return self.motion_dec(self._decode_with_cross(x, cross))
         return self.motion_dec(self.transformer(x, memory, memory_mask=mask))
+
+    def _own_token_only(self) -> bool:
+        """True when the alignment mask lets token i see memory token i alone (width 1), every layer is
+        post-norm, and the cross-attention adds no extra keys and has packed q/k/v weights: then it does
+        not depend on the tokens and :meth:`_decode_with_cross` computes what the stock decoder does."""
+        mask = self.alignment_mask
+        if self.training or mask is None or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+            return False
+        if self.transformer.norm is not None:
+            return False
+        for layer in self.transformer.layers:
+            mha = layer.multihead_attn
+            if layer.norm_first or mha.bias_k is not None or mha.add_zero_attn or mha.in_proj_weight is None:
+                return False
+        eye = torch.eye(mask.shape[0], dtype=torch.bool, device=mask.device)
+        return bool(torch.equal(mask.to(torch.bool), ~eye))
+
+    def cross_attention(self, memory: torch.Tensor) -> Optional[List[torch.Tensor]]:
+        """Every decoder layer's cross-attention output for ``memory`` (N, Lp + L, d), or None where it
+        depends on the tokens (see :meth:`_own_token_only`).
+
+        With the released width-1 alignment mask, row i of the attention's softmax has a single finite
+        entry, so its weight is exactly 1 and the others exactly 0: the output at token i is
+        ``out_proj(W_v memory_i + b_v)`` whatever the query. The memory is fixed for a window, so the
+        50 diffusion steps share one computation instead of 50 (a quarter of the decoder's products,
+        and its masked softmax)."""
+        if not self._own_token_only():
+            return None
+        out = []
+        for layer in self.transformer.layers:
+            mha = layer.multihead_attn
+            d = mha.embed_dim
+            bias = mha.in_proj_bias[2 * d:] if mha.in_proj_bias is not None else None
+            out.append(mha.out_proj(F.linear(memory, mha.in_proj_weight[2 * d:], bias)))
+        return out
+
+    def _decode_with_cross(self, x: torch.Tensor, cross: List[torch.Tensor]) -> torch.Tensor:
+        """``nn.TransformerDecoder`` (post-norm, eval) with each layer's cross-attention output given."""
+        layers = self.transformer.layers
+        if len(cross) != len(layers):
+            raise ValueError(f"{len(layers)} decoder layers, {len(cross)} cross-attention outputs")
+        for layer, ca in zip(layers, cross):
+            x = layer.norm1(x + layer.self_attn(x, x, x, need_weights=False)[0])
+            x = layer.norm2(x + ca)
+            x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
+        return x
 
 
 # --------------------------------------------------------------------------- HuBERT

@@ -92,10 +92,12 @@ def guided_denoiser(model, audio_feat: torch.Tensor, prev_motion_feat: Optional[
     prev_motion_in = torch.cat([prev_motion_feat] * 2, dim=0)
     prev_audio_in = torch.cat([prev_audio_feat] * 2, dim=0)
     indicator_in = torch.cat([indicator] * 2, dim=0) if indicator is not None else None
+    cross = net.cross_attention(torch.cat([prev_audio_in, audio_in], dim=1))  # once per window (None: stock)
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
         step = torch.full((2 * n,), int(t), dtype=torch.long, device=device)
-        res = net(torch.cat([x] * 2, dim=0), audio_in, prev_motion_in, prev_audio_in, step, indicator_in)
+        res = net(torch.cat([x] * 2, dim=0), audio_in, prev_motion_in, prev_audio_in, step, indicator_in,
+                  cross=cross)
         uncond, cond = res[:n, -length:], res[n:, -length:]
         return uncond + cfg_scale * (cond - uncond)
 
