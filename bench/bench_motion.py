@@ -57,7 +57,7 @@ from core.motion import ditto, joyvasa  # noqa: E402
 from core.motion.ditto.model import RELEASED as LMDM_RELEASED  # noqa: E402
 from core.motion.ditto.sampler import guided_denoiser as ditto_denoiser, make_schedule  # noqa: E402
 from core.motion.ditto.sampler import sample as ditto_sample  # noqa: E402
-from core.audio_features.joyvasa import window as joyvasa_window, plan_windows  # noqa: E402
+from core.audio_features.joyvasa import window as audio_window, plan_windows  # noqa: E402
 from core.motion.joyvasa.sampler import cpu_noise, guided_denoiser as joyvasa_denoiser  # noqa: E402
 from core.motion.joyvasa.sampler import make_schedule as joyvasa_schedule, sample as joyvasa_sample  # noqa: E402
 
@@ -283,7 +283,7 @@ def main():
         feats[f"ditto_hubert_large_offline_batch{b}"] = {
             "audio_s": sec, "chunks": n_chunks, **r, "s_per_chunk": round(r["s"] / n_chunks, 4),
             "s_per_audio_s": round(r["s"] / sec, 4)}
-    win = joyvasa_window(speech_like(4.0), plan_windows(64000), 0)  # one (1, 64000) window
+    win = audio_window(speech_like(4.0), plan_windows(64000), 0)  # one (1, 64000) window
     with torch.inference_mode(), jv_ctx():
         r = public(timed(lambda: jv.encode_audio(win), device, a.repeats))
     feats["joyvasa_audio_encoder_window4s"] = {**r, "s_per_audio_s": round(r["s"] / 4.0, 4)}
