@@ -140,3 +140,47 @@ def test_conv3d_by_depth_taps_is_the_3d_convolution():
         half = _conv3d(conv, x.to(torch.bfloat16))
         assert half.dtype == torch.float32
         assert float((half - want).abs().max()) <= 0.02 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_conv_bn_half_precision_folds_and_packs(monkeypatch, packing):
+    """The hourglass's conv + batch norm on the CPU in half precision: the norm folded into the weights, rounded
+    to bf16 once, packed for oneDNN where the weight outweighs the activations. Against the float32 conv and norm
+    the error is that of bf16 operands: each product loses at most 2^-8 of |w x| (two roundings of 2^-9), plus the
+    final rounding of the result (2^-9 of |y|), bounded per output through conv(|x|, |w|)."""
+    from core.liveportrait import warping
+    from core.liveportrait.warping import _PACKED, _conv_bn
+
+    monkeypatch.setitem(warping._PACKING, "mkldnn", packing)  # False: a torch without oneDNN's packing
+    g = torch.Generator().manual_seed(0)
+    for cin, cout, size in ((8, 64, (3, 2, 2)), (6, 4, (4, 8, 8))):  # weight > activations (packed), and not
+        conv = torch.nn.Conv3d(cin, cout, kernel_size=3, padding=1).eval()
+        norm = torch.nn.BatchNorm3d(cout).eval()
+        with torch.no_grad():
+            norm.running_mean.uniform_(-0.2, 0.2, generator=g)
+            norm.running_var.uniform_(0.5, 1.5, generator=g)
+            norm.weight.uniform_(0.8, 1.2, generator=g)
+            norm.bias.uniform_(-0.1, 0.1, generator=g)
+        x = torch.rand(1, cin, *size, generator=g) * 2 - 1
+        with torch.inference_mode():
+            want = norm(conv(x))
+            scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).view(-1, 1, 1, 1, 1)
+            size_of_terms = torch.nn.functional.conv3d(x.abs(), (conv.weight * scale).abs(), padding=1)
+            for run in (lambda: _conv_bn(conv, norm, x.to(torch.bfloat16)),   # bf16 input
+                        lambda: _conv_bn(conv, norm, x)):                     # float32 input under autocast
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    got = run()
+                assert got.dtype == torch.bfloat16 and got.shape == want.shape
+                bound = 2.0 ** -8 * (size_of_terms + (conv.bias * scale.view(-1)).abs().view(1, -1, 1, 1, 1)) \
+                    + 2.0 ** -9 * want.abs() + 1e-6
+                assert torch.all((got.float() - want).abs() <= bound)
+            # new weights (load_state_dict writes in place) are packed again
+            before = _conv_bn(conv, norm, x.to(torch.bfloat16))
+            conv.load_state_dict({k: v * 2 for k, v in conv.state_dict().items()})
+            after = _conv_bn(conv, norm, x.to(torch.bfloat16))
+            assert not torch.equal(before, after) and conv in _PACKED
+            # float32 without autocast, and training mode, are the plain modules
+            assert torch.equal(_conv_bn(conv, norm, x), norm(conv(x)))
+            norm.train()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(_conv_bn(conv, norm, x), norm(conv(x)))

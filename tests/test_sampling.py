@@ -8,13 +8,17 @@ three factors, one of which (``1 - frac`` against torch's ``lo + 1 - i``) may di
 So the two results differ by at most about (8 summed + 4 in the weight) roundings of the largest
 |value| (the weights sum to 1): ``tol.close_elementwise(ops=12)``, 1.4e-6 for values in [-1, 1],
 inside the 1e-5 that the MPS path promises.
+
+The axis-separable sampler (LivePortrait's sparse motions, translated identity grids) takes the same taps
+and weights per axis and sums them in another order; the zero entries of its interpolation matrices add
+exact zeros, so the same bound holds.
 """
 import pytest
 import torch
 from torch.nn import functional as F
 
 import tolerance as tol
-from core.sampling import gather_grid_sample_3d, grid_sample_3d, resolve_sampler
+from core.sampling import gather_grid_sample_3d, grid_sample_3d, resolve_sampler, separable_grid_sample_3d
 from core.liveportrait.warping import coordinate_grid_3d
 
 SUM_OPS = 12
@@ -95,3 +99,63 @@ def test_sampler_choice():
     assert torch.equal(grid_sample_3d(v, grid, "torch"), _torch(v, grid))
     with pytest.raises(ValueError, match="volume and a"):
         gather_grid_sample_3d(v[0], grid)
+
+
+# --------------------------------------------------------------------------- axis-separable grids
+def _axis_grid(gx, gy, gz):
+    """(Nv, G, n) axis coordinates -> the full grids (Nv, G, D', H', W', 3) they stand for."""
+    return torch.stack(torch.broadcast_tensors(gx[:, :, None, None, :], gy[:, :, None, :, None],
+                                               gz[:, :, :, None, None]), dim=-1)
+
+
+def _check_separable(volume, gx, gy, gz):
+    got = separable_grid_sample_3d(volume, gx, gy, gz)
+    nv, g = gx.shape[:2]
+    full = _axis_grid(gx, gy, gz)                                     # (Nv, G, D', H', W', 3)
+    ref = torch.stack([_torch(volume, full[:, j]) for j in range(g)], dim=1)
+    assert got.shape == ref.shape == (nv, g, volume.shape[1], gz.shape[-1], gy.shape[-1], gx.shape[-1])
+    assert got.dtype == torch.float32
+    # the same taps and weights as the gather sampler; the zero entries of the interpolation matrices add
+    # exact zeros: the bound of the module docstring holds
+    tol.close_elementwise(got, ref, ops=SUM_OPS, magnitude=float(volume.abs().max()))
+
+
+def test_separable_sampler_translated_identity_grids_shared_volume():
+    """LivePortrait's sparse motions: the identity grid translated by K+1 offsets, one shared volume; the
+    offsets push points past every face of the cube."""
+    g = torch.Generator().manual_seed(2)
+    c, d, h, w = 4, 16, 64, 64
+    volume = torch.rand(1, c, d, h, w, generator=g) * 2 - 1
+    grid = coordinate_grid_3d(d, h, w)
+    axes = (grid[0, 0, :, 0], grid[0, :, 0, 1], grid[:, 0, 0, 2])
+    shifts = torch.rand(1, 6, 3, generator=g) * 0.6 - 0.3
+    gx, gy, gz = ((ax - shifts[..., i:i + 1]) for i, ax in enumerate(axes))
+    _check_separable(volume, gx, gy, gz)
+
+
+def test_separable_sampler_per_volume_grids_borders_and_sizes():
+    g = torch.Generator().manual_seed(3)
+    volume = torch.randn(3, 5, 7, 9, 11, generator=g).clamp(-1, 1)
+    gx = torch.rand(3, 2, 6, generator=g) * 2.6 - 1.3                 # other output sizes, points outside
+    gy = torch.rand(3, 2, 4, generator=g) * 2.6 - 1.3
+    gz = torch.rand(3, 2, 5, generator=g) * 2.6 - 1.3
+    gx[0, 0, :3] = torch.tensor([-1.0, 1.0, 1 / 11 - 1])             # exact faces and a voxel centre
+    gz[1, 1, :2] = torch.tensor([-1.0, 1.0])
+    _check_separable(volume, gx, gy, gz)
+
+
+def test_separable_sampler_non_finite_coordinates_and_autocast():
+    volume = torch.ones(1, 2, 4, 4, 4)
+    gx = torch.tensor([[[0.0, float("nan"), float("inf"), -float("inf")]]])
+    gy = gz = torch.zeros(1, 1, 4)
+    out = separable_grid_sample_3d(volume, gx, gy, gz)
+    assert torch.equal(out[..., 1:], torch.zeros_like(out[..., 1:])) and torch.all(out[..., 0] == 1)
+    # autocast is off inside: a bf16 autocast region gives the float32 result
+    g = torch.Generator().manual_seed(4)
+    volume = torch.rand(1, 3, 5, 6, 7, generator=g)
+    gx, gy, gz = (torch.rand(1, 2, n, generator=g) * 2 - 1 for n in (7, 6, 5))
+    want = separable_grid_sample_3d(volume, gx, gy, gz)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(separable_grid_sample_3d(volume, gx, gy, gz), want)
+    with pytest.raises(ValueError, match="axis grids"):
+        separable_grid_sample_3d(volume, gx, gy[:, :1], gz)
