@@ -184,3 +184,39 @@ def test_conv_bn_half_precision_folds_and_packs(monkeypatch, packing):
             norm.train()
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 assert torch.equal(_conv_bn(conv, norm, x), norm(conv(x)))
+
+
+def test_conv2d_over_depth_is_the_reshaped_conv():
+    """The occlusion conv of a channels-last hourglass output: each depth slice convolved with its kernel slice,
+    the D partial sums added in float32; in float32 it differs from conv(reshape) by summation order only."""
+    from core.liveportrait.warping import _conv2d_over_depth
+
+    g = torch.Generator().manual_seed(1)
+    b, c, d, h, w = 2, 5, 4, 9, 8
+    conv = torch.nn.Conv2d(c * d, 1, kernel_size=7, padding=3)
+    x = (torch.rand(b, c, d, h, w, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        want = conv(x.reshape(b, c * d, h, w))
+        got = _conv2d_over_depth(conv, x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    tol.close_sum(got, want, terms=c * d * 49 + 1,
+                  magnitude=float(conv.weight.detach().abs().sum(dim=(1, 2, 3)).max()))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_hourglass_blocks_stay_in_half_precision_on_the_cpu(layout):
+    """Under bf16 autocast the down block's pool and the up block's upsampling run in bf16 (autocast would do
+    them in float32), in the input's layout; the values are those of the float32 blocks to bf16 rounding."""
+    from core.liveportrait.warping import DownBlock3d, UpBlock3d
+
+    g = torch.Generator().manual_seed(2)
+    x = (torch.rand(1, 6, 3, 8, 8, generator=g) * 2 - 1).contiguous(memory_format=layout)
+    for block in (DownBlock3d(6, 16).eval(), UpBlock3d(6, 16).eval()):
+        with torch.inference_mode():
+            want = block(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = block(x)
+        assert got.dtype == torch.bfloat16 and got.shape == want.shape
+        assert got.is_contiguous(memory_format=layout)
+        # bf16 operands and result: a few parts in 2^8 of the largest term sums; the blocks' outputs are O(1)
+        assert float((got.float() - want).abs().max()) <= 2.0 ** -6 * float(want.abs().max())

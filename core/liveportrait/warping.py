@@ -46,6 +46,7 @@ The module must be used in ``eval()`` mode (BatchNorm running statistics).
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Dict, Optional
 
@@ -168,14 +169,65 @@ def _conv_bn(conv: nn.Conv3d, norm: nn.BatchNorm3d, x: torch.Tensor) -> torch.Te
     # copies into and out of oneDNN's layout cost more than the weight's per-call layout
     pack = conv.weight.numel() >= x.numel()
     kind, weight, bias = _packed_conv_bn(conv, norm, dtype, pack)
+    layout = torch.channels_last_3d if _is_channels_last_3d(x) else torch.contiguous_format
     if kind == "mkldnn":
         try:
-            return torch.mkldnn_convolution(x.contiguous().to_mkldnn(), weight, bias, list(conv.padding),
-                                            list(conv.stride), list(conv.dilation), conv.groups).to_dense()
+            y = torch.mkldnn_convolution(x.contiguous().to_mkldnn(), weight, bias, list(conv.padding),
+                                         list(conv.stride), list(conv.dilation), conv.groups).to_dense()
+            return y.contiguous(memory_format=layout)  # small: the weight outweighs it
         except RuntimeError:  # this oneDNN refuses it: dense folded weights from now on
             _PACKING["mkldnn"] = False
             kind, weight, bias = _packed_conv_bn(conv, norm, dtype, False)
-    return F.conv3d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return F.conv3d(x, weight.contiguous(memory_format=layout), bias, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
+def _cpu_half_layout(x: torch.Tensor, dtype: torch.dtype) -> torch.memory_format:
+    """The hourglass's layout: channels-last 3-D for half precision on the CPU, where oneDNN's bf16/fp16
+    3-D convolutions want it (the 142-channel 3x3x3 conv over 16 x 64 x 64: 28 ms channels-last against
+    60 ms from NCDHW, which it copies into its layout on every call), else NCDHW."""
+    if x.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _is_channels_last_3d(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+
+
+def _depth_slices(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last (B, C, D, H, W) volume as its B*D depth slices (B*D, C, H, W), channels-last: a view."""
+    b, c, d, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * d, c, h, w)
+
+
+def _conv2d_over_depth(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x.reshape(B, C*D, H, W))`` (input channel ``c*D + d``) for a channels-last volume ``x``, without
+    that reshape's transposing copy: each depth slice is convolved with its own kernel slice (the slices become
+    the batch, the D kernels the output channels), then slice d's output d is summed over d in float32.
+    Returned in float32. Used for the occlusion conv of a half-precision CPU hourglass."""
+    b, c, d, h, w = x.shape
+    o, cd, kh, kw = conv.weight.shape
+    if cd != c * d:
+        raise ValueError(f"{conv} expects {cd} input channels, got {c} x {d}")
+    w2 = conv.weight.view(o, c, d, kh, kw).permute(2, 0, 1, 3, 4).reshape(d * o, c, kh, kw).to(x.dtype)
+    y = F.conv2d(_depth_slices(x), w2, None, conv.stride, conv.padding, conv.dilation)  # (B*D, D*O, H', W')
+    y = y.view(b, d, d, o, y.shape[-2], y.shape[-1])
+    out = y[:, 0, 0].float()
+    for i in range(1, d):
+        out += y[:, i, i]
+    if conv.bias is not None:
+        out += conv.bias.float().view(1, o, 1, 1)
+    return out
+
+
+def _as_is(x: torch.Tensor):
+    """Autocast off for a half-precision ``x`` on the CPU, whose autocast runs pooling and upsampling in
+    float32: a 2x2 mean and a nearest copy lose nothing the next convolution would keep (it rounds its input
+    to half precision anyway), and the float32 round trip costs two casts of the activations per block."""
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(device_type="cpu", enabled=False)
+    return contextlib.nullcontext()
 
 
 def coordinate_grid_3d(d: int, h: int, w: int, dtype: torch.dtype = torch.float32,
@@ -200,7 +252,16 @@ class DownBlock3d(nn.Module):
         self.norm = nn.BatchNorm3d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool3d(F.relu(_conv_bn(self.conv, self.norm, x)), kernel_size=(1, 2, 2))
+        x = F.relu(_conv_bn(self.conv, self.norm, x))
+        if x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
+            # avg_pool3d has no half-precision CPU kernel (autocast would pool in float32 and the next
+            # convolution round it back): a (1, 2, 2) pool is a 2-D pool of the depth slices
+            b, c, d, h, w = x.shape
+            with _as_is(x):
+                if _is_channels_last_3d(x):
+                    return F.avg_pool2d(_depth_slices(x), kernel_size=2).view(b, d, c, h // 2, w // 2).transpose(1, 2)
+                return F.avg_pool2d(x.reshape(b, c * d, h, w), kernel_size=2).view(b, c, d, h // 2, w // 2)
+        return F.avg_pool3d(x, kernel_size=(1, 2, 2))
 
 
 class UpBlock3d(nn.Module):
@@ -212,7 +273,8 @@ class UpBlock3d(nn.Module):
         self.norm = nn.BatchNorm3d(out_features, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
+        with _as_is(x):
+            x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")
         return F.relu(_conv_bn(self.conv, self.norm, x))
 
 
@@ -343,8 +405,9 @@ class DenseMotionNetwork(nn.Module):
         low = autocast_dtype(hg_in.device)
         if low is not None:
             # rounded once here, as the first convolution would round it; the hourglass's last skip
-            # concatenation then stays in half precision too (no float32 copies of 142 x D x H x W)
-            hg_in = hg_in.to(low)
+            # concatenation then stays in half precision too (no float32 copies of 142 x D x H x W).
+            # On the CPU the hourglass runs channels-last (see _cpu_half_layout)
+            hg_in = hg_in.to(dtype=low, memory_format=_cpu_half_layout(hg_in, low))
 
         prediction = self.hourglass(hg_in)                            # (B, P, D, H, W)
         mask = torch.softmax(_conv3d(self.mask, prediction), dim=1)   # (B, K+1, D, H, W)
@@ -355,7 +418,10 @@ class DenseMotionNetwork(nn.Module):
         occlusion_map = None
         if self.occlusion is not None:
             p = prediction.shape[1]
-            occlusion_map = torch.sigmoid(self.occlusion(prediction.reshape(b, p * d, h, w)))
+            if _is_channels_last_3d(prediction):
+                occlusion_map = torch.sigmoid(_conv2d_over_depth(self.occlusion, prediction))
+            else:
+                occlusion_map = torch.sigmoid(self.occlusion(prediction.reshape(b, p * d, h, w)))
         return {"mask": mask, "deformation": deformation, "occlusion_map": occlusion_map}
 
 
