@@ -7,8 +7,10 @@ folded, sub-pixel upsampling, channels-last; source encoded once; batched drivin
 batch sizes 1/4/8; the same for the networks as loaded (no inference optimisation); the
 "official path" on the same machine (per frame: keypoints, then the generator's one-call forward
 that re-encodes the source, as ``demo.make_animation`` does); the split of one batch-1 frame into
-stages; and peak RSS while streaming N and 4N frames through ``animate_stream`` (frames discarded
-as they come, so the peak must not grow with the video's length). Weights are random: speed does
+stages; the FLOP floor (one frame's convolutions and products, counted by ``torch.utils.flop_counter``,
+over the best throughput measured here in this precision: ``share_of_floor``); and peak RSS while
+streaming N and 4N frames through ``animate_stream`` (frames discarded as they come, so the peak must not
+grow with the video's length). Weights are random: speed does
 not depend on their values. Each figure is the best of ``--repeats`` runs (this machine is noisy).
 """
 import argparse
@@ -17,7 +19,7 @@ import time
 
 import torch
 
-from common import peak_rss_mb, report  # noqa: E402  (also puts the repo root on sys.path)
+from common import count_flops, peak_gflops, peak_rss_mb, report  # noqa: E402  (also puts the repo root on sys.path)
 from core.fom import FOM, animate, animate_stream, keypoints, normalize_kp, prepare_source, preset  # noqa: E402
 from core.fom.model import build  # noqa: E402
 
@@ -94,6 +96,19 @@ def main():
         t = time.perf_counter(); fom.generator.decode(state.encoded, motion); sync(device)
         stages["decode"] = time.perf_counter() - t
     res["stage_ms_batch1"] = {k: round(v * 1000, 1) for k, v in stages.items()}
+
+    # the FLOP floor: one frame's convolutions and products (keypoints, dense motion, decoder; the source is
+    # encoded once per video), counted in fp32, over the best throughput seen here in this precision
+    with torch.inference_mode():
+        flops = count_flops(lambda: fom.generator.decode(state.encoded, fom.generator.dense_motion_network(
+            state.small, normalize_kp(state.kp, keypoints(fom, d), kpd, use_relative_movement=True,
+                                      use_relative_jacobian=True, scale=1.0), state.kp)))
+    from core.device import resolve_dtype
+
+    res["gflop_per_frame"] = round(flops / 1e9, 2)
+    res["peak_gflops"] = round(peak_gflops(device, resolve_dtype(a.precision, device)), 1)
+    res["floor_s_per_frame"] = round(flops / 1e9 / res["peak_gflops"], 4)
+    res["share_of_floor"] = round(res["floor_s_per_frame"] / min(res["sec_per_frame"].values()), 3)
 
     res["stream_peak_rss_mb"] = {}
     for n in (a.frames, 4 * a.frames):

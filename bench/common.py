@@ -2,6 +2,7 @@
 import json
 import resource
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,3 +22,42 @@ def report(results: dict, json_path=None) -> None:
     print(text)
     if json_path:
         Path(json_path).write_text(text + "\n")
+
+
+def count_flops(fn) -> float:
+    """FLOPs of the convolutions and matrix products ``fn`` runs (torch.utils.flop_counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def peak_gflops(device, dtype) -> float:
+    """The best throughput seen here in ``dtype``: a 2048^3 matrix product, and the SPADE decoder's widest
+    convolution (512 -> 512 channels, 3x3, 64x64, channels-last), best of 5 runs each."""
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def best(fn, flops):
+        fn()
+        times = []
+        for _ in range(5):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+        return flops / min(times) / 1e9
+
+    a = torch.randn(2048, 2048, device=device, dtype=dtype)
+    x = torch.randn(1, 512, 64, 64, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 512, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        gemm = best(lambda: a @ a, 2 * 2048 ** 3)
+        conv = best(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * 512 * 512 * 9 * 64 * 64)
+    return max(gemm, conv)

@@ -72,7 +72,7 @@ class LoadLivePortrait:
                                                                          "v1.0). Animal faces need the 'center' or "
                                                                          "'none' crop."}),
             "precision": specs.precision("auto = fp16 on a GPU; on the CPU, bf16 rendering where the CPU has native "
-                                         "bf16 (AMX or AVX-512 BF16: about 4x faster, within the README's bound of "
+                                         "bf16 (AMX or AVX-512 BF16: about 5x faster, within the README's bound of "
                                          "fp32), else fp32."),
         },
         "optional": {
