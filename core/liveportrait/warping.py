@@ -178,8 +178,9 @@ def _conv_bn(conv: nn.Conv3d, norm: nn.BatchNorm3d, x: torch.Tensor) -> torch.Te
         except RuntimeError:  # this oneDNN refuses it: dense folded weights from now on
             _PACKING["mkldnn"] = False
             kind, weight, bias = _packed_conv_bn(conv, norm, dtype, False)
-    return F.conv3d(x, weight.contiguous(memory_format=layout), bias, conv.stride, conv.padding, conv.dilation,
-                    conv.groups)
+    y = F.conv3d(x, weight.contiguous(memory_format=layout), bias, conv.stride, conv.padding, conv.dilation,
+                 conv.groups)
+    return y.contiguous(memory_format=layout)  # oneDNN without native half kernels may answer in NCDHW
 
 
 def _cpu_half_layout(x: torch.Tensor, dtype: torch.dtype) -> torch.memory_format:
