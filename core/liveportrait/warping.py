@@ -21,8 +21,9 @@ Dense motion network (``dense_motion_network``):
    its x depends on W only, y on H only, z on D only, and the trilinear warp factors into one
    2-tap interpolation per axis: three small matrix products for all K+1 warps
    (:func:`core.sampling.separable_grid_sample_3d`, equal to ``grid_sample`` up to float32 rounding,
-   4x faster on the CPU, and no 3-D sampling kernel needed). Heatmaps ``exp(-|g-kp_d|^2/(2*0.01)) - exp(-|g-kp_s|^2/(2*0.01))`` (zeros for the
-   background) are prepended per motion: input (B, (K+1)*(compress+1), D, H, W).
+   2-3x faster on the CPU, and no 3-D sampling kernel needed). Heatmaps
+   ``exp(-|g-kp_d|^2/(2*0.01)) - exp(-|g-kp_s|^2/(2*0.01))`` (zeros for the background) are
+   prepended per motion: input (B, (K+1)*(compress+1), D, H, W).
 5. 3-D hourglass (``hourglass``): encoder of ``num_blocks`` DownBlock3d (3x3x3 conv, BN3d,
    ReLU, avg-pool (1,2,2): H, W halved, D kept), decoder of UpBlock3d (nearest upsample
    (1,2,2), 3x3x3 conv, BN3d, ReLU) with skip concatenation ``cat([up, skip])``, then a final
@@ -158,8 +159,8 @@ def _conv_bn(conv: nn.Conv3d, norm: nn.BatchNorm3d, x: torch.Tensor) -> torch.Te
     call; for the hourglass's small volumes (16 x 4 x 4 with 1024 channels) that took more than the
     arithmetic: 24 ms against 10 ms packed (2-core AMX CPU, bf16)."""
     dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else autocast_dtype(x.device)
-    if (x.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16) or norm.training or torch.is_grad_enabled()
-            or not norm.track_running_stats or norm.running_var is None
+    if (x.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16) or norm.training
+            or torch.is_grad_enabled() or not norm.track_running_stats or norm.running_var is None
             or conv.padding_mode != "zeros" or isinstance(conv.padding, str)):
         return norm(conv(x))
     # the result stays in half precision (autocast's batch norm would return float32, and the next
