@@ -133,3 +133,89 @@ def test_loading_errors(tmp_path):
         L.load_retargeting(tmp_path / "stitch.safetensors", L.preset("tiny"))
     with pytest.raises(CheckpointError, match="missing: spade_generator"):
         L.load_liveportrait({k: v for k, v in paths.items() if k != "spade_generator"}, L.preset("tiny"))
+
+
+# --------------------------------------------------------------------------- torch.compile
+def _render(models, src, x_d, **kw):
+    return torch.cat(list(R.render_frames(models, src, x_d, batch_size=3, device="cpu", precision="fp32", **kw)))
+
+
+@pytest.fixture(scope="module")
+def fresh_models():
+    """A model set of its own (the compiled renderer is cached on it), on the inference path users run."""
+    return L.load_liveportrait(safetensors_paths(), L.preset("tiny")).optimize_for_inference()
+
+
+def _source_and_keypoints(models):
+    src = R.prepare_source(models, IO["input.pipeline_I_s"].permute(0, 2, 3, 1), size=64,
+                           lmk203=IO["input.source_lmk203"])
+    x_d = driving_keypoints(src.motion, reference_motion(), VARIANTS["rel_pose_stitch"], models.stitching, models.lip,
+                            models.eye)
+    return src, x_d
+
+
+def test_compiled_render_matches_eager(fresh_models):
+    """render_frames(compile=True) traces warping and decoding with torch.compile (inductor on the CPU in fp32)
+    and renders the same frames as the eager path: inductor may fuse and reorder the float32 sums, so the
+    frames agree to the network bound of the official comparison."""
+    import shutil
+
+    if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
+        pytest.skip("no C++ compiler here: inductor cannot compile on the CPU (the fallback is tested below)")
+    src, x_d = _source_and_keypoints(fresh_models)
+    eager = _render(fresh_models, src, x_d)
+    compiled = _render(fresh_models, src, x_d, compile=True)
+    assert fresh_models.__dict__["_compiled"][("cpu", None, torch.float32)] is not R._COMPILE_FAILED
+    tol.close_network(compiled, eager, tol.LP)
+    assert not torch.equal(compiled, torch.zeros_like(compiled))
+
+
+def test_compile_not_used_for_cpu_half_or_mps(models):
+    assert R.compiled_renderer(models, torch.device("cpu"), torch.bfloat16) is None
+    assert R.compiled_renderer(models, torch.device("mps"), torch.float16) is None
+
+
+def test_compile_failure_falls_back_once_with_a_warning(models, monkeypatch, caplog):
+    """A compiler error (no C++ compiler, an unsupported op) is logged once; rendering goes on eagerly, with
+    the same frames, and the model set does not try to compile again."""
+    calls = []
+
+    def broken(fn, **kw):
+        def run(*args):
+            calls.append(1)
+            raise RuntimeError("inductor: no working C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    models.__dict__.pop("_compiled", None)
+    src, x_d = _source_and_keypoints(models)
+    caplog.set_level("WARNING")
+    try:
+        got = _render(models, src, x_d, compile=True)
+        again = _render(models, src, x_d, compile=True)
+    finally:
+        models.__dict__.pop("_compiled", None)
+    assert torch.equal(got, _render(models, src, x_d)) and torch.equal(again, got)
+    assert len(calls) == 1
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(warnings) == 1 and "no working C++ compiler" in warnings[0]
+
+
+def test_compiled_batches_have_one_shape(models, monkeypatch):
+    """Where a call takes a whole batch (GPUs), the compiled renderer always gets batch_size frames: a short last
+    batch is padded with its last frame and the padding dropped."""
+    src, x_d = _source_and_keypoints(models)      # 4 frames, batches of 3 -> 3 + 1 (padded to 3)
+    shapes = []
+
+    def fake(models_, dev, dtype):
+        def run(feature, x_s, x_b):
+            shapes.append(int(x_b.shape[0]))
+            return R.warp_decode(models_, feature, x_s, x_b)["out"]
+        return run
+
+    monkeypatch.setattr(R, "compiled_renderer", fake)
+    monkeypatch.setattr(R, "_frames_per_call", lambda dev, batch_size: batch_size)
+    got = _render(models, src, x_d, compile=True)
+    assert shapes == [3, 3] and got.shape[0] == 4
+    monkeypatch.setattr(R, "_frames_per_call", lambda dev, batch_size: 1)
+    tol.close_network(got, _render(models, src, x_d), tol.LP)
