@@ -103,12 +103,15 @@ def grid_sample_3d(volume: torch.Tensor, grid: torch.Tensor, sampler: str = "aut
 
 def _interpolation_matrix(coord: torch.Tensor, size: int) -> torch.Tensor:
     """``(..., n_out)`` grid coordinates along one axis -> ``(..., n_out, size)`` float32 matrix whose
-    row o holds the linear-interpolation weights of output o (two taps, a tap outside the axis dropped)."""
-    lo, frac, v0, v1 = _axis(coord.float(), size)
-    m = frac.new_zeros(*coord.shape, size)
-    m.scatter_add_(-1, lo.clamp(0, size - 1).unsqueeze(-1), torch.where(v0, 1 - frac, 0.0).unsqueeze(-1))
-    m.scatter_add_(-1, (lo + 1).clamp(0, size - 1).unsqueeze(-1), torch.where(v1, frac, 0.0).unsqueeze(-1))
-    return m
+    row o holds the linear-interpolation weights of output o: ``max(0, 1 - |i_o - j|)`` for voxel j, i.e.
+    ``1 - frac`` and ``frac`` on the two voxels around the source index ``i_o`` and zero elsewhere (a tap
+    outside the axis has no column: zeros padding). All float maths, no index conversion, so it traces
+    cleanly (inductor's AVX2 code turned the float -> int64 indices of a scatter into garbage)."""
+    i = ((coord.float() + 1) * size - 1) / 2
+    # non-finite or far out: two voxels outside, where every weight is zero
+    i = torch.nan_to_num(i, nan=-2.0, posinf=size + 1.0, neginf=-2.0).clamp(-2.0, size + 1.0)
+    taps = torch.arange(size, dtype=i.dtype, device=i.device)
+    return (1 - (i.unsqueeze(-1) - taps).abs()).clamp_min(0)
 
 
 def separable_grid_sample_3d(volume: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor,
@@ -122,8 +125,9 @@ def separable_grid_sample_3d(volume: torch.Tensor, gx: torch.Tensor, gy: torch.T
 
     Trilinear weights are products of one linear weight per axis, and a corner is outside the volume when
     one of its indices is, so the sum over the 8 corners factors into a 2-tap interpolation along W, then
-    H, then D, each a product with a ``(n_out, n_in)`` matrix holding two weights per row. The taps and
-    weights are those of :func:`gather_grid_sample_3d`; only the order of the float32 sums differs. The
+    H, then D, each a product with a ``(n_out, n_in)`` matrix holding two weights per row. The taps are
+    those of :func:`gather_grid_sample_3d`, the weights equal to float32 rounding, and the sums run in
+    another order. The
     products also multiply the zero entries of the matrices, so a NaN or infinity anywhere in the volume
     spreads along its rows, where ``grid_sample`` would only pass on the ones it reads: the volume is expected
     finite (it is a network's activation).
