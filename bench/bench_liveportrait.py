@@ -1,16 +1,12 @@
 """LivePortrait speed and memory with full-size (official config) random weights, CPU or GPU.
 
     python bench/bench_liveportrait.py [--device cpu] [--precision fp32] [--batches 1,2,4] [--repeats 1]
-                                       [--compile] [--official LIVEPORTRAIT_CHECKOUT] [--json out.json]
+                                       [--official LIVEPORTRAIT_CHECKOUT] [--json out.json]
 
 Reports seconds per frame of rendering (warping + SPADE decoder, the source prepared once) for
 each batch size, of the warping and decoder parts separately (batch 1), of motion extraction
 (batch 1 and 8), source preparation, and peak RSS. Weights are random (shapes as published);
 speed does not depend on their values.
-
-``--compile``: rendering through ``torch.compile`` (``core.liveportrait.render.compiled_renderer``, as
-``render_frames(compile=True)`` runs it); each batch size is compiled in its warm-up call, reported as
-``compile_s``, and not timed.
 
 Against the official code and the hardware:
 
@@ -72,7 +68,6 @@ def main():
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--batches", default="1,2,4")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--compile", action="store_true", help="render through torch.compile")
     ap.add_argument("--official", default=None, help="a KwaiVGI/LivePortrait checkout to time in the same run")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -85,30 +80,18 @@ def main():
     source = prepare_source(models, crop, device=device, precision=a.precision)
     x_s = source.motion.x_s.to(device)
     from core.device import autocast, resolve_dtype
-    from core.liveportrait.render import compiled_renderer, warp_decode
+    from core.liveportrait.render import warp_decode
 
     dtype = resolve_dtype(a.precision, device)
-    compiled = compiled_renderer(models, device, dtype) if a.compile else None
-    res["compiled"] = compiled is not None
 
     def render(b):
         x_d = (x_s + 0.01 * torch.randn(b, 21, 3, device=device))
         with autocast(device, dtype):
-            if compiled is not None:
-                with torch.inference_mode():
-                    compiled(source.feature_3d, x_s, x_d)
-            else:
-                warp_decode(models, source.feature_3d, x_s, x_d)
+            warp_decode(models, source.feature_3d, x_s, x_d)
 
+    render(1)  # warm-up
     res["render_s_per_frame"] = {}
-    if compiled is not None:
-        res["compile_s"] = {}
     for b in (int(v) for v in a.batches.split(",")):
-        t = time.perf_counter()
-        render(b)  # warm-up (compiles this batch size when compiling)
-        sync(device)
-        if compiled is not None:
-            res["compile_s"][f"batch_{b}"] = round(time.perf_counter() - t, 1)
         res["render_s_per_frame"][f"batch_{b}"] = round(timed(lambda: render(b), device, a.repeats) / b, 3)
     with torch.inference_mode(), autocast(device, dtype):
         x_d = x_s + 0.01 * torch.randn(1, 21, 3, device=device)

@@ -5,9 +5,8 @@
 Builds the official-size appearance extractor, warping module and SPADE decoder with the reference data's
 seeded weights (tests/lp_fullsize.py), renders the reference's two driving keypoint sets on the CPU in fp32
 (the ground truth, itself checked against the official outputs by tests/test_lp_fullsize.py), then on
-``--device`` in fp32 (TF32 off), fp16 and bf16 (and through torch.compile in ``--compiled`` precisions), and
-reports per precision the max / mean absolute error and the PSNR of the 512x512 faces against the CPU fp32
-ones, with the time per call. ``--device cpu`` runs the same
+``--device`` in fp32 (TF32 off), fp16 and bf16, and reports per precision the max / mean absolute error and the
+PSNR of the 512x512 faces against the CPU fp32 ones, with the time per call. ``--device cpu`` runs the same
 comparison on the CPU (half precision against fp32 there). Part of bench/gpu_check.sh.
 """
 import argparse
@@ -37,7 +36,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precisions", default="fp32,fp16,bf16")
-    ap.add_argument("--compiled", default="fp16", help="precisions also rendered through torch.compile ('' = none)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     from safetensors.torch import load_file
@@ -58,11 +56,6 @@ def main():
         res[precision] = {"max_abs": round(e["max_abs"], 6), "mean_abs": round(e["mean_abs"], 7),
                           "psnr_db": round(e["psnr_db"], 2), "finite": bool(torch.isfinite(out).all()),
                           "s_per_call": round(secs, 4)}
-    for precision in filter(None, a.compiled.split(",")):  # one call: compiling included, so not timed
-        out = render_seeded(nets, ref, a.device, precision, compile=True)
-        e = frame_errors(out, cpu32)
-        res[f"{precision}_compiled"] = {"max_abs": round(e["max_abs"], 6), "mean_abs": round(e["mean_abs"], 7),
-                                        "psnr_db": round(e["psnr_db"], 2), "finite": bool(torch.isfinite(out).all())}
     report(res, a.json)
 
 

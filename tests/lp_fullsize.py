@@ -82,10 +82,9 @@ def source_image(ref: dict) -> torch.Tensor:
     return ref["input.I_s_u8"].permute(2, 0, 1).unsqueeze(0).float() / 255
 
 
-def render_seeded(nets: dict, ref: dict, device="cpu", precision: str = "fp32", compile: bool = False) -> torch.Tensor:
+def render_seeded(nets: dict, ref: dict, device="cpu", precision: str = "fp32") -> torch.Tensor:
     """The source volume and the reference's two driving frames in ``precision`` on ``device``, as
-    prepare_source and render_frames make them (``compile``: through torch.compile): ``[2,3,512,512]`` float32
-    on the CPU. Moves the nets there."""
+    prepare_source and render_frames make them: ``[2,3,512,512]`` float32 on the CPU. Moves the nets there."""
     dev = torch.device(device)
     for m in nets.values():
         m.to(dev)
@@ -94,4 +93,4 @@ def render_seeded(nets: dict, ref: dict, device="cpu", precision: str = "fp32", 
     models = LivePortraitModels(nets["F"], None, nets["W"], nets["G"], None, config=preset("liveportrait"))
     source = LivePortraitSource(feature_3d=feature, motion=SimpleNamespace(x_s=ref["W.in_kp_source"][:1]))
     return torch.cat(list(render_frames(models, source, ref["W.in_kp_driving"], batch_size=2, device=dev,
-                                        precision=precision, compile=compile)))
+                                        precision=precision)))

@@ -40,7 +40,6 @@ class LivePortraitSet:
     precision: str = "auto"
     download: bool = True
     folder: Optional[Path] = None
-    compile: bool = False  # render through torch.compile (render_frames' ``compile``)
     _sources: dict = field(default_factory=dict, repr=False)  # id(portrait) -> (weakrefs to it and the models, source)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -73,14 +72,12 @@ class LivePortraitSet:
 
     def describe(self) -> str:
         where = f" from {self.folder}" if self.folder else ""
-        compiled = ", compiled" if self.compile else ""
-        return f"LivePortrait ({self.variant}{where}) on {self.device}, precision {self.precision}{compiled}"
+        return f"LivePortrait ({self.variant}{where}) on {self.device}, precision {self.precision}"
 
 
 def render_images(models: LivePortraitModels, source: LivePortraitSource, x_d: torch.Tensor,
                   full: Optional[torch.Tensor] = None, batch_size: int = 4, device=None, precision: str = "auto",
-                  progress: Optional[ProgressFn] = None,
-                  compile: bool = False) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+                  progress: Optional[ProgressFn] = None) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """Render every frame into two IMAGE tensors: ``(pasted [T,H,W,3] or None, faces [T,S,S,3])``.
 
     ``pasted`` is ``None`` unless ``full`` (the portrait ``[1,H,W,3]``) is given. The tensors are
@@ -94,7 +91,7 @@ def render_images(models: LivePortraitModels, source: LivePortraitSource, x_d: t
         pasted = torch.empty((n, int(full.shape[1]), int(full.shape[2]), 3), dtype=torch.float32)
     done = 0
     for face, frames in render_pasted(models, source, x_d, full, batch_size=batch_size, device=device,
-                                      precision=precision, progress=progress, compile=compile):
+                                      precision=precision, progress=progress):
         count = int(face.shape[0])
         faces[done:done + count] = face
         if pasted is not None:
@@ -116,7 +113,6 @@ def render_stream(lp: Union[LivePortraitSet, LivePortraitModels], source: LivePo
     Every batch is checked for NaN/inf before it is handed on (:class:`~..errors.NonFiniteOutputError`: "a batch
     of <label> has ...")."""
     is_set = isinstance(lp, LivePortraitSet)
-    compile = bool(lp.compile) if is_set else False
     if is_set:
         device = lp.device if device is None else device
         precision = lp.precision if precision is None else precision
@@ -129,7 +125,7 @@ def render_stream(lp: Union[LivePortraitSet, LivePortraitModels], source: LivePo
     def frames() -> Iterator[torch.Tensor]:
         models = lp.models() if is_set else lp
         for faces, pasted in render_pasted(models, source, x_d, full, batch_size=batch_size, device=device,
-                                           precision=precision, progress=progress, compile=compile):
+                                           precision=precision, progress=progress):
             out = faces if full is None else pasted
             require_finite_output("image", out, f"a batch of {label}")
             yield out

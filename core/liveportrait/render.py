@@ -13,15 +13,13 @@
 """
 from __future__ import annotations
 
-import logging
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 
-from ..device import autocast, autocast_dtype, full_precision, resolve_device, resolve_dtype, resolve_run_dtype
+from ..device import autocast, full_precision, resolve_device, resolve_dtype, resolve_run_dtype
 from ..errors import InputError
 from ..frames import FrameStream
 from ..progress import Progress, ProgressFn
@@ -29,8 +27,6 @@ from ..resize import image_to_square_nchw
 from . import kinematics as K
 from .load import INPUT_SIZE, LivePortraitModels
 from .motion import DriveOptions, Motion, SourceMotion, driving_keypoints
-
-log = logging.getLogger(__name__)
 
 
 
@@ -149,75 +145,9 @@ def warp_decode(models: LivePortraitModels, feature_3d: torch.Tensor, x_s: torch
     return {"out": models.spade(warped["out"]), "occlusion_map": warped["occlusion_map"]}
 
 
-_COMPILE_FAILED = object()
-
-
-def compiled_renderer(models: LivePortraitModels, device: torch.device, dtype: torch.dtype):
-    """``run(feature_3d, x_s, x_d) -> faces`` (warping + decoding of one batch) through ``torch.compile``, built
-    once per model set, device and dtype; None where it is not used: half precision on the CPU (its hand-made
-    bf16 path is faster and is not traceable), Apple GPUs (torch.compile's MPS backend is experimental), or
-    after compiling failed once for this model set (the log says why; rendering goes on without it).
-
-    The decoder's prepared weights are looked up outside the compiled function and passed in, so the traced
-    code is tensor maths only. Shapes are fixed per batch size (``dynamic=False``): :func:`render_frames` pads
-    a short last batch rather than compile again."""
-    if device.type == "mps" or (device.type == "cpu" and dtype != torch.float32):
-        return None
-    cache = models.__dict__.setdefault("_compiled", {})
-    key = (device.type, device.index, dtype)
-    fn = cache.get(key)
-    if fn is _COMPILE_FAILED:
-        return None
-    if fn is None:
-        warping, spade = models.warping, models.spade
-        prepared = getattr(spade, "fast_path", False) and hasattr(spade, "forward_prepared")
-
-        def warp_and_decode(feature_3d, x_s, x_d, prep):
-            b = x_d.shape[0]
-            out = warping(feature_3d, kp_driving=x_d, kp_source=x_s.expand(b, -1, -1))["out"]
-            return spade.forward_prepared(prep, out) if prepared else spade(out)
-
-        compiled = torch.compile(warp_and_decode, dynamic=False)
-
-        def run(feature_3d, x_s, x_d):
-            prep = spade.prepared_weights(autocast_dtype(device)) if prepared else None
-            return compiled(feature_3d, x_s, x_d, prep)
-
-        fn = cache[key] = run
-    return fn
-
-
-def _render_batch(models: LivePortraitModels, feature: torch.Tensor, x_s: torch.Tensor, x_d: torch.Tensor,
-                  compiled, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The decoded faces of one batch, through ``compiled`` (:func:`compiled_renderer`) when given; a failure
-    to compile is logged once and the batch is rendered without it."""
-    if compiled is not None:
-        try:
-            with torch.inference_mode():
-                return compiled(feature, x_s, x_d)
-        except (InputError, MemoryError, torch.cuda.OutOfMemoryError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - dynamo/inductor errors have no common base class
-            log.warning("torch.compile could not compile LivePortrait's renderer (%s: %s); rendering without it",
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            models.__dict__.setdefault("_compiled", {})[(dev.type, dev.index, dtype)] = _COMPILE_FAILED
-    return warp_decode(models, feature, x_s, x_d)["out"]
-
-
-def _frames_per_call(dev: torch.device, batch_size: int) -> int:
-    """Frames per network call: on the CPU one at a time is fastest (batch 4 costs 1.25x more per frame in bf16:
-    the activations of several frames no longer stay in the caches); the batch still sets how many frames are
-    handed on together. Elsewhere the batch."""
-    return 1 if dev.type == "cpu" else batch_size
-
-
 def render_frames(models: LivePortraitModels, source: LivePortraitSource, x_d: torch.Tensor, batch_size: int = 4,
-                  device=None, precision: str = "auto", progress: Optional[ProgressFn] = None,
-                  compile: bool = False) -> Iterator[torch.Tensor]:
-    """Yield rendered frames ``[B,3,S,S]`` (float32 in (0,1), CPU) for driving keypoints ``x_d`` [T,21,3].
-
-    ``compile``: warp and decode through ``torch.compile`` (:func:`compiled_renderer`): the first batch waits
-    for the compilation (a minute or more), later ones run faster on a GPU. Off by default."""
+                  device=None, precision: str = "auto", progress: Optional[ProgressFn] = None) -> Iterator[torch.Tensor]:
+    """Yield rendered frames ``[B,3,S,S]`` (float32 in (0,1), CPU) for driving keypoints ``x_d`` [T,21,3]."""
     dev = resolve_device(device)
     dtype = resolve_run_dtype(precision, dev, "LivePortrait renders")
     n = int(x_d.shape[0])
@@ -227,22 +157,15 @@ def render_frames(models: LivePortraitModels, source: LivePortraitSource, x_d: t
                          "prepare it with appearance=True to render it")
     x_s = source.motion.x_s.to(dev)
     feature = source.feature_3d.to(dev)
-    step = _frames_per_call(dev, batch_size)
-    compiled = compiled_renderer(models, dev, dtype) if compile else None
+    # on the CPU one frame at a time is fastest (batch 4 costs 1.25x more per frame in bf16: the
+    # activations of several frames no longer stay in the caches); the batch still sets how many
+    # frames are handed on together
+    step = 1 if dev.type == "cpu" else batch_size
     with autocast(dev, dtype):
         for i in range(0, n, batch_size):
             x_b = x_d[i:i + batch_size].to(dev)
-            parts = []
-            for j in range(0, int(x_b.shape[0]), step):
-                x_j = x_b[j:j + step]
-                count = int(x_j.shape[0])
-                if compiled is not None and count < step:  # the compiled shapes are fixed: pad, then drop
-                    x_j = torch.cat([x_j, x_j[-1:].expand(step - count, -1, -1)])
-                parts.append(_render_batch(models, feature, x_s, x_j, compiled, dev, dtype)[:count])
-                if compiled is not None and models.__dict__.get("_compiled", {}).get(
-                        (dev.type, dev.index, dtype)) is _COMPILE_FAILED:
-                    compiled = None
-            out = torch.cat(parts)
+            out = torch.cat([warp_decode(models, feature, x_s, x_b[j:j + step])["out"]
+                             for j in range(0, int(x_b.shape[0]), step)])
             frames = out.float().cpu()
             bar.step(preview=frames[-1].permute(1, 2, 0))
             yield frames
@@ -264,8 +187,8 @@ def motion_keypoints(models: LivePortraitModels, source: LivePortraitSource, mot
 
 def render_pasted(models: LivePortraitModels, source: LivePortraitSource, x_d: torch.Tensor,
                   full: Optional[torch.Tensor] = None, batch_size: int = 4, device=None, precision: str = "auto",
-                  progress: Optional[ProgressFn] = None, mask: Optional[torch.Tensor] = None,
-                  compile: bool = False) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+                  progress: Optional[ProgressFn] = None,
+                  mask: Optional[torch.Tensor] = None) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """Yield ``(faces [B,S,S,3], frames [B,H,W,3])`` per batch (IMAGE layout, float32 CPU): the rendered
     face crops and, when ``full`` (the portrait ``[1,H,W,3]``) is given, the faces pasted back into it
     the way LivePortrait does (``source.record``, its mask template, no pre-filtering); else ``None``.
@@ -277,7 +200,7 @@ def render_pasted(models: LivePortraitModels, source: LivePortraitSource, x_d: t
     from ..face import paste_back
 
     for batch in render_frames(models, source, x_d, batch_size=batch_size, device=device, precision=precision,
-                               progress=progress, compile=compile):
+                               progress=progress):
         faces = batch.permute(0, 2, 3, 1)
         frames = None
         if full is not None:
@@ -288,8 +211,7 @@ def render_pasted(models: LivePortraitModels, source: LivePortraitSource, x_d: t
 
 def render_to_video(models: LivePortraitModels, source: LivePortraitSource, x_d: torch.Tensor, writer,
                     full: Optional[torch.Tensor] = None, batch_size: int = 4, device=None, precision: str = "auto",
-                    progress: Optional[ProgressFn] = None, mask: Optional[torch.Tensor] = None,
-                    compile: bool = False) -> int:
+                    progress: Optional[ProgressFn] = None, mask: Optional[torch.Tensor] = None) -> int:
     """Render and hand every batch to ``writer`` as soon as it is ready: the pasted frames (or the face
     crops without ``full``) as IMAGE ``[B,H,W,3]``. ``writer`` is a :class:`core.video.VideoWriter` or
     any object with ``write(frames)`` (or a plain callable). Memory stays at one batch whatever the
@@ -297,7 +219,7 @@ def render_to_video(models: LivePortraitModels, source: LivePortraitSource, x_d:
     sink: Callable[[torch.Tensor], None] = writer.write if hasattr(writer, "write") else writer
     done = 0
     for faces, frames in render_pasted(models, source, x_d, full, batch_size=batch_size, device=device,
-                                       precision=precision, progress=progress, mask=mask, compile=compile):
+                                       precision=precision, progress=progress, mask=mask):
         out = frames if frames is not None else faces
         sink(out)
         done += int(out.shape[0])

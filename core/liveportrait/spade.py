@@ -237,12 +237,6 @@ def _instance_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return d.to(x.dtype) if half else d
 
 
-def _compiling() -> bool:
-    """True while torch.compile traces the code."""
-    probe = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(probe()) if probe is not None else False
-
-
 def _clear_cache_hook(module, _incompatible_keys):
     module.clear_cache()
 
@@ -472,13 +466,10 @@ class SPADEDecoder(nn.Module):
         out = torch.empty(shape, dtype=xn.dtype, device=xn.device, memory_format=mf)
         H, W = shape[2] // f, shape[3] // f
         n_t, s = pn["n_types"], f // r
-        tracing = _compiling()
         for (p, q), (w, iy, ix) in pn["gb_phase"].items():
             gb = F.conv2d(actv[:, :, iy:, ix:], w, pn["gb_bias"], stride=n_t)[:, :, :H, :W]
-            if tracing:  # torch.compile takes no strided out= (a graph break per phase): assign instead
-                out[:, :, p::f, q::f] = torch.addcmul(gb[:, nc:], xn[:, :, p // r::s, q // r::s], gb[:, :nc])
-            else:
-                torch.addcmul(gb[:, nc:], xn[:, :, p // r::s, q // r::s], gb[:, :nc], out=out[:, :, p::f, q::f])
+            torch.addcmul(gb[:, nc:], xn[:, :, p // r::s, q // r::s], gb[:, :nc],
+                          out=out[:, :, p::f, q::f])
         return out
 
     def _fast_block(self, pb, x, actvs, compressed, mf):
@@ -524,17 +515,7 @@ class SPADEDecoder(nn.Module):
           output.
         """
         # the convolutions run in autocast's dtype when it is on, else in the weights' own
-        return self.forward_prepared(self._prepare(autocast_dtype(feature.device)), feature)
-
-    def prepared_weights(self, dtype=None) -> dict:
-        """The fast path's prepared weights for convolutions in ``dtype`` (None: the weights' own), for
-        :meth:`forward_prepared` (a nested dict of tensors and sizes; built once and cached)."""
-        with torch.no_grad():
-            return self._prepare(dtype)
-
-    def forward_prepared(self, prep: dict, feature: torch.Tensor) -> torch.Tensor:
-        """:meth:`_fast_forward` with its prepared weights given (:meth:`prepared_weights`): tensor maths
-        only, so ``torch.compile`` traces it whole (the cache lookup stays outside)."""
+        prep = self._prepare(autocast_dtype(feature.device))
         mf = torch.channels_last if self.channels_last else torch.contiguous_format
         seg = feature.contiguous(memory_format=mf)
         x = F.conv2d(seg, *prep["fc"], padding=1)
