@@ -10,8 +10,8 @@ that re-encodes the source, as ``demo.make_animation`` does); the split of one b
 stages; the FLOP floor (one frame's convolutions and products, counted by ``torch.utils.flop_counter``,
 over the best throughput measured here in this precision: ``share_of_floor``); and peak RSS while
 streaming N and 4N frames through ``animate_stream`` (frames discarded as they come, so the peak must not
-grow with the video's length). Weights are random: speed does
-not depend on their values. Each figure is the best of ``--repeats`` runs (this machine is noisy).
+grow with the video's length). Weights are random: speed does not depend on their values. Each figure is
+the best of ``--repeats`` runs (this machine is noisy).
 """
 import argparse
 import copy
@@ -19,14 +19,9 @@ import time
 
 import torch
 
-from common import count_flops, peak_gflops, peak_rss_mb, report  # noqa: E402  (also puts the repo root on sys.path)
+from common import count_flops, peak_gflops, peak_rss_mb, report, sync  # noqa: E402  (puts the repo root on sys.path)
 from core.fom import FOM, animate, animate_stream, keypoints, normalize_kp, prepare_source, preset  # noqa: E402
 from core.fom.model import build  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main():

@@ -22,11 +22,10 @@ Against the official code and the hardware:
   ratio and ``share_of_floor`` the floor over the measured batch-1 time.
 """
 import argparse
-import time
 
 import torch
 
-from common import count_flops, peak_gflops, peak_rss_mb, report  # noqa: E402  (also puts the repo root on sys.path)
+from common import count_flops, peak_gflops, peak_rss_mb, report, timed  # noqa: E402  (puts the repo root on sys.path)
 from core.liveportrait import LivePortraitModels, extract_motion, prepare_source, preset  # noqa: E402
 from core.liveportrait.load import _build  # noqa: E402
 from core.liveportrait.stitching import build_networks  # noqa: E402
@@ -44,22 +43,6 @@ def random_models(device) -> LivePortraitModels:
     for module in m.modules_for_cache():
         module.eval().to(device)
     return m.optimize_for_inference()  # as get_liveportrait hands the models to inference
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():

@@ -34,25 +34,34 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
+def sync(device) -> None:
+    """Wait for the device's queued work (a GPU's), so a timing covers it."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeats: int) -> float:
+    """The best wall time of ``repeats`` calls of ``fn``, the device synchronised around each."""
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def peak_gflops(device, dtype) -> float:
     """The best throughput seen here in ``dtype``: a 2048^3 matrix product, and the SPADE decoder's widest
-    convolution (512 -> 512 channels, 3x3, 64x64, channels-last), best of 5 runs each."""
+    convolution (512 -> 512 channels, 3x3, 64x64, channels-last), best of 5 runs each after a warm-up."""
     import torch
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     def best(fn, flops):
         fn()
-        times = []
-        for _ in range(5):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t)
-        return flops / min(times) / 1e9
+        return flops / timed(fn, device, 5) / 1e9
 
     a = torch.randn(2048, 2048, device=device, dtype=dtype)
     x = torch.randn(1, 512, 64, 64, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)

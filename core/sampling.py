@@ -105,8 +105,8 @@ def _interpolation_matrix(coord: torch.Tensor, size: int) -> torch.Tensor:
     """``(..., n_out)`` grid coordinates along one axis -> ``(..., n_out, size)`` float32 matrix whose
     row o holds the linear-interpolation weights of output o: ``max(0, 1 - |i_o - j|)`` for voxel j, i.e.
     ``1 - frac`` and ``frac`` on the two voxels around the source index ``i_o`` and zero elsewhere (a tap
-    outside the axis has no column: zeros padding). All float maths, no index conversion, so it traces
-    cleanly (inductor's AVX2 code turned the float -> int64 indices of a scatter into garbage)."""
+    outside the axis has no column: zeros padding). All float maths, no float -> int64 index conversion
+    (under torch.compile, inductor's AVX2 code turned a scatter's converted indices into garbage)."""
     i = ((coord.float() + 1) * size - 1) / 2
     # non-finite or far out: two voxels outside, where every weight is zero
     i = torch.nan_to_num(i, nan=-2.0, posinf=size + 1.0, neginf=-2.0).clamp(-2.0, size + 1.0)
@@ -127,10 +127,9 @@ def separable_grid_sample_3d(volume: torch.Tensor, gx: torch.Tensor, gy: torch.T
     one of its indices is, so the sum over the 8 corners factors into a 2-tap interpolation along W, then
     H, then D, each a product with a ``(n_out, n_in)`` matrix holding two weights per row. The taps are
     those of :func:`gather_grid_sample_3d`, the weights equal to float32 rounding, and the sums run in
-    another order. The
-    products also multiply the zero entries of the matrices, so a NaN or infinity anywhere in the volume
-    spreads along its rows, where ``grid_sample`` would only pass on the ones it reads: the volume is expected
-    finite (it is a network's activation).
+    another order. The products also multiply the zero entries of the matrices, so a NaN or infinity
+    anywhere in the volume spreads along its rows, where ``grid_sample`` would only pass on the ones it
+    reads: the volume is expected finite (it is a network's activation).
 
     Why: torch's 5-D ``grid_sample`` runs at ~12 ns per output point on the CPU (68 ms for LivePortrait's
     22 motions of a 4 x 16 x 64 x 64 volume on 2 cores); the three products take a few ms, and need no 3-D

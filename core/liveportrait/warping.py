@@ -87,7 +87,7 @@ def _conv3d_by_depth_taps(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     pd, ph, pw = conv.padding
     xp = F.pad(x, (0, 0, 0, 0, pd, pd)) if pd else x
     dp = d + 2 * pd
-    x2 = xp.transpose(1, 2).reshape(b * dp, c, h, wd).contiguous(memory_format=torch.channels_last)
+    x2 = _depth_slices(xp).contiguous(memory_format=torch.channels_last)  # a view when xp is channels-last
     w2 = w.permute(2, 0, 1, 3, 4).reshape(kd * o, c, kh, kw).to(x.dtype)
     y = F.conv2d(x2, w2, None, padding=(ph, pw))              # (B*Dp, kd*O, H', W')
     y = y.view(b, dp, kd, o, y.shape[-2], y.shape[-1])
@@ -198,7 +198,8 @@ def _is_channels_last_3d(x: torch.Tensor) -> bool:
 
 
 def _depth_slices(x: torch.Tensor) -> torch.Tensor:
-    """A channels-last (B, C, D, H, W) volume as its B*D depth slices (B*D, C, H, W), channels-last: a view."""
+    """A (B, C, D, H, W) volume as its B*D depth slices (B*D, C, H, W): a channels-last view of a channels-last
+    volume (a copy otherwise)."""
     b, c, d, h, w = x.shape
     return x.transpose(1, 2).reshape(b * d, c, h, w)
 
@@ -401,7 +402,7 @@ class DenseMotionNetwork(nn.Module):
         else:  # one shared volume for all rows
             warped = separable_grid_sample_3d(feature, *(m.reshape(1, b * (k + 1), -1) for m in motion_axes))
             warped = warped[0].unflatten(0, (b, k + 1))
-        warped = warped.to(torch.promote_types(feature.dtype, torch.float32))
+        warped = warped.to(geo)
         hg_in = torch.cat([heatmap.unsqueeze(2).to(warped.dtype), warped], dim=2)  # (B, K+1, c+1, D, H, W)
         hg_in = hg_in.view(b, (k + 1) * (c + 1), d, h, w)
         low = autocast_dtype(hg_in.device)
