@@ -13,4 +13,7 @@ if _install_comfy_bridge():
     # ComfyUI names the pack after its folder (the name it was installed under)
     _install_routes(_os.path.basename(_os.path.dirname(__file__)))
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+#: ComfyUI serves this folder at /extensions/<folder name>/: live mode's page is web/live.html there
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

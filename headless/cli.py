@@ -8,6 +8,7 @@ imports the node layer itself::
     python run.py weights list | weights where ID | weights fetch ID | weights convert SRC [DST]
     python run.py probe output/TalkingHead/talk_00001_.mp4
     python run.py convert workflows/api/NAME.api.json NAME.json   # (or back)
+    python run.py live --portrait me.jpg      # live mode: open the printed URL, talk
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from .executor import execute
 from .overrides import apply_overrides
 from .ui_format import as_api, load_workflow, ui_to_api
 
-COMMANDS = ("run", "weights", "probe", "nodes", "convert")
+COMMANDS = ("run", "weights", "probe", "nodes", "convert", "live")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +59,65 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("target", help="where to write the other format")
     cv.add_argument("--meta", default=None, help="groups/notes/positions for API -> UI (default: "
                     "NAME.meta.json beside NAME.api.json, when present)")
+    lv = sub.add_parser("live", help="serve live mode: a portrait that answers a microphone or a TTS stream "
+                        "(a web page and a WebSocket, see the README)")
+    lv.add_argument("--portrait", action="append", required=True, metavar="PHOTO",
+                    help="a portrait to offer (repeatable; the first is the default)")
+    lv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                    "only; any other needs a token)")
+    lv.add_argument("--port", type=int, default=8189)
+    lv.add_argument("--token", default=None, help="the token clients on other machines must give (default "
+                    "$TALKINGHEAD_LIVE_TOKEN; one is made up and printed when the host is not loopback)")
+    lv.add_argument("--checkpoint", default="ditto/lmdm_v0.4_hubert.pth", help="the Ditto LMDM (models/ditto)")
+    lv.add_argument("--variant", default="human", help="the LivePortrait model set (human or animal)")
+    lv.add_argument("--device", default="auto")
+    lv.add_argument("--precision", default="auto", help="auto (bf16 on CPUs with native bf16, fp16 on GPUs), "
+                    "fp32, fp16, bf16")
+    lv.add_argument("--detector", default="face-alignment sfd", help="how the face is found in the portrait")
+    lv.add_argument("--size", type=int, default=512, help="the longest side of the frames sent (default 512)")
+    lv.add_argument("--steps", type=int, default=10, help="DDIM steps per motion window (fewer when behind)")
+    lv.add_argument("--latency", type=float, default=None, help="seconds between speech and its frames on "
+                    "screen (default 1.5 on a GPU, 3 on a CPU)")
+    lv.add_argument("--max-sessions", type=int, default=4)
+    lv.add_argument("--models-dir", default=None)
+    lv.add_argument("--offline", action="store_true", help="never download weights")
+    lv.add_argument("--debug", action="store_true", help="print full tracebacks")
     return p
+
+
+def cmd_live(args) -> int:
+    import ipaddress
+    import secrets
+
+    from ..core.device import resolve_device
+    from ..core.live import LiveConfig, load_parts
+    from ..live.server import LiveServer, Portraits, serve
+
+    token = args.token or os.environ.get("TALKINGHEAD_LIVE_TOKEN") or None
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and token is None:
+        token = secrets.token_urlsafe(16)
+    portraits = Portraits([Path(p).expanduser().resolve() for p in args.portrait])
+    download = not args.offline
+    print("loading the models ...", file=sys.stderr)
+    parts = load_parts(args.variant, args.checkpoint, device=args.device, precision=args.precision,
+                       download=download)
+    latency = args.latency if args.latency is not None else (3.0 if resolve_device(args.device).type == "cpu"
+                                                             else 1.5)
+    config = LiveConfig(steps=args.steps, min_steps=min(2, args.steps), latency=latency)
+    server = LiveServer(parts, portraits, token=token, max_sessions=args.max_sessions, config=config,
+                        detector=args.detector, max_side=args.size, download=download)
+    print("preparing the portrait ...", file=sys.stderr)
+    server.source(None)                           # no face, or an unreadable photo: said now, not in the page
+    query = f"?token={token}" if token else ""
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    serve(server, args.host, args.port,
+          lambda port: print(f"live mode: open http://{shown}:{port}/talkinghead/live{query}  (Ctrl-C stops)",
+                             flush=True))
+    return 0
 
 
 def _override_file(item: str) -> Optional[Path]:
@@ -235,6 +294,8 @@ def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[
             return cmd_weights(args)
         if args.command == "convert":
             return cmd_convert(args, registry_factory())
+        if args.command == "live":
+            return cmd_live(args)
         if args.command == "probe":
             from ..core.video import probe_json
 

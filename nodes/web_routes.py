@@ -1,5 +1,6 @@
-"""What the pack adds to ComfyUI's server: an HTTP route for its templates, and an on-prompt hook that puts
-which outputs of our nodes are connected into their cache key (:func:`on_prompt`).
+"""What the pack adds to ComfyUI's server: an HTTP route for its templates, an on-prompt hook that puts
+which outputs of our nodes are connected into their cache key (:func:`on_prompt`), and live mode's routes
+(:func:`add_live_routes`: the page, its info and the WebSocket of :mod:`live.protocol`).
 
 ComfyUI serves a pack's workflow templates with an aiohttp static route at
 ``/api/workflow_templates/<folder name>/``. aiohttp keeps such a prefix URL-encoded and compares
@@ -61,6 +62,27 @@ def on_prompt(json_data):
     return json_data
 
 
+#: the token clients on other machines give to live mode inside ComfyUI (none set: this machine only)
+LIVE_TOKEN_ENV = "TALKINGHEAD_LIVE_TOKEN"
+
+
+def add_live_routes(routes):
+    """Live mode inside ComfyUI: the routes of :class:`live.server.LiveServer` on ComfyUI's route table. The
+    portraits are the images of ComfyUI's input folder; the networks load on the first session (the
+    default LivePortrait set, Ditto's LMDM and its HuBERT, from ComfyUI's model folders)."""
+    import os
+
+    from ..core.host import HOST
+    from ..core.live import LiveConfig, load_parts
+    from ..live.server import LiveServer, Portraits
+
+    inputs = Portraits(folder=lambda: next(iter(HOST.input_dirs()), None))
+    server = LiveServer(lambda: load_parts(), inputs, token=os.environ.get(LIVE_TOKEN_ENV) or None,
+                        config=LiveConfig())
+    server.add_routes(routes)
+    return server
+
+
 def install(folder_name: str) -> bool:
     """Add the routes and the on-prompt hook to the running ComfyUI server (False outside ComfyUI)."""
     try:
@@ -72,4 +94,5 @@ def install(folder_name: str) -> bool:
         return False
     if hasattr(instance, "add_on_prompt_handler"):
         instance.add_on_prompt_handler(on_prompt)
+    add_live_routes(instance.routes)
     return add_template_route(instance.routes, folder_name)

@@ -8,6 +8,7 @@
 """
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 if str(ROOT / "tools") not in sys.path:  # the browser test's helpers: tools/frontend
     sys.path.insert(0, str(ROOT / "tools"))
+
+def browser_test_mark(what: str, modules=("aiohttp", "websockets")):
+    """The skip mark of a browser test: skip where Chromium or one of ``modules`` is missing, except under
+    CI (``CI`` set), where that is an error. Returns ``(mark, missing reason or None)``."""
+    missing = None
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing = f"{name} is not installed (pip install -r requirements-dev.txt)"
+            break
+    if missing is None:
+        from frontend.browser import find_chromium
+
+        if not find_chromium():
+            missing = "Chromium is not installed (apt-get install chromium)"
+    if missing and os.environ.get("CI"):
+        raise RuntimeError(f"{what} cannot run in CI: {missing}")
+    return pytest.mark.skipif(bool(missing), reason=missing or ""), missing
+
 
 #: a folder name ComfyUI users really produce (spaces, dots, dashes)
 ODD_FOLDER_NAME = "ComfyUI-Talking Head.toolkit (dev)"

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import browser_test_mark
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "frontend"
 SHIPPED = sorted(p.name[:-len(".api.json")] for p in (ROOT / "workflows" / "api").glob("*.api.json"))
@@ -38,24 +40,7 @@ FOLDER_NAME = "ComfyUI-Talking Head.toolkit (it)"  # as installed by a user: not
 PROMPT_TIMEOUT = float(os.environ.get("TH_FRONTEND_PROMPT_TIMEOUT", "300"))
 
 
-def _missing_requirement():
-    try:
-        import aiohttp  # noqa: F401
-        import comfyui_frontend_package  # noqa: F401
-        import websockets  # noqa: F401
-    except ImportError as exc:
-        return f"{exc.name} is not installed (pip install -r requirements-dev.txt)"
-    from frontend.browser import find_chromium
-
-    if not find_chromium():
-        return "Chromium is not installed (apt-get install chromium)"
-    return None
-
-
-_MISSING = _missing_requirement()
-if _MISSING and os.environ.get("CI"):
-    raise RuntimeError(f"the browser test cannot run in CI: {_MISSING}")
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "")
+pytestmark, _MISSING = browser_test_mark("the browser test", ("aiohttp", "comfyui_frontend_package", "websockets"))
 
 if not _MISSING:
     from frontend import page

@@ -1,27 +1,15 @@
 """Streaming API: audio pushed in small chunks yields rendered frames before the audio ends (tiny weights)."""
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import tolerance as tol
 from conftest import FIXTURES
 from core.liveportrait import load as L
 from core.liveportrait.render import prepare_source
-from core.motion import ditto
 from core.motion.streaming import TalkingHeadStream, silence_features
+from live_common import StubEncoder, speech, tiny_lmdm
 
 LP = FIXTURES / "liveportrait" / "weights"
-
-
-class StubEncoder:
-    """A deterministic stand-in for HuBERT: 20 frames of 320 samples per 6480-sample chunk, projected to 1024."""
-
-    def __init__(self):
-        self.proj = torch.randn(400, 1024, generator=torch.Generator().manual_seed(0)) / 20
-
-    def __call__(self, chunks):
-        frames = chunks.unfold(1, 400, 320)[:, :20]          # [N, 20, 400]
-        return torch.tanh(frames @ self.proj * 50)
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +17,7 @@ def parts(tmp_path_factory):
     models = L.load_liveportrait({k: LP / f"{k}.safetensors" for k in L.KINDS}, L.preset("tiny"))
     source = prepare_source(models, torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1)),
                             device="cpu", size=models.input_size)
-    state = load_file(str(FIXTURES / "ditto" / "weights.safetensors"))
-    path = tmp_path_factory.mktemp("ditto") / "lmdm.safetensors"
-    save_file({k: v for k, v in state.items() if not k.startswith(("stitch.", "schedule."))}, str(path),
-              metadata={"num_heads": "4"})
-    return models, source, ditto.load_lmdm(path), StubEncoder()
-
-
-def speech(seconds, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = int(seconds * 16000)
-    return 0.3 * torch.randn(n, generator=g) * (1 + torch.sin(torch.arange(n) / 16000 * 2 * torch.pi * 3))
+    return models, source, tiny_lmdm(tmp_path_factory.mktemp("ditto")), StubEncoder()
 
 
 def run(parts, audio, chunk):

@@ -24,7 +24,7 @@ Usage::
 from __future__ import annotations
 
 import time
-from typing import Iterator, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -50,27 +50,22 @@ def silence_features(encoder, frames: int = 70) -> torch.Tensor:
     return out[:frames]
 
 
-class TalkingHeadStream:
-    """Audio chunks in, rendered face frames out (Ditto online mode + LivePortrait).
+class MotionStream:
+    """Audio chunks in, driving keypoints out: Ditto's online mode up to LivePortrait's keypoints.
 
-    ``source``: the portrait's :class:`~core.liveportrait.render.LivePortraitSource` (with its raw
-    motion-extractor heads); ``lmdm``: a loaded Ditto LMDM; ``encoder``: a Ditto audio encoder callable
-    (``chunks [N, 6480] -> [N, 20, 1024]``, e.g. ``core.audio_features.get_encoder(...)``).
-    ``steps`` DDIM steps per window (the online default is 10), ``eye_open`` / ``emotion`` the
-    conditions, ``options`` the renderer's :class:`~core.liveportrait.motion.DriveOptions` (stitching on).
-    ``progress``: ``progress(done, steps)`` per motion window's DDIM steps (or a
-    :class:`~core.progress.Progress` they all count into); cancelling goes through it and through the
-    renderer's batches (:mod:`core.progress`).
+    :meth:`push` / :meth:`flush` return ``(first_frame, x_d)`` blocks: ``x_d`` ``[n, 21, 3]`` the
+    driving keypoints (stitched) of video frames ``first_frame .. first_frame + n - 1`` at 25 fps, in
+    order and without gaps; after :meth:`flush` they cover exactly ``ceil(samples * 25 / 16000)``
+    frames. Arguments as :class:`TalkingHeadStream`. :meth:`set_steps` changes the DDIM steps of the
+    next windows (a live session that falls behind real time uses fewer).
     """
 
     def __init__(self, lp_models, source: LivePortraitSource, lmdm, encoder, steps: int = 10, guidance: float = 2.0,
                  seed: int = 0, emotion="Neutral", eye_open: float = 0.8, options: Optional[DriveOptions] = None,
-                 device=None, precision: str = "fp32", batch_size: int = 10,
                  progress: Union[Progress, ProgressFn, None] = None):
         if source.raw is None:
             raise InputError("the LivePortrait source lacks its raw motion-extractor outputs")
-        self.models, self.source, self.device, self.precision = lp_models, source, device, precision
-        self.batch_size = batch_size
+        self.models, self.source = lp_models, source
         self.options = options or DriveOptions(stitching=True)
         self.raw = {k: v.float().cpu() for k, v in source.raw.items()}
         self.features = DittoOnlineFeatures(encoder)
@@ -81,16 +76,82 @@ class TalkingHeadStream:
                                                progress=progress)
         self.samples_in = 0
         self.frames_out = 0
+
+    @property
+    def steps(self) -> int:
+        return self.generator.steps
+
+    def set_steps(self, steps: int) -> None:
+        self.generator.set_steps(steps)
+
+    def _keypoints(self, blocks, limit: Optional[int] = None) -> List[Tuple[int, torch.Tensor]]:
+        out = []
+        for block in blocks:
+            if limit is not None:
+                block = block[:max(0, limit - self.frames_out)]
+            if not block.shape[0]:
+                continue
+            motion = ditto.to_motion(block, self.raw, fps=FPS, d0=self.generator.d0)
+            x_d = driving_keypoints(self.source.motion, motion, self.options, self.models.stitching,
+                                    self.models.lip, self.models.eye)
+            out.append((self.frames_out, x_d))
+            self.frames_out += int(x_d.shape[0])
+        return out
+
+    def push(self, samples) -> List[Tuple[int, torch.Tensor]]:
+        """Feed 16 kHz mono samples (any length); returns the blocks finished so far."""
+        x = torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
+        self.samples_in += x.numel()
+        rows = self.features.push(x)
+        return self._keypoints(self.generator.push(rows)) if rows.numel() else []
+
+    def flush(self) -> List[Tuple[int, torch.Tensor]]:
+        """End of the audio: the remaining blocks, cut to the audio's length."""
+        rows = self.features.flush()
+        blocks = self.generator.push(rows) if rows.numel() else []
+        blocks += self.generator.flush(trim=True)
+        return self._keypoints(blocks, limit=num_frames(self.samples_in))
+
+
+def num_frames(samples: int) -> int:
+    """Video frames at 25 fps that ``samples`` samples at 16 kHz cover (the last one partly)."""
+    return -(-int(samples) * int(FPS) // SAMPLE_RATE)
+
+
+class TalkingHeadStream:
+    """Audio chunks in, rendered face frames out (Ditto online mode + LivePortrait).
+
+    ``source``: the portrait's :class:`~core.liveportrait.render.LivePortraitSource` (with its raw
+    motion-extractor heads); ``lmdm``: a loaded Ditto LMDM; ``encoder``: a Ditto audio encoder callable
+    (``chunks [N, 6480] -> [N, 20, 1024]``, e.g. ``core.audio_features.get_encoder(...)``).
+    ``steps`` DDIM steps per window (the online default is 10), ``eye_open`` / ``emotion`` the
+    conditions, ``options`` the renderer's :class:`~core.liveportrait.motion.DriveOptions` (stitching on).
+    ``progress``: ``progress(done, steps)`` per motion window's DDIM steps (or a
+    :class:`~core.progress.Progress` they all count into); cancelling goes through it and through the
+    renderer's batches (:mod:`core.progress`). The stages run one after another in the caller's thread;
+    :class:`core.live.LiveSession` runs them as a pipeline.
+    """
+
+    def __init__(self, lp_models, source: LivePortraitSource, lmdm, encoder, steps: int = 10, guidance: float = 2.0,
+                 seed: int = 0, emotion="Neutral", eye_open: float = 0.8, options: Optional[DriveOptions] = None,
+                 device=None, precision: str = "fp32", batch_size: int = 10,
+                 progress: Union[Progress, ProgressFn, None] = None):
+        self.motion = MotionStream(lp_models, source, lmdm, encoder, steps=steps, guidance=guidance, seed=seed,
+                                   emotion=emotion, eye_open=eye_open, options=options, progress=progress)
+        self.models, self.source, self.device, self.precision = lp_models, source, device, precision
+        self.batch_size = batch_size
+        self.frames_out = 0
         self._t0: Optional[float] = None
         #: ``first_frame_audio_s``: seconds of audio pushed when the first frame came out;
         #: ``first_frame_wall_s``: wall time from the first push to the first frame
         self.stats = {"first_frame_audio_s": None, "first_frame_wall_s": None}
 
+    @property
+    def samples_in(self) -> int:
+        return self.motion.samples_in
+
     def _render(self, blocks) -> Iterator[torch.Tensor]:
-        for block in blocks:
-            motion = ditto.to_motion(block, self.raw, fps=FPS, d0=self.generator.d0)
-            x_d = driving_keypoints(self.source.motion, motion, self.options, self.models.stitching,
-                                    self.models.lip, self.models.eye)
+        for _, x_d in blocks:
             for frames in render_frames(self.models, self.source, x_d, batch_size=self.batch_size,
                                         device=self.device, precision=self.precision):
                 if self.stats["first_frame_audio_s"] is None:
@@ -103,27 +164,13 @@ class TalkingHeadStream:
         """Feed 16 kHz mono samples (any length); yields the frames finished so far."""
         if self._t0 is None:
             self._t0 = time.perf_counter()
-        x = torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
-        self.samples_in += x.numel()
-        rows = self.features.push(x)
-        if rows.numel():
-            yield from self._render(self.generator.push(rows))
+        yield from self._render(self.motion.push(samples))
 
     def flush(self) -> Iterator[torch.Tensor]:
         """End of the audio: the remaining frames, cut to the audio's length."""
         if self._t0 is None:
             self._t0 = time.perf_counter()
-        rows = self.features.flush()
-        blocks = self.generator.push(rows) if rows.numel() else []
-        blocks += self.generator.flush(trim=True)
-        total = -(-self.samples_in * int(FPS) // SAMPLE_RATE)
-        for frames in self._render(blocks):
-            keep = max(0, min(frames.shape[0], total - (self.frames_out - frames.shape[0])))
-            if keep < frames.shape[0]:
-                self.frames_out -= frames.shape[0] - keep
-                frames = frames[:keep]
-            if frames.shape[0]:
-                yield frames
+        yield from self._render(self.motion.flush())
 
 
-__all__ = ["TalkingHeadStream", "silence_features"]
+__all__ = ["MotionStream", "TalkingHeadStream", "num_frames", "silence_features"]

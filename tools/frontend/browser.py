@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = ["find_chromium", "stop_process", "Browser", "BrowserError"]
 
@@ -62,10 +62,13 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> None:
 
 
 class Browser:
-    """One headless Chromium with one page. Use as a context manager; :meth:`close` ends the process."""
+    """One headless Chromium with one page. Use as a context manager; :meth:`close` ends the process.
+
+    ``extra_args`` are added to Chromium's command line (a fake microphone for the live page's test).
+    """
 
     def __init__(self, width: int = 1600, height: int = 1000, executable: Optional[str] = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, extra_args: Sequence[str] = ()) -> None:
         exe = executable or find_chromium()
         if not exe:
             raise BrowserError("Chromium was not found: install Debian's 'chromium' package or set CHROMIUM")
@@ -80,7 +83,7 @@ class Browser:
                 "--hide-scrollbars", "--force-device-scale-factor=1",
                 # loopback only: the page never reaches the internet (release notes, registry look-ups)
                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-                "about:blank"]
+                *extra_args, "about:blank"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.insert(1, "--no-sandbox")
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

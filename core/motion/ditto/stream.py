@@ -173,6 +173,19 @@ class _Windows:
             grown[:self._len] = self._buf[:self._len]
             self._buf = grown
 
+    def set_steps(self, steps: int) -> None:
+        """Sample the next windows with ``steps`` DDIM steps (a live session that falls behind uses fewer)."""
+        steps = int(steps)
+        if steps < 1:
+            raise InputError("steps must be at least 1")
+        if steps == self.steps:
+            return
+        if self.generator is None:
+            raise InputError("the steps of a generator given explicit noise cannot change")
+        self.steps = steps
+        self.schedule = make_schedule(self.lmdm.alphas_cumprod, steps)
+        self.step_noise = draw_step_noise(steps, self.shape, self.generator)
+
     def next_x_T(self) -> torch.Tensor:
         if self._x_T is not None:
             if not self._x_T:
@@ -322,6 +335,14 @@ class OnlineGenerator:
     @property
     def seq_frames(self) -> int:
         return self._win.seq_frames
+
+    @property
+    def steps(self) -> int:
+        """DDIM steps per window (:meth:`set_steps` changes them for the next windows)."""
+        return self._win.steps
+
+    def set_steps(self, steps: int) -> None:
+        self._win.set_steps(steps)
 
     def _window(self) -> Optional[torch.Tensor]:
         """Run the window at the current buffer position (padded when short); the new block or None."""
