@@ -33,6 +33,7 @@ blocks, and the motion stream keeps a fixed window.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import logging
 import queue
@@ -102,7 +103,9 @@ class LiveParts:
     encoder: Callable             # a Ditto audio encoder: chunks [N, 6480] -> [N, 20, 1024]
     device: object = None
     precision: str = "auto"
-    #: one render at a time across the sessions of a server (memory stays one model's worth)
+    #: one render at a time across the sessions of a server (memory stays one model's worth); on a CPU the
+    #: motion model takes it too: two torch thread pools on the same cores run slower together than in turn
+    #: (on 2 cores, tiny weights: 11 frames/s against 7.4)
     render_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -140,6 +143,8 @@ class LiveSession:
         self.config = cfg = config or LiveConfig()
         self.full = full.float().cpu()
         self.mask = mask_template()
+        cpu = parts.device is None or torch.device(parts.device).type == "cpu"
+        self._motion_lock = parts.render_lock if cpu else contextlib.nullcontext()
         self.motion = MotionStream(parts.lp_models, source, parts.lmdm, parts.encoder, steps=cfg.steps,
                                    guidance=cfg.guidance, seed=cfg.seed, emotion=cfg.emotion, eye_open=cfg.eye_open)
         self._inbox: Deque[np.ndarray] = collections.deque()
@@ -156,7 +161,9 @@ class LiveSession:
         # the timeline: samples fed to the motion stream + silence skipped (whole frames)
         self._skipped_frames = 0
         self._speech_at: Optional[Tuple[int, float]] = None   # (timeline sample, wall) of the first speech
-        self._render_s = 0.0                   # running estimate of one frame's render time
+        self._render_s = 0.0                   # running estimates (s per frame): render, paste-back + JPEG
+        self._post_s = 0.0
+        self._paste_s = 0.0
         self._window_s = 0.0
         self.counters: Dict[str, float] = collections.defaultdict(float)
         self._first_frame_wall: Optional[float] = None
@@ -302,7 +309,8 @@ class LiveSession:
             at = self._fed_timeline()
             self._emit("audio", at, pcm16(x))
             t = time.perf_counter()
-            blocks = self.motion.push(x)
+            with self._motion_lock:
+                blocks = self.motion.push(x)
             self._handoff(blocks, time.perf_counter() - t)
         if not self._closed.is_set():
             self._handoff(self.motion.flush(), None)
@@ -352,15 +360,15 @@ class LiveSession:
             idx = list(range(first, first + int(x_d.shape[0])))
             for b in range(0, len(idx), cfg.batch):
                 sel = idx[b:b + cfg.batch]
-                if cfg.realtime:                                   # policy 2: drop what would be late
-                    now = self.clock()
-                    keep = [i for i in sel if now + self._render_s * len(sel) <= self._deadline(i)]
-                    self.counters["dropped_late"] += len(sel) - len(keep)
-                    sel = keep
-                    if not sel:
-                        continue
-                rows = x_d[[i - first for i in sel]]
-                with parts.render_lock:
+                with parts.render_lock:                            # (on a CPU the motion may hold it a while)
+                    if cfg.realtime:                               # policy 2: drop what would be late
+                        done = self.clock() + self._render_s * len(sel) + self._post_s
+                        keep = [i for i in sel if done <= self._deadline(i)]
+                        self.counters["dropped_late"] += len(sel) - len(keep)
+                        sel = keep
+                        if not sel:
+                            continue
+                    rows = x_d[[i - first for i in sel]]
                     t = time.perf_counter()
                     faces = torch.cat(list(render_frames(parts.lp_models, self.source, rows, batch_size=len(sel),
                                                          device=parts.device, precision=parts.precision)))
@@ -368,8 +376,10 @@ class LiveSession:
                 self._render_s = per if not self._render_s else 0.7 * self._render_s + 0.3 * per
                 if not torch.isfinite(faces).all():
                     raise TalkingHeadError("the renderer made a frame with NaN or infinite values")
+                t = time.perf_counter()
                 frames = paste_back(self.full, faces.permute(0, 2, 3, 1), self.source.record, mask=self.mask,
                                     device=parts.device, antialias=False, premultiplied=False)
+                self._paste_s = (time.perf_counter() - t) / len(sel)
                 for i, frame in zip(sel, frames):
                     self._put(self._frames, (i, frame))
                 if self._closed.is_set():
@@ -383,7 +393,10 @@ class LiveSession:
             if item is _END:
                 break
             i, frame = item
+            t = time.perf_counter()
             jpeg = encode_jpeg(frame, cfg.jpeg_quality)
+            post = self._paste_s + time.perf_counter() - t
+            self._post_s = post if not self._post_s else 0.7 * self._post_s + 0.3 * post
             if self._emit("video", i, jpeg) is False:
                 self.counters["dropped_client"] += 1
                 continue
