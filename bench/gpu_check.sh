@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 15): numerics on the GPU against the CPU, then the render, FOM, SDA and
-# motion benchmarks on the GPU at batch 1/4/8 in fp32/fp16/bf16, merged into ONE JSON named after the card.
+# The prepared GPU check (issues 15, 16): numerics on the GPU against the CPU, then the render, FOM, SDA,
+# motion and live-mode benchmarks on the GPU at batch 1/4/8 in fp32/fp16/bf16, merged into ONE JSON named after the card.
 # Meant to finish well under 5 minutes on an H100/H200; run it from the repository root:
 #
 #     bash bench/gpu_check.sh [OUT_DIR]        (default bench/gpu_out; the merged file: OUT_DIR/gpu_check.json)
@@ -37,6 +37,8 @@ for p in fp32 fp16; do
 done
 step sda $PY bench/bench_sda.py --device cuda --durations 2,10,60 --json "$OUT/sda.json"
 step motion $PY bench/bench_motion.py --device cuda --precision fp16 --wait-idle 0 --json "$OUT/motion.json"
+# live mode (issue 16): first frame, speech-to-frame latency, frame rate and sync at 512 px with paste-back
+step live $PY bench/live_latency.py --weights full --device cuda --seconds 6 --idle 2 --json "$OUT/live.json"
 
 $PY - "$OUT" <<'EOF'
 import json, sys

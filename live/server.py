@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import itertools
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -90,6 +91,7 @@ class LiveServer:
         self.send_timeout = float(send_timeout)
         self.sessions: Dict[int, LiveSession] = {}
         self._ids = itertools.count(1)
+        self._starting = 0          # sessions past the busy check whose portrait is being prepared
         self._lock = threading.Lock()
         self._sources: Dict[Tuple[str, float], tuple] = {}
 
@@ -128,9 +130,13 @@ class LiveServer:
             loopback = ipaddress.ip_address(remote.split("%")[0]).is_loopback
         except ValueError:
             loopback = False
-        if loopback:
+        foreign = _foreign_origin(request)
+        if loopback and not foreign:
             return None
         if self.token is None:
+            if foreign:
+                return (f"a page of another site ({request.headers.get('Origin')}) may not use live mode without "
+                        "the token: start it with --token (or set TALKINGHEAD_LIVE_TOKEN for ComfyUI)")
             return ("live mode serves only this machine (127.0.0.1) unless a token is set: start it with --token "
                     "(or set TALKINGHEAD_LIVE_TOKEN for ComfyUI) and pass ?token=... from other machines")
         given = request.query.get("token") or ""
@@ -178,8 +184,9 @@ class LiveServer:
             raise web.HTTPForbidden(text=why)
         ws = web.WebSocketResponse(max_msg_size=P.MAX_MESSAGE, heartbeat=30.0)
         await ws.prepare(request)
+        _bound_unsent(request)
         try:
-            await _Connection(self, ws).run()
+            await _Connection(self, ws, request).run()
         except Exception:  # noqa: BLE001 - one client's failure never reaches the server
             log.exception("live connection failed")
             if not ws.closed:
@@ -190,8 +197,8 @@ class LiveServer:
 class _Connection:
     """One WebSocket: start, then audio in and frames out until stop, an error or a disconnect."""
 
-    def __init__(self, server: LiveServer, ws):
-        self.server, self.ws = server, ws
+    def __init__(self, server: LiveServer, ws, request=None):
+        self.server, self.ws, self.request = server, ws, request
         self.loop = asyncio.get_running_loop()
         self.out: "asyncio.Queue" = asyncio.Queue()
         self.pending_video = 0
@@ -202,11 +209,17 @@ class _Connection:
 
     async def fail(self, message: str, code: int = POLICY) -> None:
         if not self.ws.closed:
+            wait = min(5.0, self.server.send_timeout)
             try:
-                await asyncio.wait_for(self.ws.send_str(P.text("error", message=message)), 5)
+                await asyncio.wait_for(self.ws.send_str(P.text("error", message=message)), wait)
             except Exception:  # noqa: BLE001 - the client is gone or not reading
                 pass
-            await self.ws.close(code=code, message=message[:120].encode())
+            try:
+                await asyncio.wait_for(self.ws.close(code=code, message=message[:120].encode()), wait)
+            except Exception:  # noqa: BLE001 - a client that does not read: drop the connection
+                transport = getattr(self.request, "transport", None)
+                if transport is not None:
+                    transport.abort()
 
     # the session's threads call this
     def sink(self, kind: str, index: int, payload) -> bool:
@@ -235,7 +248,7 @@ class _Connection:
         except ValueError as exc:
             return await self.fail(str(exc))
         server = self.server
-        if len(server.sessions) >= server.max_sessions:
+        if len(server.sessions) + server._starting >= server.max_sessions:
             return await self.fail(f"the server is busy ({server.max_sessions} live sessions); try again later",
                                    code=1013)
         self.rate, self.width = start["sample_rate"], P.SAMPLE_FORMATS[start["format"]]
@@ -248,6 +261,7 @@ class _Connection:
         overrides = {k: start[k] for k in ("realtime", "steps", "jpeg_quality") if k in start}
         if "steps" in overrides:
             overrides["min_steps"] = min(cfg.min_steps, overrides["steps"])
+        server._starting += 1       # the slot is taken before the await below: two starts at once can't both pass
         try:
             config = LiveConfig(**{**cfg.__dict__, **overrides})
             source, full = await self.loop.run_in_executor(None, server.source, start["portrait"])
@@ -255,6 +269,8 @@ class _Connection:
             session = LiveSession(parts, source, full, self.sink, config)
         except TalkingHeadError as exc:
             return await self.fail(str(exc))
+        finally:
+            server._starting -= 1
         sid = next(server._ids)
         server.sessions[sid] = self.session = session
         sender = None
@@ -264,12 +280,16 @@ class _Connection:
                                           protocol=P.PROTOCOL, realtime=config.realtime, steps=config.steps))
             session.start()
             sender = asyncio.ensure_future(self.send_loop())
+            receiver = asyncio.ensure_future(self.receive_loop())
             stats = asyncio.ensure_future(self.stats_loop())
             try:
-                if await self.receive_loop():       # stopped: the last frames, then end
+                # the session ends when either side does: the sender also ends on a client that stopped reading
+                await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+                if receiver.done() and receiver.result():   # stopped: the last frames, then end
                     await sender
             finally:
                 stats.cancel()
+                receiver.cancel()
         finally:
             if sender is not None and not sender.done():
                 sender.cancel()
@@ -357,6 +377,32 @@ class _Connection:
         while True:
             await asyncio.sleep(1.0)
             self.out.put_nowait(("stats", 0, P.text("stats", **self.session.stats())))
+
+
+def _bound_unsent(request, limit: int = 64 * 1024) -> None:
+    """Keep at most ``limit`` bytes unsent in the kernel's buffer of a live socket (Linux, macOS): else Linux
+    grows it to megabytes for a client that stopped reading, and the sends that :attr:`LiveServer.send_timeout`
+    times do not block for a minute or more. Bytes in flight are not counted: no cost in throughput."""
+    transport = getattr(request, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, limit)
+    except OSError:
+        pass
+
+
+def _foreign_origin(request) -> bool:
+    """Whether a browser sent the request from a page of another site (its Origin is not this server): a
+    WebSocket has no same-origin rule, so any page the user opens could otherwise use a loopback server."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return False
+    from urllib.parse import urlsplit
+
+    return urlsplit(origin).netloc.lower() != (getattr(request, "host", "") or "").lower()
 
 
 def _closed_reason(msg) -> Optional[str]:

@@ -101,7 +101,7 @@ def test_pipeline_makes_the_frames_of_the_one_thread_stream(parts, portrait, mon
     audio_out = sink.of("audio")
     assert [i for i, _ in audio_out] == list(np.cumsum([0] + [len(p) // 2 for _, p in audio_out])[:-1])
     echoed = np.frombuffer(b"".join(p for _, p in audio_out), "<i2")
-    assert np.array_equal(echoed, np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16))
+    assert np.array_equal(echoed, np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16))
     assert sink.of("end") == [(num_frames(audio.size), audio.size)]
     st = live.stats()
     assert st["frames_sent"] == len(want) and st["frames_dropped_late"] == 0 and st["silence_fed_s"] == 0

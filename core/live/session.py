@@ -120,8 +120,8 @@ def encode_jpeg(frame: torch.Tensor, quality: int = 80) -> bytes:
 
 
 def pcm16(samples: np.ndarray) -> bytes:
-    """float samples -> int16 little-endian bytes (clipped to [-1, 1])."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    """float samples -> int16 little-endian bytes, ``v / 32768`` read back as it was (clipped at full scale)."""
+    return np.clip(np.round(np.asarray(samples, np.float32) * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
 class LiveSession:

@@ -709,3 +709,38 @@ def test_pack_errors_show_a_short_type_and_our_message(comfy):
     assert error["exception_type"] == "TalkingHead.InputError", error
     assert "silent" in error["exception_message"] and error["node_type"] == "TalkingHead_AudioToEmbedding"
     assert comfy.output_files() == before and comfy.leftovers() == []
+
+
+# --------------------------------------------------------------------------- live mode
+
+
+def _get_page(comfy: Server, path: str):
+    """``(status, content type, body)`` of a GET (HTTP errors returned, not raised)."""
+    try:
+        with urllib.request.urlopen(comfy.url + path, timeout=HTTP_TIMEOUT) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+
+def test_live_mode_routes_and_info(comfy):
+    """Live mode inside ComfyUI: the page at ``/talkinghead/live``; ``/talkinghead/live/info`` lists the images of
+    ComfyUI's input folder, read afresh (a portrait placed after the start is offered); the WebSocket route is
+    there. No session is opened: the real weights are not in this models folder."""
+    (comfy.base / "input" / "live_portrait.png").write_bytes((EXAMPLES / "portrait.png").read_bytes())
+    status, ctype, body = _get_page(comfy, "/talkinghead/live")
+    assert status == 200 and ctype.startswith("text/html"), (status, ctype, body[:300])
+    assert b"<canvas" in body and body == (ROOT / "web" / "live.html").read_bytes()
+
+    status, info = comfy.get("/talkinghead/live/info")
+    assert status == 200 and isinstance(info, dict), (status, info)
+    suffixes = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+    images = sorted(p.name for p in (comfy.base / "input").iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    assert "live_portrait.png" in images and "portrait.png" in images
+    assert info["portraits"] == images, info
+    assert (info["fps"], info["sample_rate"], info["protocol"]) == (25, 16000, 1), info
+    assert info["token_required"] is False and info["sessions"] == 0, info
+    # the WebSocket route answers (a plain GET is no WebSocket handshake: 400, not 404)
+    status, body = comfy.get("/talkinghead/live/ws")
+    assert status == 400, (status, body)
+    comfy.alive()
