@@ -283,10 +283,9 @@ class _Connection:
             receiver = asyncio.ensure_future(self.receive_loop())
             stats = asyncio.ensure_future(self.stats_loop())
             try:
-                # the session ends when either side does: the sender also ends on a client that stopped reading
+                # the session ends when either side does: the sender after end, an error, or a client that stopped
+                # reading; the receiver when the client went away or misbehaved
                 await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
-                if receiver.done() and receiver.result():   # stopped: the last frames, then end
-                    await sender
             finally:
                 stats.cancel()
                 receiver.cancel()
@@ -298,29 +297,30 @@ class _Connection:
             if not self.ws.closed:
                 await self.ws.close()
 
-    async def receive_loop(self) -> bool:
-        """Read the client's messages; True when it sent stop, False when it went away or misbehaved."""
+    async def receive_loop(self) -> None:
+        """Read the client's messages until the socket closes: audio, then stop. Reading goes on after stop,
+        while the last frames are made, so that pings are answered (a ping is only answered by a reader)."""
         from aiohttp import WSMsgType
 
+        stopped = False
         async for msg in self.ws:
+            problem = None
             if msg.type == WSMsgType.BINARY:
-                problem = await self.audio(msg.data)
+                problem = "no audio may follow stop" if stopped else await self.audio(msg.data)
             elif msg.type == WSMsgType.TEXT:
                 try:
                     P.parse_control(msg.data)
-                    problem = None
                 except ValueError as exc:
                     problem = str(exc)
-                if problem is None:
+                if problem is None and not stopped:
+                    stopped = True
                     self.finish_audio()
                     self.session.stop()
-                    return True
             else:
                 problem = _closed_reason(msg) or "unexpected message"
             if problem:
                 await self.fail(problem, TOO_BIG if "larger than" in problem else POLICY)
-                return False
-        return False                                  # the client went away
+                return
 
     async def audio(self, data: bytes) -> Optional[str]:
         if len(data) % self.width:

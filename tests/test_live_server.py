@@ -428,6 +428,27 @@ def test_stop_without_audio_ends_with_nothing(live):
     assert (end["frames"], end["samples"]) == (0, 0) and reply.code == 1000 and not reply.video
 
 
+def test_pings_are_answered_while_the_last_frames_are_made(live):
+    """After stop the server goes on reading, so a client's keepalive pings are answered while the frames of
+    what it sent are still being made (seconds, here; minutes for a long TTS stream on a CPU)."""
+    x = np.clip(speech(2.0, seed=6).numpy(), -1, 1)
+    t0 = time.monotonic()
+    reply = talk(live.url(), start_message(RATE, "s16le"), s16(x), piece=3200, ping_interval=0.2, ping_timeout=0.5)
+    assert time.monotonic() - t0 > 1.0, "the session must outlast a few pings for this test to mean anything"
+    check_session(reply, x.size)
+    assert reply.code == 1000
+
+
+def test_audio_after_stop_is_an_error(live):
+    with ws_connect(live.url()) as ws:
+        ws.send(start_message(RATE, "s16le"))
+        ws.send(s16(np.zeros(1600)))
+        ws.send(STOP)
+        ws.send(s16(np.zeros(1600)))
+        reply = read_all(ws)
+    assert "no audio may follow stop" in reply.one("error")["message"] and reply.code == 1008
+
+
 # --------------------------------------------------------------------------- 3. hostile clients
 
 GOOD = start_message(RATE, "s16le")

@@ -78,8 +78,10 @@ class LiveConfig:
     #: frames rendered together (1 is fastest on a CPU)
     batch: int = 1
     jpeg_quality: int = 80
-    #: audio that may wait in the inbox (seconds); :meth:`LiveSession.push` refuses more
-    max_audio_s: float = 20.0
+    #: audio that may wait in the inbox (seconds; 5 min of float32 at 16 kHz is 19 MB): a TTS stream that runs
+    #: ahead of the renderer is read whole, and only beyond this does :meth:`LiveSession.push` refuse more
+    #: (a server then stops reading its socket: TCP back-pressure, but also no answers to pings meanwhile)
+    max_audio_s: float = 300.0
     #: how far (seconds) the motion may fall behind the clock while idle before silence is skipped
     max_lag: float = 1.0
     #: silence is fed in pieces of this many seconds
