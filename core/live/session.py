@@ -96,6 +96,40 @@ class LiveConfig:
             raise InputError("latency and max_audio_s must be positive and batch at least 1")
 
 
+class FairLock:
+    """A lock handed to its waiters in the order they came (``threading.Lock`` is not: a thread that releases
+    and acquires again in a loop, as the motion worker does, can keep it for as long as it has work, and the
+    renderer waits for the whole utterance). A context manager, like ``threading.Lock``."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._waiters: Deque[threading.Event] = collections.deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Event()
+            self._waiters.append(turn)
+        turn.wait()                               # release() handed the lock over: it is ours, held
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().set()
+            else:
+                self._held = False
+
+    def __enter__(self) -> "FairLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 @dataclass
 class LiveParts:
     """The loaded networks a live session uses (shared by every session of a server)."""
@@ -108,7 +142,7 @@ class LiveParts:
     #: one render at a time across the sessions of a server (memory stays one model's worth); on a CPU the
     #: motion model takes it too: two torch thread pools on the same cores run slower together than in turn
     #: (on 2 cores, tiny weights: 11 frames/s against 7.4)
-    render_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    render_lock: FairLock = field(default_factory=FairLock, repr=False)
 
 
 def encode_jpeg(frame: torch.Tensor, quality: int = 80) -> bytes:
@@ -454,4 +488,4 @@ def _drain(q: "queue.Queue") -> None:
             return
 
 
-__all__ = ["HOP", "LiveConfig", "LiveParts", "LiveSession", "encode_jpeg", "pcm16"]
+__all__ = ["FairLock", "HOP", "LiveConfig", "LiveParts", "LiveSession", "encode_jpeg", "pcm16"]
