@@ -837,3 +837,53 @@ def test_cli_with_a_missing_portrait(tmp_path):
                          capture_output=True, text=True, timeout=120, env=_cli_env())
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
     assert "nobody.png" in res.stderr and "does not exist" in res.stderr, res.stderr
+
+
+def test_readme_client_example_runs_as_written(live, tmp_path):
+    """The README's Python client, as printed, against this server (only its address changed): it streams
+    example_inputs/speech.wav and gets every frame and the audio back."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### The protocol (for programs"):text.index("### Latency and frame rate")]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(code) == 1 and "ws://127.0.0.1:8189/talkinghead/live/ws" in code[0]
+    script = tmp_path / "client.py"
+    script.write_text(code[0].replace("ws://127.0.0.1:8189/talkinghead/live/ws", live.url()))
+    res = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import wave
+
+    with wave.open(str(ROOT / "example_inputs" / "speech.wav")) as f:
+        seconds = f.getnframes() / f.getframerate()
+        samples = f.getnframes()
+    assert f.getframerate() == 16000                  # (no resampling: the sample count is exact)
+    # every frame of the 480x600 portrait at this server's 128 px, and the whole audio
+    assert res.stdout.strip() == f"{math.ceil(samples / 640)} frames of 102x128, {seconds:.2f} s of audio", res.stdout
+
+
+def test_fair_lock_hands_over_in_arrival_order():
+    """core.live.FairLock: a thread that releases and acquires again waits behind the threads already waiting."""
+    lock = importlib.import_module(f"{PACK}.core.live.session").FairLock()
+    order = []
+    lock.acquire()
+    started = []
+
+    def worker(name):
+        started.append(name)
+        with lock:
+            order.append(name)
+
+    threads = []
+    for name in ("a", "b", "c"):
+        t = threading.Thread(target=worker, args=(name,))
+        t.start()
+        threads.append(t)
+        wait_until(lambda: len(lock._waiters) == len(threads), 5, f"{name} waits")
+    lock.release()
+    lock.acquire()                       # behind a, b and c
+    order.append("main")
+    lock.release()
+    for t in threads:
+        t.join(5)
+    assert order == ["a", "b", "c", "main"] and not lock._held
