@@ -83,7 +83,10 @@ class Client:
     def __init__(self, url: str):
         from websockets.sync.client import connect
 
-        self.ws = connect(url, max_size=None, ping_interval=None)
+        import inspect
+
+        quiet = {"ping_interval": None} if "ping_interval" in inspect.signature(connect).parameters else {}
+        self.ws = connect(url, max_size=None, **quiet)
         self.events = []
         self.closed = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
