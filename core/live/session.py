@@ -47,6 +47,7 @@ import torch
 
 from ..errors import InputError, TalkingHeadError
 from ..face import paste_back
+from ..image import image_to_uint8
 from ..motion.streaming import FPS, SAMPLE_RATE, MotionStream
 from ..liveportrait.render import LivePortraitSource, mask_template, render_frames
 
@@ -145,13 +146,17 @@ class LiveParts:
     render_lock: FairLock = field(default_factory=FairLock, repr=False)
 
 
+def _ema(old: float, new: float) -> float:
+    """A running estimate: the first value as it is, then 70% of the old one and 30% of the new."""
+    return new if not old else 0.7 * old + 0.3 * new
+
+
 def encode_jpeg(frame: torch.Tensor, quality: int = 80) -> bytes:
     """A JPEG of one ``[H, W, 3]`` float image in [0, 1]."""
     from PIL import Image
 
-    rgb = (frame.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=int(quality))
+    Image.fromarray(image_to_uint8(frame), "RGB").save(buf, format="JPEG", quality=int(quality))
     return buf.getvalue()
 
 
@@ -356,7 +361,7 @@ class LiveSession:
         cfg = self.config
         for first, x_d in blocks:
             if seconds is not None:
-                self._window_s = seconds if not self._window_s else 0.7 * self._window_s + 0.3 * seconds
+                self._window_s = _ema(self._window_s, seconds)
             first += self._skipped_frames
             if cfg.realtime:                                       # policy 1: fewer DDIM steps
                 slack = self._deadline(first + int(x_d.shape[0]) - 1) - self.clock()
@@ -409,7 +414,7 @@ class LiveSession:
                     faces = torch.cat(list(render_frames(parts.lp_models, self.source, rows, batch_size=len(sel),
                                                          device=parts.device, precision=parts.precision)))
                     per = (time.perf_counter() - t) / len(sel)
-                self._render_s = per if not self._render_s else 0.7 * self._render_s + 0.3 * per
+                self._render_s = _ema(self._render_s, per)
                 if not torch.isfinite(faces).all():
                     raise TalkingHeadError("the renderer made a frame with NaN or infinite values")
                 t = time.perf_counter()
@@ -432,13 +437,12 @@ class LiveSession:
             t = time.perf_counter()
             jpeg = encode_jpeg(frame, cfg.jpeg_quality)
             post = self._paste_s + time.perf_counter() - t
-            self._post_s = post if not self._post_s else 0.7 * self._post_s + 0.3 * post
+            self._post_s = _ema(self._post_s, post)
             if self._emit("video", i, jpeg) is False:
                 self.counters["dropped_client"] += 1
                 continue
             now = self.clock()
             self.counters["frames_sent"] += 1
-            self.counters["last_frame"] = i
             if self._first_frame_wall is None:
                 self._first_frame_wall = now - self.t0
             at = self._speech_at
