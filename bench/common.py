@@ -10,6 +10,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so the scripts can `from core import ...`
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), for the results of a bench."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far, in MB."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

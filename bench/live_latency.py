@@ -27,7 +27,6 @@ Precision ``auto`` renders in bf16 on CPUs with native bf16 (the fastest there),
 import argparse
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT, peak_rss_mb, report  # noqa: E402  (puts the repo root on sys.path)
+from common import ROOT, cpu_name, peak_rss_mb, report  # noqa: E402  (puts the repo root on sys.path)
 
 sys.path.insert(0, str(ROOT / "tests"))
 RATE, FPS = 16000, 25
@@ -58,16 +57,6 @@ def build_parts(weights: str, device, precision: str, live):
     return live.LiveParts(random_models(device), random_lmdm(device, torch.float32),
                           HubertEncoder(random_hubert_large(device, torch.float32)), device=device,
                           precision=precision)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:

@@ -23,6 +23,8 @@ from .errors import FramesTooLargeError, InputError, TalkingHeadError
 from .progress import check_cancel
 
 Source = Callable[[], Iterable[torch.Tensor]]
+#: ``ranged(start, stop)``: the batches of frames ``start .. stop - 1`` only, made without making the others
+Ranged = Callable[[int, int], Iterable[torch.Tensor]]
 #: the share of the free memory one IMAGE batch may take (the rest is for the graph, ComfyUI, the OS)
 MEMORY_SHARE = 0.8
 
@@ -72,10 +74,14 @@ class FrameStream:
     ``source()`` returns an iterable of IMAGE batches ``[B,H,W,3]``; the stream checks every batch (size,
     dtype, the total count) so that a producer that yields too few or too many frames is an error, not a
     shorter or longer video. ``label`` names the stream in messages (``"LivePortraitRender's frames"``).
+
+    ``ranged``, when the producer can make any part of the video on its own (a renderer whose frames depend only on
+    their own motion), makes :meth:`section` cheap: ``ranged(start, stop)`` yields just those frames, equal to the
+    same frames of a whole pull. Without it a section pulls from the start and drops what comes before.
     """
 
     def __init__(self, source: Source, count: int, height: int, width: int, fps: Optional[float] = None,
-                 label: str = "frames") -> None:
+                 label: str = "frames", ranged: Optional[Ranged] = None) -> None:
         if count < 0 or height <= 0 or width <= 0:
             raise ValueError(f"a frame stream needs a count >= 0 and a positive size, got {count} x {height}x{width}")
         self._source = source
@@ -84,6 +90,7 @@ class FrameStream:
         self.width = int(width)
         self.fps = None if fps is None else float(fps)
         self.label = label
+        self._ranged = ranged
 
     # ---------------------------------------------------------------- making streams
     @classmethod
@@ -94,13 +101,44 @@ class FrameStream:
             raise InputError(f"{label}: expected an IMAGE batch [B,H,W,3], got shape {tuple(images.shape)}")
         step = max(int(batch_size), 1)
         return cls(lambda: (images[i:i + step] for i in range(0, images.shape[0], step)), images.shape[0],
-                   images.shape[1], images.shape[2], fps, label)
+                   images.shape[1], images.shape[2], fps, label,
+                   ranged=lambda a, b: (images[i:min(i + step, b)] for i in range(a, b, step)))
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor], height: int, width: int,
             label: Optional[str] = None) -> "FrameStream":
-        """A stream of ``fn(batch)`` for each batch of this one (same count; ``fn`` keeps the batch size)."""
+        """A stream of ``fn(batch)`` for each batch of this one (same count; ``fn`` keeps the batch size and works
+        frame by frame, so the sections of the result are ``fn`` of this stream's sections)."""
         return FrameStream(lambda: (fn(batch) for batch in self), self.count, height, width, self.fps,
-                           label or self.label)
+                           label or self.label, ranged=lambda a, b: (fn(batch) for batch in self.section(a, b)))
+
+    def derive(self, around: Callable[[Iterable[torch.Tensor], int], Iterable[torch.Tensor]]) -> "FrameStream":
+        """The same frames, each pull (of the whole or of a section) going through ``around(batches, count)``: a
+        generator that yields the batches it is given and adds something around them (a progress bar, a model
+        unloaded when the pull ends)."""
+        return FrameStream(lambda: around(self, self.count), self.count, self.height, self.width, self.fps,
+                           self.label, ranged=lambda a, b: around(self.section(a, b), b - a))
+
+    def section(self, start: int, stop: int) -> "FrameStream":
+        """Frames ``start .. stop - 1`` as a stream of their own (see ``ranged``)."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.count:
+            raise InputError(f"{self.label}: frames {start}..{stop} are not within its {self.count} frames")
+        label = f"{self.label} [{start}:{stop}]"
+        if self._ranged is not None:
+            ranged = self._ranged
+            return FrameStream(lambda: ranged(start, stop), stop - start, self.height, self.width, self.fps, label)
+
+        def dropping() -> Iterator[torch.Tensor]:
+            done = 0
+            for batch in self:
+                n = int(batch.shape[0])
+                lo, hi = max(start - done, 0), min(stop - done, n)
+                if lo < hi:
+                    yield batch[lo:hi]
+                done += n
+                if done >= stop:
+                    return
+        return FrameStream(dropping, stop - start, self.height, self.width, self.fps, label)
 
     @staticmethod
     def concat(streams: Sequence["FrameStream"], label: str = "frames") -> "FrameStream":
@@ -116,7 +154,16 @@ class FrameStream:
         def source() -> Iterator[torch.Tensor]:
             for s in streams:
                 yield from s
-        return FrameStream(source, sum(s.count for s in streams), first.height, first.width, first.fps, label)
+
+        def ranged(start: int, stop: int) -> Iterator[torch.Tensor]:
+            offset = 0
+            for s in streams:
+                lo, hi = max(start - offset, 0), min(stop - offset, s.count)
+                if lo < hi:
+                    yield from s.section(lo, hi)
+                offset += s.count
+        return FrameStream(source, sum(s.count for s in streams), first.height, first.width, first.fps, label,
+                           ranged=ranged)
 
     # ---------------------------------------------------------------- pulling
     def __len__(self) -> int:

@@ -346,6 +346,55 @@ def write_video(path, frames, fps: float = 25.0, audio=None, crf: int = 19, pres
     return writer.path
 
 
+def write_audio_track(path: Union[str, os.PathLike], audio, num_frames: int, fps: float = 25.0) -> Path:
+    """``audio`` (an :class:`Audio` or ComfyUI AUDIO) fitted to ``num_frames`` video frames, trimmed or padded with
+    silence as :class:`VideoWriter` fits it, as a 16-bit WAV at ``path`` (written whole or not at all)."""
+    track = from_comfy(audio)
+    with atomic_write(path, suffix=".partial.wav") as tmp:
+        _write_wav(tmp, fit_length(track, samples_for_frames(num_frames, fps, track.sample_rate)))
+    return Path(path)
+
+
+def concat_videos(parts: Iterable[Union[str, os.PathLike]], path: Union[str, os.PathLike],
+                  audio_wav: Optional[Union[str, os.PathLike]] = None,
+                  metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Join mp4 files made with one encoding (size, rate, codec settings: the parts of one render) one after another
+    without re-encoding the video (ffmpeg's concat demuxer, a stream copy), with ``audio_wav`` as its AAC sound
+    track (as :class:`VideoWriter` encodes it) and ``metadata``; written at ``path`` whole or not at all."""
+    parts = [Path(p).resolve() for p in parts]
+    if not parts:
+        raise InputError("no video parts to join")
+    for part in parts:
+        if not part.is_file():
+            raise InputError(f"video part not found: {part}")
+    with tempfile.TemporaryDirectory(prefix="talkinghead-concat-") as tmp:
+        listing = Path(tmp) / "parts.txt"
+        # the concat demuxer's quoting: a quote inside a quoted name is closed, escaped and reopened
+        listing.write_text("".join("file '" + str(p).replace("'", "'\\''") + "'\n" for p in parts),
+                           encoding="utf-8")
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error",
+               "-f", "concat", "-safe", "0", "-i", str(listing)]
+        inputs = 1
+        if audio_wav is not None:
+            cmd += ["-i", str(audio_wav)]
+            inputs += 1
+        if metadata:
+            meta = Path(tmp) / "meta.txt"
+            meta.write_text(_ffmetadata(metadata), encoding="utf-8")
+            cmd += ["-f", "ffmetadata", "-i", str(meta), "-map_metadata", str(inputs)]
+        cmd += ["-map", "0:v:0", "-c:v", "copy"]
+        if audio_wav is not None:
+            cmd += ["-map", "1:a:0"] + VideoWriter._AAC
+        with atomic_write(path, suffix=".partial.mp4") as out:
+            proc = subprocess.run(cmd + ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(out)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if proc.returncode != 0:
+                err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+                raise VideoWriteError(f"ffmpeg failed joining {len(parts)} parts into {Path(path).name}: "
+                                      f"{err[-1] if err else proc.returncode}")
+    return Path(path)
+
+
 def _held(batches: Iterable, n: int, total: int, chunk: int) -> Iterator:
     """The ``n`` frames of ``batches``, then the last frame repeated (``chunk`` at a time) until ``total``."""
     last = None

@@ -9,10 +9,12 @@ imports the node layer itself::
     python run.py probe output/TalkingHead/talk_00001_.mp4
     python run.py convert workflows/api/NAME.api.json NAME.json   # (or back)
     python run.py live --portrait me.jpg      # live mode: open the printed URL, talk
+    python run.py batch JOBS.jsonl [--ray auto|ADDRESS]   # many jobs, one after another or on a Ray cluster
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,11 +28,11 @@ from ..core import weights
 from ..core.errors import Cancelled, TalkingHeadError
 from ..core.host import ENV_OFFLINE, HOST
 from ..core.progress import TerminalBar
-from .executor import execute
-from .overrides import apply_overrides
+from .executor import execute, saved_files
+from .overrides import absolutize, apply_overrides, override_dirs
 from .ui_format import as_api, load_workflow, ui_to_api
 
-COMMANDS = ("run", "weights", "probe", "nodes", "convert", "live")
+COMMANDS = ("run", "batch", "weights", "probe", "nodes", "convert", "live")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--offline", action="store_true", help="never download weights")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--debug", action="store_true", help="print full tracebacks")
+    b = sub.add_parser("batch", help="run many jobs from a JSON-lines file (workflow, overrides, output name per "
+                       "line), one after another, or on a Ray cluster with --ray")
+    b.add_argument("jobs", help="JOBS.jsonl: one {\"workflow\": ..., \"set\": ..., \"output\": ...} per line")
+    b.add_argument("--ray", default=None, metavar="auto|ADDRESS", help="run the jobs on Ray workers: 'auto' (the "
+                   "cluster on this machine, or a new local one) or a cluster's address")
+    b.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else one per "
+                   "--cpus-per-worker cores)")
+    b.add_argument("--cpus-per-worker", type=float, default=None)
+    b.add_argument("--gpus-per-worker", type=float, default=None)
+    b.add_argument("--segments", type=int, default=1, help="split each render into this many parts, rendered on "
+                   "different workers and joined without re-encoding (a job's \"segments\" overrides it)")
+    b.add_argument("--retries", type=int, default=1, help="more tries for a job that fails (default 1)")
+    b.add_argument("--report", default=None, metavar="FILE", help="write every job's outcome as JSON")
+    b.add_argument("--input-dir", action="append", default=[], help="folder(s) file names are read from "
+                   "(default: ./input, then the current folder)")
+    b.add_argument("--output-dir", default=None, help="where the outputs go (default: ./output)")
+    b.add_argument("--models-dir", default=None)
+    b.add_argument("--offline", action="store_true", help="never download weights")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--debug", action="store_true", help="print full tracebacks and the Ray workers' logs")
     w = sub.add_parser("weights", help="list, locate, download or convert model files")
     w.add_argument("action", choices=["list", "where", "fetch", "convert"])
     w.add_argument("args", nargs="*")
@@ -120,30 +142,6 @@ def cmd_live(args) -> int:
     return 0
 
 
-def _override_file(item: str) -> Optional[Path]:
-    """The file an override ``KEY.INPUT=VALUE`` names by path (with a slash), if it exists."""
-    _, eq, value = item.partition("=")
-    value = value.strip().strip('"')
-    if eq and value and ("/" in value or os.sep in value) and Path(value).expanduser().is_file():
-        return Path(value).expanduser().resolve()
-    return None
-
-
-def _file_overrides(overrides: List[str]) -> List[Path]:
-    """Folders of files named on the command line: they become extra input roots, so
-    ``--set portrait.image=/photos/me.jpg`` works while workflow files stay confined."""
-    return [f.parent for f in map(_override_file, overrides) if f is not None]
-
-
-def _absolutize(overrides: List[str]) -> List[str]:
-    """File paths in overrides made absolute (the input roots are absolute too)."""
-    out = []
-    for item in overrides:
-        f = _override_file(item)
-        out.append(f"{item.partition('=')[0]}={json.dumps(str(f))}" if f is not None else item)
-    return out
-
-
 def _configure(args) -> None:
     """Point the host at the folders and the progress display the command line asks for."""
     hooks = {}
@@ -153,7 +151,7 @@ def _configure(args) -> None:
         os.environ[ENV_OFFLINE] = "1"
     if getattr(args, "command", None) == "run":
         inputs = [Path(d).resolve() for d in args.input_dir] or [Path.cwd() / "input", Path.cwd()]
-        extra = _file_overrides(args.overrides)
+        extra = override_dirs(args.overrides)
         hooks["input_dirs"] = lambda: inputs + [r for r in extra if r not in inputs]
         if args.output_dir:
             out = Path(args.output_dir).resolve()
@@ -161,16 +159,6 @@ def _configure(args) -> None:
         if not args.quiet:
             hooks["progress_factory"] = lambda label="": TerminalBar(f"  {label}" if label else "  progress")
     HOST.configure(**hooks)
-
-
-def _output_files(outputs: Dict[str, dict]) -> List[Path]:
-    files = []
-    for ui in outputs.values():
-        for item in (ui or {}).get("images", []) + (ui or {}).get("gifs", []):
-            if isinstance(item, dict) and "filename" in item:
-                base = HOST.temp_dir() if item.get("type") == "temp" else HOST.output_dir()
-                files.append(base / item.get("subfolder", "") / item["filename"])
-    return files
 
 
 def cmd_run(args, registry: Dict[str, type], upgrader=None) -> int:
@@ -181,20 +169,69 @@ def cmd_run(args, registry: Dict[str, type], upgrader=None) -> int:
               f"nodes:", file=sys.stderr)
         for line in notes:
             print(f"  - {line}", file=sys.stderr)
-    prompt = apply_overrides(prompt, _absolutize(args.overrides), registry=registry)
+    prompt = apply_overrides(prompt, absolutize(args.overrides), registry=registry)
 
     def on_node(node_id, class_type, title, index, count):
         if not args.quiet:
             print(f"[{index}/{count}] node {node_id}: {title or class_type}", file=sys.stderr)
 
     result = execute(prompt, registry, on_node=on_node)
-    files = _output_files(result["outputs"])
+    files = saved_files(result["outputs"])
     for f in files:
         print(f)
     for ui in result["outputs"].values():
         for text in (ui or {}).get("text", []):
             print(text, file=sys.stderr)
     return 0
+
+
+def cmd_batch(args, registry: Dict[str, type], upgrader=None) -> int:
+    from . import batch
+
+    out = Path(args.output_dir or Path.cwd() / "output").resolve()
+    if args.segments < 1:
+        raise TalkingHeadError("--segments must be 1 or more")
+    jobs = batch.read_jobs(args.jobs, registry, out, args.input_dir, upgrader=upgrader, segments=args.segments)
+    if not jobs:
+        raise TalkingHeadError(f"{args.jobs} holds no jobs")
+    if args.retries < 0:
+        raise TalkingHeadError("--retries must be 0 or more")
+    # stdout lists the outputs made; what Ray prints about its workers (a killed one, say) goes to stderr
+    todo = any(job.problem is None and not job.path.exists() for job in jobs)
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.ray and todo:                     # a rerun with everything done starts no cluster
+            from .cluster import RayPool
+
+            pool = RayPool(args.ray, workers=args.workers, cpus=args.cpus_per_worker, gpus=args.gpus_per_worker,
+                           debug=args.debug)
+            batch.log(f"batch: {len(jobs)} job(s) on {pool.describe()}")
+        else:
+            pool = batch.LocalPool(registry)
+        bar = None if args.quiet else TerminalBar("  batch", unit="job")
+
+        def on_event(kind, job, info):
+            if kind == "retry":
+                error = (info.get("error") or "").strip()
+                batch.log(f"{job.name}: attempt {info['attempt']} failed, trying again: "
+                          f"{error.splitlines()[0] if error else 'no message'}")
+            elif kind == "done" and not args.quiet:
+                batch.log(f"{job.name}: done in {info.get('seconds', 0):.1f} s ({info.get('worker')})")
+
+        try:
+            outcomes = batch.run_batch(jobs, pool, out, retries=args.retries,
+                                       models_dir=Path(args.models_dir).resolve() if args.models_dir else None,
+                                       offline_weights=args.offline, progress=bar, on_event=on_event)
+        finally:
+            if bar is not None:
+                bar.close()
+            pool.close()
+    for o in outcomes:
+        if o.status == "done":
+            print(o.job.path)
+    print(batch.summary(outcomes), file=sys.stderr)
+    if args.report:
+        batch.write_report(args.report, outcomes)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def cmd_weights(args) -> int:
@@ -290,6 +327,8 @@ def main(argv: Optional[List[str]] = None, registry_factory: Optional[Callable[[
         _configure(args)
         if args.command == "run":
             return cmd_run(args, registry_factory(), upgrader)
+        if args.command == "batch":
+            return cmd_batch(args, registry_factory(), upgrader)
         if args.command == "weights":
             return cmd_weights(args)
         if args.command == "convert":

@@ -6,16 +6,18 @@ order, and node functions run under :func:`torch.inference_mode`. Validation is
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from ..core.errors import Cancelled, TalkingHeadError
+from ..core.host import HOST
 from .problems import describe_node
 from .specs import Prompt, Registry, hidden_inputs, return_types
 from .validation import Step, plan
 
-__all__ = ["execute"]
+__all__ = ["execute", "saved_files"]
 
 
 def _hidden_value(kind: str, node_id: str, prompt: Prompt, extra_pnginfo: Optional[dict]) -> Any:
@@ -111,3 +113,16 @@ def execute(prompt: Prompt, registry: Registry, *, progress: Optional[Callable[.
         where = f" while running {describe_node(step.node_id, step.class_type, step.title)}" if step else ""
         raise Cancelled(f"cancelled by the user{where}") from exc
     return {"outputs": outputs, "results": results, "order": list(steps.order)}
+
+
+def saved_files(outputs: Dict[str, dict]) -> List[Path]:
+    """The files an :func:`execute` result's output nodes saved (their ``ui`` ``images``/``gifs`` entries), where
+    the host's folders put them: ``type: temp`` (previews) under ``HOST.temp_dir()``, the rest under
+    ``HOST.output_dir()``."""
+    files = []
+    for ui in outputs.values():
+        for item in (ui or {}).get("images", []) + (ui or {}).get("gifs", []):
+            if isinstance(item, dict) and "filename" in item:
+                base = HOST.temp_dir() if item.get("type") == "temp" else HOST.output_dir()
+                files.append(base / item.get("subfolder", "") / item["filename"])
+    return files

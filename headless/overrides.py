@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from ..core.errors import InputError
@@ -10,7 +12,7 @@ from .problems import describe_node
 from .specs import ClassError, Prompt, Registry, input_specs
 from .validation import wrap
 
-__all__ = ["apply_overrides", "find_node"]
+__all__ = ["absolutize", "apply_overrides", "find_node", "override_dirs"]
 
 
 def find_node(prompt: Prompt, key: str) -> str:
@@ -79,3 +81,27 @@ def apply_overrides(prompt: Prompt, overrides: Sequence[str], *,
                                  f"has no input '{name}' (inputs: {', '.join(declared) or 'none'})")
         inputs[name] = wrap(_parse_value(raw_value))
     return result
+
+
+def _override_file(item: str) -> Optional[Path]:
+    """The file an override ``KEY.INPUT=VALUE`` names by path (with a slash), if it exists."""
+    _, eq, value = item.partition("=")
+    value = value.strip().strip('"')
+    if eq and value and ("/" in value or os.sep in value) and Path(value).expanduser().is_file():
+        return Path(value).expanduser().resolve()
+    return None
+
+
+def override_dirs(overrides: List[str]) -> List[Path]:
+    """Folders of files named on the command line: they become extra input roots, so
+    ``--set portrait.image=/photos/me.jpg`` works while workflow files stay confined."""
+    return [f.parent for f in map(_override_file, overrides) if f is not None]
+
+
+def absolutize(overrides: List[str]) -> List[str]:
+    """File paths in overrides made absolute (the input roots are absolute too)."""
+    out = []
+    for item in overrides:
+        f = _override_file(item)
+        out.append(f"{item.partition('=')[0]}={json.dumps(str(f))}" if f is not None else item)
+    return out

@@ -142,10 +142,10 @@ def _unloading(stream: FrameStream, family: str) -> FrameStream:
     """``stream`` whose every pull ends by unloading ``family`` from the cache (keep_model_loaded off): after the
     last batch, and also when the pull fails or is cancelled. The producer loads the networks again through the
     cache on the next pull."""
-    def source() -> Iterator[torch.Tensor]:
+    def around(batches, count) -> Iterator[torch.Tensor]:
         with using(family, False):
-            yield from stream
-    return FrameStream(source, stream.count, stream.height, stream.width, stream.fps, stream.label)
+            yield from batches
+    return stream.derive(around)
 
 
 def _check_fits_together(streams: Sequence[FrameStream], what: str, alternative: str) -> None:

@@ -24,12 +24,12 @@ def _alternative(node: str, also: str) -> str:
 
 def _reporting(stream: FrameStream, label: str) -> FrameStream:
     """``stream`` whose pulls report progress (frames done of all) on the host's bar for ``label``."""
-    def source():
-        bar = Progress(len(stream), progress(label))
-        for batch in stream:
+    def around(batches, count):
+        bar = Progress(count, progress(label))
+        for batch in batches:
             bar.step(int(batch.shape[0]))
             yield batch
-    return FrameStream(source, stream.count, stream.height, stream.width, stream.fps, stream.label)
+    return stream.derive(around)
 
 
 @register("ResizePad256", category="image")

@@ -131,3 +131,78 @@ def test_a_pull_that_stops_early_ends_the_producer_at_once(monkeypatch):
         for _ in pull:
             pass
     assert closed == [1]
+
+
+def ranged_stream(n=10, h=2, w=3, batch=3):
+    """Like counting_stream, with a ``ranged`` producer that makes only the frames asked for (``made`` lists them)."""
+    made = []
+
+    def ranged(start, stop):
+        for i in range(start, stop, batch):
+            k = min(batch, stop - i)
+            made.extend(range(i, i + k))
+            yield torch.arange(i, i + k, dtype=torch.float32).reshape(k, 1, 1, 1).expand(k, h, w, 3).clone()
+    return F.FrameStream(lambda: ranged(0, n), n, h, w, fps=25.0, label="ranged", ranged=ranged), made
+
+
+def values(stream):
+    batches = list(stream)
+    return torch.cat(batches)[:, 0, 0, 0].tolist() if batches else []
+
+
+@pytest.mark.parametrize("start,stop", [(0, 10), (0, 1), (2, 7), (3, 6), (9, 10), (4, 4), (0, 0), (10, 10)])
+def test_sections_are_the_same_frames_as_the_whole(start, stop):
+    """A section gives exactly frames start..stop-1: with a ranged producer it makes only those; without one it
+    pulls from the start and stops as soon as it has them; through map, derive and concat alike."""
+    plain, pulls = counting_stream(10, h=2, w=3)
+    ranged, made = ranged_stream(10)
+    want = list(range(start, stop))
+    assert values(plain.section(start, stop)) == want and len(plain.section(start, stop)) == stop - start
+    assert values(ranged.section(start, stop)) == want and made == want          # nothing else was made
+    doubled = ranged.map(lambda b: b * 2, 2, 3)
+    made.clear()
+    assert values(doubled.section(start, stop)) == [2 * v for v in want] and made == want
+    seen = []
+
+    def around(batches, count):
+        seen.append(count)
+        yield from batches
+    made.clear()
+    assert values(ranged.derive(around).section(start, stop)) == want and seen == [stop - start] and made == want
+    joined = F.FrameStream.concat([ranged_stream(4)[0], plain.section(0, 6)])   # 0..3 then 0..5
+    assert values(joined.section(start, stop)) == ([0, 1, 2, 3] + list(range(6)))[start:stop]
+    images = torch.arange(10, dtype=torch.float32).reshape(10, 1, 1, 1).expand(10, 2, 3, 3)
+    assert values(F.FrameStream.from_images(images, batch_size=4).section(start, stop)) == want
+
+
+def test_a_section_outside_the_stream_is_refused():
+    stream, _ = counting_stream(5)
+    for start, stop in [(-1, 2), (3, 2), (0, 6)]:
+        with pytest.raises(InputError, match="not within its 5 frames"):
+            stream.section(start, stop)
+
+
+def test_liveportrait_sections_render_in_the_whole_renders_batches(monkeypatch):
+    """LivePortrait's frame stream renders a section in the batches a whole render uses (from the batch holding its
+    first frame), so each frame is computed exactly as in the whole video, and only a batch's worth more."""
+    from core.liveportrait import pipeline
+
+    calls = []
+
+    def fake_render_pasted(models, source, x_d, full, batch_size, **kw):
+        for i in range(0, x_d.shape[0], batch_size):
+            chunk = x_d[i:i + batch_size]
+            calls.append(chunk[:, 0, 0].tolist())
+            faces = (chunk[:, :1, :1].reshape(-1, 1, 1, 1) + 0 * torch.zeros(1, 4, 4, 3))
+            yield faces, None
+    monkeypatch.setattr(pipeline, "render_pasted", fake_render_pasted)
+    models = type("M", (), {"output_size": 4})()
+    x_d = torch.arange(11, dtype=torch.float32).reshape(11, 1, 1).expand(11, 21, 3).contiguous()
+    stream = pipeline.render_stream(models, None, x_d, batch_size=4)
+    whole = values(stream)
+    batches = list(calls)
+    assert whole == list(range(11)) and batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    for start, stop in [(0, 11), (5, 7), (3, 9), (8, 11), (7, 8)]:
+        calls.clear()
+        assert values(stream.section(start, stop)) == list(range(start, stop))
+        assert all(b in batches for b in calls) and len(calls) == (stop - 1) // 4 - start // 4 + 1

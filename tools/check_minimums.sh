@@ -62,7 +62,8 @@ for name, (op, version) in requirements(sys.argv[1]).items():
     if op != "==":
         sys.exit(f"error: {sys.argv[1]}: '{name}' must be pinned with ==")
     pins[name] = version
-declared = {**requirements("requirements.txt"), **requirements("requirements-dev.txt")}
+declared = {**requirements("requirements.txt"), **requirements("requirements-dev.txt"),
+            **requirements("requirements-ray.txt")}
 problems = [f"{name}{op}{version} is declared but {sys.argv[1]} pins {pins.get(name, 'nothing')}"
             for name, (op, version) in sorted(declared.items())
             if name not in pins or vtuple(pins[name]) != vtuple(version)]
@@ -93,7 +94,7 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --progress-bar off -c "$CONSTRAINTS")
 "${PIP[@]}" torch
-"${PIP[@]}" -r requirements.txt -r requirements-dev.txt
+"${PIP[@]}" -r requirements.txt -r requirements-dev.txt -r requirements-ray.txt
 
 # 3. Nothing unpinned crept in: a new transitive dependency would otherwise come in at its newest.
 freeze="$VENV/freeze.txt"

@@ -122,15 +122,26 @@ def render_stream(lp: Union[LivePortraitSet, LivePortraitModels], source: LivePo
     else:  # the face crops, at the networks' output size
         height = width = int((lp.models() if is_set else lp).output_size)
 
-    def frames() -> Iterator[torch.Tensor]:
+    def frames(start: int = 0, stop: Optional[int] = None) -> Iterator[torch.Tensor]:
+        # a section renders whole batches from the one holding `start`, the batches a whole pull renders: every
+        # frame is computed in the same batch, so it is the same frame whichever part of the video is asked for
+        stop = int(x_d.shape[0]) if stop is None else stop
+        first, last = start - start % batch_size, min(int(x_d.shape[0]), -(-stop // batch_size) * batch_size)
         models = lp.models() if is_set else lp
-        for faces, pasted in render_pasted(models, source, x_d, full, batch_size=batch_size, device=device,
-                                           precision=precision, progress=progress):
+        at = first
+        for faces, pasted in render_pasted(models, source, x_d[first:last], full, batch_size=batch_size,
+                                           device=device, precision=precision, progress=progress):
             out = faces if full is None else pasted
+            n = int(out.shape[0])
+            lo, hi = max(start - at, 0), min(stop - at, n)
+            at += n
+            if lo >= hi:
+                continue
+            out = out[lo:hi]
             require_finite_output("image", out, f"a batch of {label}")
             yield out
 
-    return FrameStream(frames, int(x_d.shape[0]), height, width, fps=fps, label=label)
+    return FrameStream(frames, int(x_d.shape[0]), height, width, fps=fps, label=label, ranged=frames)
 
 
 __all__ = ["LivePortraitSet", "render_images", "render_stream"]
