@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.errors import TalkingHeadError
 
-__all__ = ["RayPool", "import_ray"]
+__all__ = ["RayPool", "import_ray", "plan_workers"]
 
 INSTALL = "pip install -r requirements-ray.txt (or: pip install 'ray>=2.44')"
 
@@ -76,6 +76,33 @@ def _worker_class():
     return BatchWorker
 
 
+def plan_workers(total_cpus: float, total_gpus: float, workers: Optional[int] = None, cpus: Optional[float] = None,
+                 gpus: Optional[float] = None) -> Tuple[int, float, float]:
+    """``(workers, cpus, gpus)``: how many workers and what each asks for, on a cluster of ``total_cpus`` CPUs and
+    ``total_gpus`` GPUs, from what was asked (None: the defaults of :class:`RayPool`). Refuses (with what to change)
+    a plan the cluster cannot hold, which Ray would otherwise leave waiting for ever."""
+    if workers is not None and workers < 1:
+        raise TalkingHeadError("--workers must be at least 1")
+    if (cpus is not None and cpus <= 0) or (gpus is not None and gpus < 0):
+        raise TalkingHeadError("--cpus-per-worker must be more than 0 and --gpus-per-worker 0 or more")
+    if gpus is None:
+        gpus = 1.0 if total_gpus >= 1 else 0.0
+    if workers is None:
+        if gpus:
+            workers = max(1, int(total_gpus // gpus))
+        else:
+            workers = max(1, int(total_cpus // (cpus or min(4.0, total_cpus))))
+    if cpus is None:
+        cpus = max(1.0, float(int(total_cpus // workers))) if gpus else max(1.0, min(4.0, total_cpus // workers))
+    if gpus and workers * gpus > total_gpus:
+        raise TalkingHeadError(f"{workers} worker(s) with {gpus:g} GPU each need {workers * gpus:g} GPUs; the "
+                               f"cluster has {total_gpus:g} (fewer --workers, or --gpus-per-worker 0 for CPU workers)")
+    if workers * cpus > total_cpus:
+        raise TalkingHeadError(f"{workers} worker(s) with {cpus:g} CPU(s) each need {workers * cpus:g} CPUs; the "
+                               f"cluster has {total_cpus:g} (fewer --workers or --cpus-per-worker)")
+    return workers, float(cpus), float(gpus)
+
+
 class RayPool:
     """``workers`` Ray actors running a batch's jobs (see the module's notes).
 
@@ -87,8 +114,7 @@ class RayPool:
 
     def __init__(self, address: str = "auto", workers: Optional[int] = None, cpus: Optional[float] = None,
                  gpus: Optional[float] = None, init: Optional[Dict[str, Any]] = None, debug: bool = False) -> None:
-        if workers is not None and workers < 1:
-            raise TalkingHeadError("--workers must be at least 1")
+        plan_workers(1e9, 1e9, workers, cpus, gpus)         # the values asked for, checked before Ray starts
         ray = self.ray = import_ray()
         options = {"include_dashboard": False, "log_to_driver": debug, "configure_logging": debug,
                    **(init or {})}
@@ -100,20 +126,14 @@ class RayPool:
                 raise TalkingHeadError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
         else:
             self._owns_ray = False
-        resources = ray.cluster_resources()
-        total_cpus, total_gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
-        if gpus is None:
-            gpus = 1.0 if total_gpus >= 1 else 0.0
-        if workers is None:
-            workers = int(total_gpus // gpus) if gpus else max(1, int(total_cpus // (cpus or min(4.0, total_cpus))))
-        if cpus is None:
-            cpus = max(1.0, float(int(total_cpus // workers))) if gpus else min(4.0, total_cpus)
-        if gpus and workers * gpus > total_gpus:
-            raise TalkingHeadError(f"{workers} worker(s) with {gpus:g} GPU each need {workers * gpus:g} GPUs; the "
-                                   f"cluster has {total_gpus:g}")
-        if workers * cpus > total_cpus:
-            raise TalkingHeadError(f"{workers} worker(s) with {cpus:g} CPU(s) each need {workers * cpus:g} CPUs; the "
-                                   f"cluster has {total_cpus:g} (fewer --workers or --cpus-per-worker)")
+        try:
+            resources = ray.cluster_resources()
+            workers, cpus, gpus = plan_workers(float(resources.get("CPU", 1)), float(resources.get("GPU", 0)),
+                                               workers, cpus, gpus)
+        except BaseException:
+            if self._owns_ray:
+                ray.shutdown()
+            raise
         self.workers, self.cpus, self.gpus = workers, cpus, gpus
         name, folder = _pack()
         self._make = lambda: ray.remote(_worker_class()).options(

@@ -60,9 +60,9 @@ def write_jobs(path: Path, entries) -> Path:
     return path
 
 
-def batch(cwd: Path, jobs: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def batch(cwd: Path, jobs: Path, *extra: str, timeout: int = 600, env=None) -> subprocess.CompletedProcess:
     """``python run.py batch JOBS --input-dir in --models-dir models --offline ...`` as a user types it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "run.py"), "batch", str(jobs), "--input-dir", "in", "--models-dir", "models",
                "--offline", "--report", "report.json", *extra]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -140,6 +140,40 @@ def test_batch_errors_before_running(place):
     assert res.returncode == 1 and "holds no jobs" in res.stderr
     res = batch(place, write_jobs(place / "one.jsonl", [job("a.mp4")]), "--ray", "auto", "--workers", "0")
     assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("cluster,asked,planned", [
+    ((2, 0), (None, None, None), (1, 2.0, 0.0)),         # a 2-core machine: one worker with both cores
+    ((16, 0), (None, None, None), (4, 4.0, 0.0)),        # 16 cores: four workers of 4
+    ((2, 0), (2, None, None), (2, 1.0, 0.0)),
+    ((16, 4), (None, None, None), (4, 4.0, 1.0)),        # one worker per GPU, the CPUs shared out
+    ((16, 4), (2, None, None), (2, 8.0, 1.0)),
+    ((8, 2), (None, 2.0, 0.5), (4, 2.0, 0.5)),           # two workers per GPU
+    ((8, 2), (3, 1.0, 0.0), (3, 1.0, 0.0)),              # CPU workers on a GPU cluster, when asked
+])
+def test_workers_follow_the_cluster(cluster, asked, planned):
+    sys.path.insert(0, str(ROOT))
+    import run
+
+    cluster_mod = importlib.import_module(f"{run.load_pack().__name__}.headless.cluster")
+    assert cluster_mod.plan_workers(*cluster, *asked) == planned
+
+
+@pytest.mark.parametrize("cluster,asked,message", [
+    ((2, 0), (3, 1.0, None), "need 3 CPUs; the cluster has 2"),
+    ((16, 1), (2, None, 1.0), "need 2 GPUs; the cluster has 1"),
+    ((2, 0), (0, None, None), "at least 1"),
+    ((2, 0), (None, 0.0, None), "more than 0"),
+])
+def test_a_plan_the_cluster_cannot_hold_is_refused(cluster, asked, message):
+    sys.path.insert(0, str(ROOT))
+    import run
+
+    name = run.load_pack().__name__
+    cluster_mod = importlib.import_module(f"{name}.headless.cluster")
+    errors = importlib.import_module(f"{name}.core.errors")
+    with pytest.raises(errors.TalkingHeadError, match=message):
+        cluster_mod.plan_workers(*cluster, *asked)
 
 
 @pytest.fixture
@@ -303,3 +337,60 @@ def metadata(path: Path) -> dict:
         if sep:
             tags[name] = re.sub(r"\\(.)", r"\1", value)
     return tags
+
+
+def test_sigterm_stops_a_batch_cleanly(place):
+    """SIGTERM (a scheduler or a container stopping) in the middle of the second job: exit code 143, the first output
+    stays, nothing half-written is left; the same command again skips the first job and makes the rest."""
+    jobs = write_jobs(place / "jobs.jsonl", [job("a.mp4"), job("b.mp4", audio="long.wav"), job("c.mp4", seed=1)])
+    out = place / "output"
+    command = [sys.executable, str(ROOT / "run.py"), "batch", str(jobs), "--input-dir", "in", "--models-dir", "models",
+               "--offline", "--quiet"]
+    proc = subprocess.Popen(command, cwd=place, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".talkinghead-batch/*/2-1/worker.json")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4"] and leftovers(out) == []
+    again = subprocess.run(command, cwd=place, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0 and again.stdout.split() == [str(out / "b.mp4"), str(out / "c.mp4")], again.stderr
+    assert "2 done, 1 skipped" in again.stderr
+
+
+@RAY
+def test_batch_on_a_cluster_started_with_ray_start(place):
+    """`ray start --head` on 127.0.0.1 (a cluster the batch joins by its address, as on real machines), two workers:
+    the jobs run there, and the cluster is still up afterwards (the batch only leaves it)."""
+    import socket
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # a secured cluster as Ray's docs set one up: token mode, the same token on every node and on the driver
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "a" * 32}
+    subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env, timeout=180)
+    try:
+        jobs = write_jobs(place / "jobs.jsonl", [job(f"n{i}.mp4", seed=i) for i in range(3)]
+                          + [{**job("parts.mp4", audio="long.wav"), "segments": 2}])
+        res = batch(place, jobs, "--ray", f"127.0.0.1:{port}", "--workers", "2", "--quiet", env=env)
+        assert res.returncode == 0, res.stderr
+        assert "2 Ray worker(s), 1 CPU each" in res.stderr
+        got = report(place)
+        assert all(entry["status"] == "done" for entry in got.values())
+        assert len({w for entry in got.values() for w in entry["worker"].split(", ")}) == 2
+        assert mp4_facts(place / "output" / "parts.mp4")[0] == (96, 120, 100)
+        status = subprocess.run([str(ray_cli), "status", "--address", f"127.0.0.1:{port}"], capture_output=True,
+                                text=True, env=env, timeout=120)
+        assert status.returncode == 0, status.stderr
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=180)
