@@ -134,6 +134,10 @@ def output_target(output_dir: Path, name: Any) -> Path:
                          f"'talks/anna.mp4'")
     if parts[0] == WORK_FOLDER:
         raise InputError(f"output {name!r} is inside {WORK_FOLDER}/, the batch's own work folder")
+    long = [p for p in parts if len(p.encode("utf-8", "surrogatepass")) > 255 - 40]
+    if long:   # file systems allow 255 bytes a name; a try's files add a prefix and a suffix to it
+        raise InputError(f"output {name!r}: the name {long[0][:40]}... is too long ({len(long[0])} characters); "
+                         f"keep each part of it under 200")
     return output_dir.joinpath(*parts)
 
 
@@ -288,6 +292,11 @@ def run_job(spec: Dict[str, Any], registry) -> Dict[str, Any]:
         raise
     except TalkingHeadError as exc:
         result["error"] = str(exc)
+    except OSError as exc:    # the output folder: full, read-only, a name too long, a file where a folder goes
+        from ..core.video import write_hint
+
+        where = exc.filename or spec["output"]
+        result["error"] = f"cannot write {where}: {exc.strerror or exc} ({write_hint(exc, where)})"
     except Exception as exc:  # a bug: say where, the batch goes on
         result["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
     finally:

@@ -51,6 +51,11 @@ def _worker_class():
             import importlib.util
 
             if pack_name not in sys.modules:
+                if not os.path.isfile(os.path.join(pack_dir, "__init__.py")):
+                    import socket
+
+                    raise RuntimeError(f"the pack is not at {pack_dir} on {socket.gethostname()}: every machine of the "
+                                       f"cluster needs it at the same path (shared storage, or the same image)")
                 spec = importlib.util.spec_from_file_location(pack_name, os.path.join(pack_dir, "__init__.py"),
                                                               submodule_search_locations=[pack_dir])
                 module = importlib.util.module_from_spec(spec)
@@ -101,6 +106,14 @@ def plan_workers(total_cpus: float, total_gpus: float, workers: Optional[int] = 
         raise TalkingHeadError(f"{workers} worker(s) with {cpus:g} CPU(s) each need {workers * cpus:g} CPUs; the "
                                f"cluster has {total_cpus:g} (fewer --workers or --cpus-per-worker)")
     return workers, float(cpus), float(gpus)
+
+
+def _gist(exc: BaseException) -> str:
+    """A Ray error in a line or two: its first line, and its last (where a worker's own exception is named)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
 
 
 class RayPool:
@@ -168,11 +181,11 @@ class RayPool:
             except ray.exceptions.RayActorError as exc:   # the worker died: a new one takes its place
                 self._replace(actor)
                 result = {"ok": False, "published": False, "lost": True, "seconds": 0.0,
-                          "error": f"the worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0]})"}
+                          "error": f"the worker was lost ({type(exc).__name__}: {_gist(exc)})"}
             except ray.exceptions.RayError as exc:
                 self.idle.append(actor)
                 result = {"ok": False, "published": False, "seconds": 0.0,
-                          "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+                          "error": f"{type(exc).__name__}: {_gist(exc)}"}
             out.append((tag, result))
         return out
 

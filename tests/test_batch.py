@@ -394,3 +394,29 @@ def test_batch_on_a_cluster_started_with_ray_start(place):
         assert status.returncode == 0, status.stderr
     finally:
         subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=180)
+
+
+def test_output_that_cannot_be_written_is_reported(place):
+    """An output name whose folder is a file (found when the job publishes), and one too long for the file system
+    (refused before anything runs): each job reports why in words (no traceback), the others finish."""
+    (place / "output").mkdir()
+    (place / "output" / "taken").write_text("a file, not a folder")
+    jobs = write_jobs(place / "jobs.jsonl", [job("taken/a.mp4"), job("x" * 300 + ".mp4"), job("ok.mp4")])
+    res = batch(place, jobs, "--quiet", "--retries", "0")
+    got = report(place)
+    assert res.returncode == 1 and got[3]["status"] == "done", res.stderr
+    assert got[1]["status"] == got[2]["status"] == "failed" and "Traceback" not in res.stderr
+    assert "cannot write" in got[1]["error"] and "too long" in got[2]["error"]
+    assert leftovers(place / "output") == []
+
+
+def test_ray_not_installed_says_how_to_install_it(place):
+    """--ray without Ray: one line saying how to install it (the default install never needs Ray)."""
+    jobs = write_jobs(place / "jobs.jsonl", [job("a.mp4")])
+    code = ("import runpy, sys; sys.modules['ray'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code, str(ROOT / "run.py"), "batch", str(jobs), "--input-dir", "in",
+                          "--models-dir", "models", "--offline", "--ray", "auto"], cwd=place, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 1 and "requirements-ray.txt" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (place / "output" / "a.mp4").exists()

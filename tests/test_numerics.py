@@ -103,9 +103,9 @@ def test_ditto_schedule_finite_for_every_steps(alphas, lmdm, steps):
 
 
 def test_ditto_schedule_clamps_only_the_rounding_edge(alphas):
-    """3 steps is the case that went NaN (``1 - a' - sigma^2 = -5.96e-08`` for the pair (999, 665)); the
-    clamps give 0 there and leave every in-range value bit for bit as the plain sqrt computes it."""
-    crossed = 0
+    """3 steps is the case that went NaN on the machine that found it (``1 - a' - sigma^2 = -5.96e-08`` for the pair
+    (999, 665)); the clamps give 0 wherever a radicand comes out below 0 and leave every in-range value bit for bit
+    as the plain sqrt computes it (the sweep uses this machine's own rounding, whichever way it goes)."""
     for steps in SCHEDULE_STEPS:
         sched = DS.make_schedule(alphas, steps)
         for i, (t, tn) in enumerate(p for p in sched.pairs if p[1] >= 0):
@@ -114,12 +114,19 @@ def test_ditto_schedule_clamps_only_the_rounding_edge(alphas):
                 if radicand >= 0:
                     assert torch.equal(got, radicand.sqrt()), (steps, t, tn)
                 else:
-                    crossed += 1
                     assert float(got) == 0.0, (steps, t, tn)
-    r_sigma, r_c = _ditto_unclamped(alphas, 999, 665)
+    # that pair's radicand is at float32's rounding edge: exactly it is a (1 - a')^2 / (a' (1 - a)), far below one
+    # ulp of the terms of 1 - a' - sigma^2 (each <= 1), so the float32 value is within 2 ulps of 0, and its sign is
+    # how the machine's kernels round (below 0 on an AVX-512 Xeon, above on an AVX2 EPYC): both must stay finite
     assert DS.time_pairs(3)[0] == (999, 665)
-    # the official alphas put this radicand just below 0: the sweep above really exercised a clamp
-    assert float(r_c) < 0 and crossed >= 1
+    a, a_next = float(alphas[999]), float(alphas[665])
+    exact = a * (1 - a_next) ** 2 / (a_next * (1 - a))
+    eps = torch.finfo(torch.float32).eps
+    assert 0 <= exact < eps / 4 and abs(float(_ditto_unclamped(alphas, 999, 665)[1])) <= 2 * eps
+    # and a clamp exercised on every machine: with eta = 2, sigma^2 = 4 r_sigma exceeds 1 - a' for that pair in exact
+    # arithmetic, so the second radicand is well below 0: c is 0, not NaN
+    wide = DS.make_schedule(alphas, 3, eta=2.0)
+    assert _finite(wide.c) and _finite(wide.sigma) and float(wide.c[0]) == 0.0 and float(wide.sigma[0]) > 0
 
 
 def test_ditto_schedule_degenerate_step_pair():
