@@ -120,7 +120,7 @@ class RayPool:
     """``workers`` Ray actors running a batch's jobs (see the module's notes).
 
     ``address``: ``"auto"`` (Ray's own choice: the cluster ``ray start`` runs on this machine or ``RAY_ADDRESS``,
-    else a new local one) or a cluster's address (``HOST:6379``, ``ray://HOST:10001``). ``workers``: how many
+    else a new local one) or a cluster's address (``HOST:6379``). ``workers``: how many
     (default: one per GPU of the cluster, else one per ``cpus`` cores); ``cpus`` / ``gpus``: what each asks for
     (defaults: with GPUs, 1 GPU and the cluster's CPUs shared out; without, 4 cores or all there are).
     ``init``: more ``ray.init`` arguments (tests give ``num_cpus``)."""
