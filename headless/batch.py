@@ -159,7 +159,7 @@ def read_jobs(path, registry, output_dir, input_dirs: Sequence[Path] = (), upgra
     unless its line says (``"segments": N``). Raises only when the file itself cannot be read."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")     # a byte-order mark (some editors add one) is not a job
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the jobs file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     output_dir = Path(output_dir).resolve()

@@ -140,6 +140,11 @@ def test_batch_errors_before_running(place):
     assert res.returncode == 1 and "holds no jobs" in res.stderr
     res = batch(place, write_jobs(place / "one.jsonl", [job("a.mp4")]), "--ray", "auto", "--workers", "0")
     assert res.returncode == 1 and "Traceback" not in res.stderr
+    # a byte-order mark before the first line (some Windows editors write one) and a workflow that is not there
+    bom = place / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"workflow": "nope.json", "output": "a.mp4"}).encode() + b"\n")
+    res = batch(place, bom)
+    assert res.returncode == 1 and report(place)[1]["error"].startswith("cannot read workflow file nope.json")
 
 
 @pytest.mark.parametrize("cluster,asked,planned", [
