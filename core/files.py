@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Union
+
+from .errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: the process's umask, read once at import (reading it means setting it, which is not thread-safe later)
@@ -22,6 +25,26 @@ os.umask(_UMASK)
 def new_file_mode() -> int:
     """The permissions a newly created file gets here (0666 less the umask)."""
     return 0o666 & ~_UMASK
+
+
+def relative_parts(root: PathLike, name: str, what: str, example: str) -> List[str]:
+    """The parts of ``name``, a path the user gives relative to the output folder ``root`` (sub-folders allowed,
+    ``\\`` read as ``/``), after refusing what would write elsewhere: NUL bytes, an empty name, absolute paths,
+    drive letters, ``..``, and sub-folders that lead out of ``root`` through a symlink. ``what`` names the input in
+    the messages, ``example`` shows a good value."""
+    text = (name or "").replace("\\", "/").strip()
+    if "\x00" in text:
+        raise InputError(f"{what} {text!r} contains a NUL byte and is refused")
+    if not text:
+        raise InputError(f"{what} must not be empty")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if text.startswith("/") or re.match(r"^[A-Za-z]:", text) or ".." in parts or not parts:
+        raise InputError(f"{what} {text!r} points outside the output folder; use {example}")
+    top = Path(root).resolve()
+    folder = top.joinpath(*parts[:-1]).resolve()
+    if folder != top and top not in folder.parents:
+        raise InputError(f"{what} {text!r} points outside the output folder")
+    return parts
 
 
 @contextlib.contextmanager

@@ -22,9 +22,10 @@ from typing import BinaryIO, Dict, Iterable, Iterator, Mapping, Optional, Tuple,
 import numpy as np
 import torch
 
-from .audio import Audio, ffmpeg_exe, fit_length, from_comfy, samples_for_frames
+from .audio import (Audio, ffmpeg_exe, fit_length, from_comfy, num_video_frames, require_one_frame,
+                    samples_for_frames)
 from .errors import InputError, TalkingHeadError
-from .files import atomic_write, new_file_mode
+from .files import atomic_write, new_file_mode, relative_parts
 from .frames import FrameStream
 from .progress import Progress, ProgressFn
 
@@ -59,18 +60,8 @@ def output_path(output_dir: Union[str, os.PathLike], prefix: str, ext: str = "mp
     out of ``output_dir`` are refused. Returns ``(path, subfolder, filename)``.
     """
     root = Path(output_dir).resolve()
-    prefix = (prefix or "").replace("\\", "/").strip()
-    if "\x00" in prefix:
-        raise InputError(f"filename_prefix {prefix!r} contains a NUL byte and is refused")
-    if not prefix:
-        raise InputError("filename_prefix must not be empty")
-    parts = [p for p in prefix.split("/") if p not in ("", ".")]
-    if prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix) or ".." in parts or not parts:
-        raise InputError(f"filename_prefix {prefix!r} points outside the output folder; "
-                         f"use a plain name or a sub-folder like 'talks/anna'")
+    parts = relative_parts(root, prefix, "filename_prefix", "a plain name or a sub-folder like 'talks/anna'")
     folder = root.joinpath(*parts[:-1]).resolve()
-    if folder != root and root not in folder.parents:
-        raise InputError(f"filename_prefix {prefix!r} points outside the output folder")
     base = parts[-1]
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -132,6 +123,23 @@ def _ffmetadata(meta: Mapping[str, str]) -> str:
     return ";FFMETADATA1\n" + "".join(f"{esc(k)}={esc(v)}\n" for k, v in meta.items())
 
 
+def _metadata_args(metadata: Optional[Mapping[str, str]], folder: Path, index: int) -> list:
+    """ffmpeg arguments that add ``metadata`` (written to ``folder/meta.txt``) as input ``index``; none without it."""
+    if not metadata:
+        return []
+    meta = folder / "meta.txt"
+    meta.write_text(_ffmetadata(metadata), encoding="utf-8")
+    return ["-f", "ffmetadata", "-i", str(meta), "-map_metadata", str(index)]
+
+
+def _run_ffmpeg(cmd: list, failed: str) -> None:
+    """Run one ffmpeg command to its end; when it fails, :class:`VideoWriteError` ``failed: <its last line>``."""
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise VideoWriteError(f"{failed}: {err[-1] if err else proc.returncode}")
+
+
 # ------------------------------------------------------------------------ writer
 class VideoWriter:
     """Append frames as they come; ``close()`` finishes the mp4 and renames it into place.
@@ -187,7 +195,7 @@ class VideoWriter:
         single_pass = self.audio is not None and self.expected_frames is not None
         if single_pass:
             cmd += ["-i", str(self._audio_wav(self.expected_frames))]
-        cmd += self._metadata_args(2 if single_pass else 1)
+        cmd += _metadata_args(self.metadata, Path(self._tmpdir.name), 2 if single_pass else 1)
         cmd += ["-map", "0:v:0", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", self.preset,
                 "-crf", str(self.crf), "-r", repr(self.fps)]
         if single_pass:
@@ -203,15 +211,7 @@ class VideoWriter:
     def _audio_wav(self, num_frames: int) -> Path:
         """The audio fitted to ``num_frames`` (trimmed or padded with silence) as a temp WAV."""
         path = Path(self._tmpdir.name) / f"audio_{num_frames}.wav"
-        _write_wav(path, fit_length(self.audio, samples_for_frames(num_frames, self.fps, self.audio.sample_rate)))
-        return path
-
-    def _metadata_args(self, index: int) -> list:
-        if not self.metadata:
-            return []
-        meta = Path(self._tmpdir.name) / "meta.txt"
-        meta.write_text(_ffmetadata(self.metadata), encoding="utf-8")
-        return ["-f", "ffmetadata", "-i", str(meta), "-map_metadata", str(index)]
+        return write_audio_track(path, self.audio, num_frames, self.fps)
 
     def _mux_audio(self) -> None:
         """Replace the partial file by one with the video stream copied and the audio fitted to
@@ -220,14 +220,10 @@ class VideoWriter:
             os.chmod(muxed, new_file_mode())  # ffmpeg keeps mkstemp's 0600; outputs get normal rights
             cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "error",
                    "-i", str(self._partial), "-i", str(self._audio_wav(self.frames_written))]
-            cmd += self._metadata_args(2)
+            cmd += _metadata_args(self.metadata, Path(self._tmpdir.name), 2)
             cmd += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"] + self._AAC
             cmd += ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(muxed)]
-            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if proc.returncode != 0:
-                err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-                raise VideoWriteError(f"ffmpeg failed adding the audio to {self.path.name}: "
-                                      f"{err[-1] if err else proc.returncode}")
+            _run_ffmpeg(cmd, f"ffmpeg failed adding the audio to {self.path.name}")
 
     def _ffmpeg_error(self) -> str:
         if self._log is None:
@@ -346,6 +342,27 @@ def write_video(path, frames, fps: float = 25.0, audio=None, crf: int = 19, pres
     return writer.path
 
 
+def mux_source(frames: Optional[FrameStream], images, fps: float, audio, extend_to_audio: bool = False,
+               what: str = "MuxVideo") -> Tuple[FrameStream, Optional[Audio], int]:
+    """What MuxVideo writes, from its inputs: ``(stream, track, total)``: the frames (its ``frames`` stream, or its
+    ``images`` batch as a stream; exactly one of the two), the sound (None without ``audio``; refused when shorter
+    than one frame, unless it has no samples at all) and the video's length in frames (the frames, or the sound's
+    length when ``extend_to_audio`` holds the last frame over it). A render split in parts counts the same way."""
+    if (frames is None) == (images is None):
+        raise InputError(f"{what} needs its video from one input: connect either frames (a frame stream) or images "
+                         f"(an IMAGE batch)" + (", not both" if frames is not None else ""))
+    source = frames if frames is not None else FrameStream.from_images(images, fps, label=f"{what}'s images")
+    track = from_comfy(audio) if audio is not None else None
+    # no samples at all is a video without sound (written without an audio track); a few samples,
+    # less than one frame, is a broken file, not speech
+    if track is not None and track.num_samples > 0:
+        require_one_frame(track, fps, f"{what}'s audio input")
+    total = len(source)
+    if extend_to_audio and track is not None:
+        total = max(total, num_video_frames(track, fps))
+    return source, track, total
+
+
 def write_audio_track(path: Union[str, os.PathLike], audio, num_frames: int, fps: float = 25.0) -> Path:
     """``audio`` (an :class:`Audio` or ComfyUI AUDIO) fitted to ``num_frames`` video frames, trimmed or padded with
     silence as :class:`VideoWriter` fits it, as a 16-bit WAV at ``path`` (written whole or not at all)."""
@@ -378,20 +395,13 @@ def concat_videos(parts: Iterable[Union[str, os.PathLike]], path: Union[str, os.
         if audio_wav is not None:
             cmd += ["-i", str(audio_wav)]
             inputs += 1
-        if metadata:
-            meta = Path(tmp) / "meta.txt"
-            meta.write_text(_ffmetadata(metadata), encoding="utf-8")
-            cmd += ["-f", "ffmetadata", "-i", str(meta), "-map_metadata", str(inputs)]
+        cmd += _metadata_args(metadata, Path(tmp), inputs)
         cmd += ["-map", "0:v:0", "-c:v", "copy"]
         if audio_wav is not None:
             cmd += ["-map", "1:a:0"] + VideoWriter._AAC
         with atomic_write(path, suffix=".partial.mp4") as out:
-            proc = subprocess.run(cmd + ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(out)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if proc.returncode != 0:
-                err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-                raise VideoWriteError(f"ffmpeg failed joining {len(parts)} parts into {Path(path).name}: "
-                                      f"{err[-1] if err else proc.returncode}")
+            _run_ffmpeg(cmd + ["-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(out)],
+                        f"ffmpeg failed joining {len(parts)} parts into {Path(path).name}")
     return Path(path)
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..core.errors import Cancelled, InputError, TalkingHeadError
+from ..core.files import relative_parts
 from ..core.host import ENV_OFFLINE, HOST
 from .executor import execute, saved_files
 from .overrides import absolutize, apply_overrides, override_dirs
@@ -74,6 +75,11 @@ class Job:
     @property
     def name(self) -> str:
         return f"line {self.line} ({self.output or 'no output'})"
+
+    @property
+    def pending(self) -> bool:
+        """Whether the job is to run: it passed the checks and its output is not there yet."""
+        return self.problem is None and not self.path.exists()
 
 
 @dataclass
@@ -124,14 +130,11 @@ def offline(flag: bool) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- reading the jobs file
 def output_target(output_dir: Path, name: Any) -> Path:
-    """The final path of a job's ``output`` name: relative, inside ``output_dir``, not in the work folder."""
-    if not isinstance(name, str) or not name.strip():
-        raise InputError("'output' must be a non-empty file name, relative to the output folder")
-    text = name.strip().replace("\\", "/")
-    parts = [p for p in text.split("/") if p not in ("", ".")]
-    if "\x00" in text or text.startswith("/") or (len(text) > 1 and text[1] == ":") or ".." in parts or not parts:
-        raise InputError(f"output {name!r} points outside the output folder; use a name like 'anna.mp4' or "
-                         f"'talks/anna.mp4'")
+    """The final path of a job's ``output`` name: relative, inside ``output_dir`` (the checks MuxVideo's
+    ``filename_prefix`` gets, :func:`core.files.relative_parts`), not in the work folder, not too long."""
+    if not isinstance(name, str):
+        raise InputError("'output' must be a file name, relative to the output folder")
+    parts = relative_parts(output_dir, name, "output", "a name like 'anna.mp4' or 'talks/anna.mp4'")
     if parts[0] == WORK_FOLDER:
         raise InputError(f"output {name!r} is inside {WORK_FOLDER}/, the batch's own work folder")
     long = [p for p in parts if len(p.encode("utf-8", "surrogatepass")) > 255 - 40]

@@ -25,7 +25,6 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..core import audio as core_audio
 from ..core import video as core_video
 from ..core.errors import InputError, TalkingHeadError
 from ..core.frames import FrameStream
@@ -92,25 +91,17 @@ def segment_class(mux: type) -> type:
 def write_part(index: int, count: int, frames: Optional[FrameStream], images, fps: float, audio, crf: int,
                preset: str, extend_to_audio: bool) -> dict:
     """Part ``index`` of ``count`` of MuxVideo's video, into the host's output folder (see the module's notes)."""
-    if (frames is None) == (images is None):
-        raise InputError("MuxVideo needs its video from one input: connect either frames or images")
-    source = frames if frames is not None else FrameStream.from_images(images, fps, label="MuxVideo's images")
+    source, track, total = core_video.mux_source(frames, images, fps, audio, extend_to_audio)
     n = len(source)
     if n == 0:
         raise InputError(f"no frames to write: {source.label} is empty")
-    track = core_audio.from_comfy(audio) if audio is not None else None
-    if track is not None and track.num_samples == 0:
-        track = None
-    if track is not None:
-        core_audio.require_one_frame(track, fps, "MuxVideo's audio input")
-    total = max(n, core_audio.num_video_frames(track, fps)) if extend_to_audio and track is not None else n
     start, stop = total * index // count, total * (index + 1) // count
     out = HOST.output_dir()
     out.mkdir(parents=True, exist_ok=True)
     if stop > start:
         part = source.section(start, min(stop, n)) if start < n else source.section(n - 1, n)
         core_video.write_video(out / f"{index}.mp4", part, fps=fps, crf=crf, preset=preset, min_frames=stop - start)
-    if index == 0 and track is not None:
+    if index == 0 and track is not None and track.num_samples > 0:
         core_video.write_audio_track(out / "audio.wav", track, total, fps)
     info = {"index": index, "count": count, "total": total, "start": start, "stop": stop, "fps": fps,
             "width": source.width, "height": source.height}

@@ -166,20 +166,9 @@ class MuxVideo:
 
     def run(self, images=None, fps=25.0, filename_prefix="TalkingHead/talk", audio=None, crf=19, preset="medium",
             extend_to_audio=False, save_output=True, frames=None, prompt=None, extra_pnginfo=None):
-        if (frames is None) == (images is None):
-            raise InputError("MuxVideo needs its video from one input: connect either frames (a frame stream) or "
-                             "images (an IMAGE batch)" + (", not both" if frames is not None else ""))
-        source = frames if frames is not None else FrameStream.from_images(images, fps, label="MuxVideo's images")
-        track = core_audio.from_comfy(audio) if audio is not None else None
-        # no samples at all is a video without sound (written without an audio track); a few samples,
-        # less than one frame, is a broken file, not speech
-        if track is not None and track.num_samples > 0:
-            core_audio.require_one_frame(track, fps, "MuxVideo's audio input")
+        source, _, total = core_video.mux_source(frames, images, fps, audio, extend_to_audio)
         path, subfolder, filename, kind = save_path(filename_prefix, "mp4", temp=not save_output, width=source.width,
                                                     height=source.height)
-        total = len(source)
-        if extend_to_audio and track is not None:
-            total = max(total, core_audio.num_video_frames(track, fps))
         core_video.write_video(path, source, fps=fps, audio=audio, crf=crf, preset=preset, min_frames=total,
                                metadata=file_metadata(prompt, extra_pnginfo), progress=progress("MuxVideo"))
         return {"ui": video_preview(filename, subfolder, kind), "result": (str(path),)}

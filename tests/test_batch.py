@@ -145,6 +145,13 @@ def test_batch_errors_before_running(place):
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"workflow": "nope.json", "output": "a.mp4"}).encode() + b"\n")
     res = batch(place, bom)
     assert res.returncode == 1 and report(place)[1]["error"].startswith("cannot read workflow file nope.json")
+    # an output through a symlinked sub-folder that leads out of the output folder (MuxVideo's prefix rule)
+    (place / "elsewhere").mkdir()
+    (place / "output").mkdir(exist_ok=True)
+    (place / "output" / "link").symlink_to(place / "elsewhere", target_is_directory=True)
+    res = batch(place, write_jobs(place / "link.jsonl", [job("link/a.mp4")]))
+    assert res.returncode == 1 and "points outside the output folder" in report(place)[1]["error"]
+    assert not list((place / "elsewhere").iterdir())
 
 
 @pytest.mark.parametrize("cluster,asked,planned", [
