@@ -356,7 +356,7 @@ def run_batch(jobs: Sequence[Job], pool, output_dir, *, retries: int = 1, models
         if job.problem is not None:
             outcomes[job.line] = Outcome(job, "failed", error=job.problem)
             events("failed", job, {"error": job.problem, "attempts": 0})
-        elif job.path.exists():
+        elif not job.pending:
             outcomes[job.line] = Outcome(job, "skipped")
             events("skipped", job, {})
         else:
@@ -467,9 +467,6 @@ def write_report(path, outcomes: Sequence[Outcome]) -> None:
 
 def log(text: str) -> None:
     """A line on stderr that does not break a progress bar."""
-    try:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        tqdm.write(text, file=sys.stderr)
-    except Exception:  # pragma: no cover - tqdm is a requirement
-        print(text, file=sys.stderr)
+    tqdm.write(text, file=sys.stderr)

@@ -197,7 +197,7 @@ def cmd_batch(args, registry: Dict[str, type], upgrader=None) -> int:
     if args.retries < 0:
         raise TalkingHeadError("--retries must be 0 or more")
     # stdout lists the outputs made; what Ray prints about its workers (a killed one, say) goes to stderr
-    todo = any(job.problem is None and not job.path.exists() for job in jobs)
+    todo = any(job.pending for job in jobs)
     with contextlib.redirect_stdout(sys.stderr):
         if args.ray and todo:                     # a rerun with everything done starts no cluster
             from .cluster import RayPool

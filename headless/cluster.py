@@ -149,8 +149,8 @@ class RayPool:
             raise
         self.workers, self.cpus, self.gpus = workers, cpus, gpus
         name, folder = _pack()
-        self._make = lambda: ray.remote(_worker_class()).options(
-            num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_concurrency=1).remote(name, folder, int(cpus))
+        worker = ray.remote(_worker_class()).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_concurrency=1)
+        self._make = lambda: worker.remote(name, folder, int(cpus))
         self.idle: List[Any] = [self._make() for _ in range(workers)]
         self.running: Dict[Any, Tuple[Any, Any]] = {}
         self.replaced = 0
@@ -189,28 +189,25 @@ class RayPool:
             out.append((tag, result))
         return out
 
-    def _replace(self, actor) -> None:
+    def _kill(self, actor) -> None:
         try:
             self.ray.kill(actor)
-        except Exception:
+        except Exception:  # already gone
             pass
+
+    def _replace(self, actor) -> None:
+        self._kill(actor)
         self.replaced += 1
         self.idle.append(self._make())
 
     def cancel(self) -> None:
-        for ref, (actor, _) in list(self.running.items()):
-            try:
-                self.ray.kill(actor)
-            except Exception:
-                pass
+        for actor, _ in self.running.values():
+            self._kill(actor)
         self.running.clear()
 
     def close(self) -> None:
         for actor in self.idle + [a for a, _ in self.running.values()]:
-            try:
-                self.ray.kill(actor)
-            except Exception:
-                pass
+            self._kill(actor)
         self.idle, self.running = [], {}
         if self._owns_ray:
             self.ray.shutdown()

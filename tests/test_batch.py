@@ -34,7 +34,8 @@ def _ray_missing():
     return None
 
 
-RAY = pytest.mark.skipif(bool(_ray_missing()), reason=_ray_missing() or "")
+RAY_MISSING = _ray_missing()
+RAY = pytest.mark.skipif(bool(RAY_MISSING), reason=RAY_MISSING or "")
 
 
 @pytest.fixture
